@@ -1,0 +1,6 @@
+"""The original suite's networks, rebuilt on Keras 3."""
+
+from models.dense_net import create_dense_net
+from models.wide_residual_net import create_wide_residual_network
+
+__all__ = ["create_dense_net", "create_wide_residual_network"]

@@ -1,0 +1,1 @@
+"""Shared logic behind the Snapshot Ensembles scripts (data, training, prediction, ensembles)."""

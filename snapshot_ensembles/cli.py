@@ -1,0 +1,103 @@
+"""Command-line plumbing shared by every entry script.
+
+Kept free of TensorFlow/Keras imports so that `--help` and flag errors answer at once.
+"""
+
+import argparse
+import os
+import sys
+
+from snapshot_ensembles.errors import UserError
+
+# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (plus a pointer to --help), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    value = _parse(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = _parse(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = _parse(float, text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def unit_interval(text, *, open_right=True):
+    value = _parse(float, text)
+    if not (0.0 <= value < 1.0 if open_right else 0.0 <= value <= 1.0):
+        bound = "[0, 1)" if open_right else "[0, 1]"
+        raise argparse.ArgumentTypeError(f"must be in {bound}, got {text}")
+    return value
+
+
+def _parse(kind, text):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+
+
+def add_model_flags(parser):
+    """The original's model flags, same names and defaults."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", choices=("wrn", "dn"), default="wrn",
+                       help="wrn: Wide Residual Network, dn: DenseNet (default: %(default)s)")
+    group.add_argument("--wrn_N", type=positive_int, default=2,
+                       help="WRN blocks per group; depth = 6N+4 (default: %(default)s)")
+    group.add_argument("--wrn_k", type=positive_int, default=4, help="WRN width factor (default: %(default)s)")
+    group.add_argument("--dn_depth", type=positive_int, default=40,
+                       help="DenseNet depth, 3n+4 (default: %(default)s)")
+    group.add_argument("--dn_growth_rate", type=positive_int, default=12,
+                       help="DenseNet growth rate (default: %(default)s)")
+    group.add_argument("--dn_blocks", type=positive_int, default=3,
+                       help="DenseNet dense blocks; 1 reproduces the original scripts (default: %(default)s)")
+    return group
+
+
+def check_model_flags(args):
+    if args.model == "dn" and (args.dn_depth < 7 or (args.dn_depth - 4) % 3 != 0):
+        raise UserError(f"--dn_depth {args.dn_depth} is not of the form 3n+4 with n >= 1 "
+                        "(for example 40, 100, 190)")
+
+
+def add_data_flags(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_dir", default=None,
+                       help="folder with the official CIFAR python archive or its extracted folder "
+                            "(default: the Keras cache ~/.keras/datasets, then Keras's download)")
+    group.add_argument("--data_sha256", default=None,
+                       help="expected SHA-256 of the archive in --data_dir (default: the official "
+                            "archive's checksum; 'skip' turns the check off)")
+    return group
+
+
+def run_cli(main, argv=None):
+    """Run an entry point; a UserError or Ctrl-C becomes a short message and a non-zero exit."""
+    try:
+        main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted: files written before the interruption are complete and kept.",
+              file=sys.stderr)
+        sys.exit(130)

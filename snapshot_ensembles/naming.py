@@ -1,0 +1,41 @@
+"""File names shared by training, prediction and downloads (SPEC section 2)."""
+
+import os
+
+DATASETS = {"cifar10": ("CIFAR10", 10), "cifar100": ("CIFAR100", 100)}
+
+
+def model_prefix(dataset, model, wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12):
+    """`WRN-CIFAR10-16-4`, `DenseNet-CIFAR100-40-12`, ..."""
+    tag = DATASETS[dataset][0]
+    if model == "wrn":
+        return f"WRN-{tag}-{6 * wrn_N + 4}-{wrn_k}"
+    if model == "dn":
+        return f"DenseNet-{tag}-{dn_depth}-{dn_growth_rate}"
+    raise ValueError(f"unknown model {model!r}")
+
+
+def best_path(weights_dir, prefix):
+    return os.path.join(weights_dir, f"{prefix}-Best.weights.h5")
+
+
+def snapshot_path(weights_dir, prefix, i):
+    return os.path.join(weights_dir, f"{prefix}-{i}.weights.h5")
+
+
+def history_path(weights_dir, prefix):
+    return os.path.join(weights_dir, f"{prefix}-training.json")
+
+
+def ensemble_json_path(weights_dir, prefix):
+    return os.path.join(weights_dir, f"Ensemble-weights-{prefix}.json")
+
+
+def legacy_ensemble_json_path(weights_dir, prefix):
+    """The original project's name style."""
+    return os.path.join(weights_dir, f"Ensemble weights {prefix}.json")
+
+
+def run_info_path(weights_dir, prefix):
+    """Metadata of the training run (flags, validation split) that prediction reads."""
+    return os.path.join(weights_dir, f"{prefix}-run.json")
