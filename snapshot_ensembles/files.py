@@ -7,16 +7,14 @@ file, never a truncated one.
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 
 
 def partial_path(path):
     """A hidden temporary name beside `path` that keeps its suffix (Keras insists on `.weights.h5`)."""
     folder, name = os.path.split(os.path.abspath(path))
     suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial{suffix}", dir=folder)
-    os.close(fd)
-    return tmp
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.partial{suffix}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from cifar_fixtures import write_archive  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path, monkeypatch):
+    """No test may read or fill the user's real Keras cache."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar10")
+    path, sha = write_archive(str(folder), "cifar10")
+    return str(folder), sha
+
+
+@pytest.fixture(scope="session")
+def cifar100_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar100")
+    path, sha = write_archive(str(folder), "cifar100", train_per_batch=200, test_size=50)
+    return str(folder), sha
+
+
+def run_script(script, *args, env=None, timeout=600):
+    """Run an entry script as a user would; returns the CompletedProcess (text)."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(result, *fragments):
+    """Non-zero exit, exactly one error line on stderr naming the problem, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]

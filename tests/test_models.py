@@ -1,0 +1,37 @@
+import pytest
+
+from models import create_dense_net, create_wide_residual_network
+
+
+def test_wrn_16_4_parameter_count_matches_the_original():
+    model = create_wide_residual_network((32, 32, 3), nb_classes=10, N=2, k=4, verbose=0)
+    assert model.count_params() == 2_754_762
+    assert model.output_shape == (None, 10)
+
+
+def test_wrn_projection_only_where_widths_differ():
+    model = create_wide_residual_network((32, 32, 3), nb_classes=100, N=1, k=1, verbose=0)
+    kernels = [layer.kernel.shape for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    one_by_one = [shape for shape in kernels if shape[0] == 1]
+    # k=1: group 1 keeps 16 channels (no projection); groups 2 and 3 widen to 32 and 64.
+    assert [tuple(s) for s in one_by_one] == [(1, 1, 16, 32), (1, 1, 32, 64)]
+    assert model.output_shape == (None, 100)
+
+
+def test_densenet_40_12_is_the_papers_one_million_parameter_network():
+    model = create_dense_net(10, (32, 32, 3), depth=40, growth_rate=12, verbose=0)
+    assert 1_000_000 < model.count_params() < 1_100_000
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert all(not conv.use_bias for conv in convs)
+    assert len(convs) == 1 + 3 * 12 + 2  # initial conv, 12 layers per block, 2 transitions
+
+
+def test_densenet_single_block_reproduces_the_original_scripts():
+    model = create_dense_net(10, (32, 32, 3), depth=40, nb_dense_block=1, verbose=0)
+    assert sum(layer.__class__.__name__ == "Conv2D" for layer in model.layers) == 13
+
+
+@pytest.mark.parametrize("depth", [39, 41, 4, 0])
+def test_densenet_refuses_depth_not_3n_plus_4(depth):
+    with pytest.raises(ValueError, match="3n\\+4"):
+        create_dense_net(10, (32, 32, 3), depth=depth, verbose=0)

@@ -1,0 +1,146 @@
+"""The training scripts end to end, as a user runs them, on small archives in the real CIFAR format."""
+
+import json
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import assert_clean_failure, run_script
+from snapshot_ensembles import training
+from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.pipeline import images_dataset
+
+ORIGINAL_DEFAULTS = {"--M": "5", "--nb_epoch": "200", "--alpha_zero": "0.1", "--model": "wrn", "--wrn_N": "2",
+                     "--wrn_k": "4", "--dn_depth": "40", "--dn_growth_rate": "12"}
+
+
+@pytest.mark.parametrize("script", ["train_cifar_10.py", "train_cifar_100.py"])
+def test_help_lists_the_original_flags_with_their_defaults(script):
+    result = run_script(script, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, default in ORIGINAL_DEFAULTS.items():
+        assert re.search(re.escape(flag) + r"\b.*?\(default: " + re.escape(default) + r"\)", text), flag
+
+
+def expected_files(prefix, m):
+    return sorted([f"{prefix}-Best.weights.h5"] + [f"{prefix}-{i}.weights.h5" for i in range(1, m + 1)]
+                  + [f"{prefix}-training.json", f"{prefix}-run.json"])
+
+
+@pytest.mark.parametrize("script,fixture,model_flags,prefix", [
+    ("train_cifar_10.py", "cifar10_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR10-10-1"),
+    ("train_cifar_100.py", "cifar100_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR100-10-1"),
+    ("train_cifar_10.py", "cifar10_dir", ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"],
+     "DenseNet-CIFAR10-7-4"),
+])
+def test_tiny_run_leaves_exactly_the_snapshots_best_and_history(request, tmp_path, script, fixture,
+                                                                model_flags, prefix):
+    data_dir, sha = request.getfixturevalue(fixture)
+    weights = tmp_path / "w"
+    result = run_script(script, *model_flags, "--nb_epoch", 4, "--M", 2, "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", weights)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(weights)) == expected_files(prefix, 2)
+    assert re.search(r"^Accuracy :  \d+(\.\d+)?$", result.stdout, re.M)
+    assert re.search(r"^Error :  \d+(\.\d+)?$", result.stdout, re.M)
+    history = json.loads((weights / f"{prefix}-training.json").read_text())
+    assert len(history["loss"]) == 4 and len(history["val_accuracy"]) == 4
+    np.testing.assert_allclose(history["learning_rate"], [0.1, 0.05, 0.1, 0.05], atol=1e-6)
+
+
+def test_each_snapshot_reloads_to_the_predictions_made_at_the_end_of_its_cycle(cifar10_dir, tmp_path):
+    data_dir, sha = cifar10_dir
+    args = training.build_parser("cifar10").parse_args(
+        ["--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "6", "--M", "3", "--data_dir", data_dir,
+         "--data_sha256", sha, "--weights_dir", str(tmp_path), "--momentum", "0.9"])
+    training.check_args(args)
+    training.seed_everything(0)
+    data, splits = training.load_training_data("cifar10", args)
+    probe = images_dataset(data.x_test, 32)
+
+    class CycleEndPredictions(keras.callbacks.Callback):
+        seen = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            if (epoch + 1) % 2 == 0:
+                self.seen[(epoch + 1) // 2] = self.model.predict(probe, verbose=0)
+
+    model = training.compile_model(build_model(args, 10, args.dropout), args)
+    training.fit_snapshot_ensemble(model, splits, args, "T", extra_callbacks=[CycleEndPredictions()])
+    assert sorted(CycleEndPredictions.seen) == [1, 2, 3]
+    fresh = build_model(args, 10, args.dropout)
+    for index, expected in CycleEndPredictions.seen.items():
+        fresh.load_weights(str(tmp_path / f"T-{index}.weights.h5"))
+        np.testing.assert_allclose(fresh.predict(probe, verbose=0), expected, rtol=0, atol=1e-6)
+    # The snapshots differ from each other: each cycle really moved the weights.
+    assert not np.allclose(CycleEndPredictions.seen[1], CycleEndPredictions.seen[3], atol=1e-4)
+
+
+def snapshot_predictions(weights_dir, prefix, m, x):
+    args = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "1"])
+    model = build_model(args, 10)
+    out = []
+    for name in ["Best"] + [str(i) for i in range(1, m + 1)]:
+        model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))
+        out.append(model.predict(images_dataset(x, 64), verbose=0))
+    return out
+
+
+def test_same_seed_and_data_give_identical_snapshots(cifar10_dir, tmp_path):
+    data_dir, sha = cifar10_dir
+    runs = []
+    for name in ("a", "b"):
+        result = run_script("train_cifar_10.py", "--wrn_N", 1, "--wrn_k", 1, "--nb_epoch", 2, "--M", 2,
+                            "--val_split", 0.2, "--seed", 7, "--data_dir", data_dir, "--data_sha256", sha,
+                            "--weights_dir", tmp_path / name)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append(str(tmp_path / name))
+    x = load_cifar("cifar10", data_dir, sha).x_test
+    first, second = (snapshot_predictions(run, "WRN-CIFAR10-10-1", 2, x) for run in runs)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    info = json.loads(open(os.path.join(runs[0], "WRN-CIFAR10-10-1-run.json")).read())
+    assert info["status"] == "complete" and info["nb_val"] == 40 and info["seed"] == 7
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--nb_epoch", "10", "--M", "3"], ["multiple of M", "9 or 12"]),
+    (["--M", "0"], ["--M", "positive integer"]),
+    (["--model", "foo"], ["--model", "invalid choice"]),
+    (["--alpha_zero", "-1"], ["--alpha_zero"]),
+    (["--val_split", "1.5"], ["--val_split"]),
+    (["--model", "dn", "--dn_depth", "41"], ["3n+4"]),
+    (["--nesterov"], ["--momentum"]),
+    (["--data_dir", "/definitely/not/here"], ["--data_dir", "does not exist"]),
+])
+def test_bad_flags_give_one_clear_line(flags, fragments):
+    assert_clean_failure(run_script("train_cifar_10.py", *flags), *fragments)
+
+
+def test_bad_data_gives_one_clear_line(tmp_path, cifar10_dir):
+    data_dir, sha = cifar10_dir
+    # Wrong checksum: the small archive is not the official one.
+    assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", data_dir), "SHA-256", "--data_sha256")
+    # Corrupted archive.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    content = open(os.path.join(data_dir, "cifar-10-python.tar.gz"), "rb").read()
+    (broken / "cifar-10-python.tar.gz").write_bytes(content[: len(content) // 3])
+    assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", broken, "--data_sha256", "skip"),
+                         "not a readable")
+    # No data anywhere and no network: an empty Keras cache, and a proxy on a closed loopback port so
+    # that Keras's download fails at once even on a machine that has internet.
+    offline = {"KERAS_HOME": str(tmp_path / "empty"), "https_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9"}
+    assert_clean_failure(run_script("train_cifar_10.py", env=offline), "no CIFAR-10 data", "cifar-10-python.tar.gz")
+
+
+def test_unwritable_weights_folder(tmp_path, cifar10_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker / "sub"), "weights folder")
