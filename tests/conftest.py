@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,9 @@ def assert_clean_failure(result, *fragments):
     """Non-zero exit, exactly one error line on stderr naming the problem, no traceback."""
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    # Our messages start with "error:" (or argparse's "<script>: error:"); TensorFlow's own start-up
+    # log lines (E0000 ... CUDA error: ...) are not ours and are ignored.
+    error_lines = [line for line in result.stderr.splitlines() if re.match(r"^([\w.]+\.py: )?error: ", line)]
     assert len(error_lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]

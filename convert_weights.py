@@ -1,0 +1,112 @@
+"""Convert the original project's Keras 1.1.1 release weights into Keras 3 `.weights.h5` files.
+
+    python convert_weights.py --dataset cifar10 --model wrn --wrn_N 2 --wrn_k 4
+    python convert_weights.py --dataset cifar10 --model dn --dn_blocks 1 weights/DenseNet-CIFAR10-40-12-Best.h5
+
+With no FILE, converts every `{prefix}-Best.h5` and `{prefix}-<i>.h5` in --weights_dir; each
+`NAME.h5` becomes `NAME.weights.h5` beside it.
+"""
+
+import os
+import re
+
+from snapshot_ensembles.cli import ArgumentParser, add_model_flags, check_model_flags, run_cli
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import save_weights
+from snapshot_ensembles.modeling import build_model, nb_classes_of, prefix_for
+from snapshot_ensembles.naming import DATASETS
+
+
+def build_parser():
+    parser = ArgumentParser(
+        prog="convert_weights.py",
+        description="Convert Keras 1 (Theano) weight files of the original Snapshot Ensembles release "
+                    "into Keras 3 .weights.h5 files for the matching network.")
+    parser.add_argument("files", nargs="*", metavar="FILE",
+                        help="Keras 1 weight files (default: every {prefix}-Best.h5 and {prefix}-<i>.h5 "
+                             "in --weights_dir)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+                        help="dataset the weights were trained on; sets the class count (default: %(default)s)")
+    add_model_flags(parser)
+    parser.add_argument("--weights_dir", default="weights",
+                        help="where to look for files when no FILE is given (default: %(default)s)")
+    parser.add_argument("--backend", choices=("theano", "tensorflow"), default="theano",
+                        help="Keras 1 backend that trained the weights: Theano kernels get flipped, "
+                             "the original release used Theano (default: %(default)s)")
+    parser.add_argument("--dim_ordering", choices=("th", "tf"), default="th",
+                        help="Keras 1 image_dim_ordering of the weights (default: %(default)s, "
+                             "as in the original release)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing .weights.h5 files")
+    return parser
+
+
+def release_files(weights_dir, prefix):
+    """`{prefix}-Best.h5`, then `{prefix}-1.h5`, `{prefix}-2.h5`, ... present in `weights_dir`."""
+    if not os.path.isdir(weights_dir):
+        raise UserError(f"--weights_dir {weights_dir} is not a folder")
+    snapshot = re.compile(re.escape(prefix) + r"-(\d+)\.h5")
+    best, snapshots = [], []
+    for name in os.listdir(weights_dir):
+        if name == f"{prefix}-Best.h5":
+            best.append(name)
+        elif match := snapshot.fullmatch(name):
+            snapshots.append((int(match.group(1)), name))
+    names = best + [name for _, name in sorted(snapshots)]
+    if not names:
+        raise UserError(f"no Keras 1 weight files for {prefix} in {weights_dir}: expected "
+                        f"{prefix}-Best.h5 and {prefix}-1.h5 ... (pass FILE to convert other names)")
+    return [os.path.join(weights_dir, name) for name in names]
+
+
+def output_path(path):
+    stem = path[:-len(".h5")] if path.endswith(".h5") else path
+    return stem + ".weights.h5"
+
+
+def describe(args, nb_classes):
+    """The network in words and the flags to check when a file does not fit it."""
+    if args.model == "wrn":
+        return (f"WRN-{6 * args.wrn_N + 4}-{args.wrn_k} for {nb_classes} classes",
+                "check --wrn_N/--wrn_k/--dataset")
+    hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
+    if args.dn_blocks != 1:
+        hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
+    return (f"DenseNet-{args.dn_depth}-{args.dn_growth_rate} with {args.dn_blocks} dense "
+            f"block{'s' if args.dn_blocks > 1 else ''} for {nb_classes} classes", hint)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_model_flags(args)
+    nb_classes = nb_classes_of(args.dataset)
+    sources = args.files or release_files(args.weights_dir, prefix_for(args.dataset, args))
+
+    # Every refusal that needs no conversion comes before any file is written.
+    for source in sources:
+        if source.endswith(".weights.h5"):
+            raise UserError(f"{source} is named like a Keras 3 weight file: nothing to convert")
+    targets = [output_path(source) for source in sources]
+    existing = [target for target in targets if os.path.exists(target)]
+    if existing and not args.overwrite:
+        raise UserError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+                        "pass --overwrite to replace")
+
+    # Keras loads only now, so that flag and file-name errors answer at once.
+    from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights
+
+    legacy = [read_legacy_weights(source) for source in sources]
+    label, hint = describe(args, nb_classes)
+    model = build_model(args, nb_classes)  # dropout as in training (WRN 0.0, DenseNet 0.2): no weights
+    for source, target, legacy_layers in zip(sources, targets, legacy):
+        try:
+            convert_legacy_weights(model, legacy_layers, backend=args.backend,
+                                   dim_ordering=args.dim_ordering, model_label=label, hint=hint)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        save_weights(model, target)
+        print(f"wrote {target} (from {source}, {label})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

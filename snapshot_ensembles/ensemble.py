@@ -1,0 +1,308 @@
+"""Ensemble weighting: the weighted average of member predictions, fitting its weights, and the
+ensemble-weight JSON files (SPEC section 5).
+
+The members are always `[Best, 1, ..., M]` in that order: the best checkpoint, then the
+snapshots. `member_probs` is a sequence of M arrays (or one (M, n, C) array) of class
+probabilities, each row a softmax output.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import scipy.optimize
+
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import write_json
+from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
+
+# scikit-learn's historical clipping constant: a member that gives the true class probability 0
+# costs -log(1e-15) ~ 34.5 nats instead of an infinite loss.
+LOG_LOSS_EPS = 1e-15
+
+
+@dataclasses.dataclass
+class FitResult:
+    weights: np.ndarray  # one per member, >= 0, summing to 1
+    log_loss: float  # of the weighted ensemble with these weights
+    restart_log_losses: list[float]  # the log-loss each restart reached, in restart order
+    seconds: float  # wall time of the whole fit
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def weighted_average(member_probs, weights):
+    """The (n, C) float32 average of the members, weighted by `weights` / sum(weights)."""
+    weights = _normalised_weights(weights, len(member_probs))
+    total = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
+    # One member at a time, in float32: memory stays at two (n, C) float32 arrays whatever M is.
+    for probs, weight in zip(member_probs, weights):
+        total += np.float32(weight) * np.asarray(probs, dtype=np.float32)
+    return total
+
+
+def accuracy(probs, labels):
+    """Fraction of samples whose most probable class is the label."""
+    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
+
+
+def log_loss(probs, labels, eps=LOG_LOSS_EPS):
+    """Mean negative log-probability of the true class, clipped to [eps, 1 - eps] as in
+    scikit-learn's log_loss (for rows that are probability distributions it equals it)."""
+    labels = np.asarray(labels)
+    true_class = np.asarray(probs)[np.arange(len(labels)), labels].astype(np.float64)
+    return float(-np.mean(np.log(np.clip(true_class, eps, 1 - eps))))
+
+
+def ensemble_size_curve(member_probs, labels):
+    """[(m, accuracy)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
+
+    member_probs[0] is the Best checkpoint and takes no part; "last m" is snapshots M-m+1..M,
+    so each step adds the next older snapshot to the latest, usually strongest, ones.
+    """
+    snapshots = member_probs[1:]
+    curve = []
+    running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
+    for m in range(1, len(snapshots) + 1):
+        running_sum += np.asarray(snapshots[-m], dtype=np.float32)
+        # argmax of the sum is argmax of the mean: no need to divide by m.
+        curve.append((m, accuracy(running_sum, labels)))
+    return curve
+
+
+def agreement_matrix(member_probs):
+    """(M, M) fraction of samples on which members i and j predict the same class."""
+    predictions = np.stack([np.argmax(probs, axis=1) for probs in member_probs])
+    n_members = len(predictions)
+    agreement = np.ones((n_members, n_members))
+    for i in range(n_members):
+        for j in range(i + 1, n_members):
+            agreement[i, j] = agreement[j, i] = np.mean(predictions[i] == predictions[j])
+    return agreement
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_weights(member_probs, labels, num_tests=20, seed=0):
+    """Weights on the simplex that minimise the log-loss of the weighted ensemble.
+
+    With weights >= 0 summing to 1 the weighted average of probability rows is itself a
+    probability row, so the ensemble's log-loss only involves each member's probability of the
+    true class: with P[i, m] = member_probs[m][i, y_i], it is f(w) = -mean(log(P @ w)).
+    That is convex in w, so SLSQP with the analytic gradient on the (n, M) matrix P reaches the
+    optimum from any start; `num_tests` seeded restarts are kept for compatibility with the
+    original's flag, and their spread shows that they all agree.
+    """
+    start = time.perf_counter()
+    _check_num_tests(num_tests)
+    true_class = _true_class_probs(member_probs, labels)
+    rng = np.random.default_rng(seed)
+    n_members = true_class.shape[1]
+    weights_list = []
+    for _ in range(num_tests):
+        start_point = rng.dirichlet(np.ones(n_members))  # uniform on the simplex
+        weights_list.append(_solve_simplex(true_class, start_point))
+    return _best_of(true_class, weights_list, start)
+
+
+def original_fit(member_probs, labels, num_tests=20, seed=0):
+    """The original project's fitting procedure, for comparison with `fit_weights`.
+
+    Each of `num_tests` restarts draws uniform random weights in [0, 1]^M and runs SLSQP with
+    numerical gradients on the log-loss of the full (n, C) weighted average. Two faithful
+    details: the average is accumulated in float32 with the weight rounded to float32 (numpy's
+    casting when the original was written), and it is clipped to [1e-15, 1 - 1e-15] and its rows
+    renormalised before `sklearn.metrics.log_loss`, as scikit-learn's log_loss itself did at the
+    time (today's raises on probabilities above 1 instead, which weights off the simplex give).
+    The float32 average also limits how well the numerical gradients can steer SLSQP, as it did
+    for the original. The original kept the restart with the best training
+    accuracy; here the best log-loss is kept, the choice most favourable to it, and every
+    restart is scored with the same exact objective as `fit_weights`.
+    """
+    from sklearn.metrics import log_loss as sklearn_log_loss  # only this comparison needs it
+
+    start = time.perf_counter()
+    _check_num_tests(num_tests)
+    true_class = _true_class_probs(member_probs, labels)
+    class_ids = np.arange(np.shape(member_probs[0])[1])
+
+    def log_loss_func(weights):
+        final_prediction = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
+        for weight, prediction in zip(weights, member_probs):
+            final_prediction += np.float32(weight) * prediction
+        # What scikit-learn's log_loss itself did first when the original was written.
+        final_prediction = np.clip(final_prediction, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+        final_prediction /= final_prediction.sum(axis=1, keepdims=True)
+        return sklearn_log_loss(labels, final_prediction, labels=class_ids)
+
+    rng = np.random.default_rng(seed)
+    n_members = len(member_probs)
+    constraints = ({"type": "eq", "fun": lambda w: 1 - sum(w)},)
+    weights_list = []
+    for _ in range(num_tests):
+        result = scipy.optimize.minimize(
+            log_loss_func,
+            rng.random(n_members),
+            method="SLSQP",
+            bounds=[(0, 1)] * n_members,
+            constraints=constraints,
+        )
+        # SLSQP may stop off the simplex (the original's CIFAR-100 weights sum to 1.16).
+        weights_list.append(_project_to_simplex_by_scaling(result.x))
+    return _best_of(true_class, weights_list, start)
+
+
+def _true_class_probs(member_probs, labels):
+    """The (n, M) float64 matrix P[i, m] = member_probs[m][i, labels[i]]."""
+    labels = np.asarray(labels)
+    rows = np.arange(len(labels))
+    columns = []
+    for probs in member_probs:
+        if np.shape(probs)[0] != len(labels):
+            raise ValueError(f"a member has {np.shape(probs)[0]} rows for {len(labels)} labels")
+        columns.append(np.asarray(probs)[rows, labels])
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
+def _objective_and_gradient(weights, true_class):
+    """f(w) = -mean(log(clip(P @ w))) and its gradient (zero through the clipped samples)."""
+    mixed = true_class @ weights
+    clipped = np.clip(mixed, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    inverse = np.where(clipped == mixed, 1.0 / clipped, 0.0)
+    value = -np.mean(np.log(clipped))
+    gradient = -(true_class.T @ inverse) / len(mixed)
+    return value, gradient
+
+
+def _solve_simplex(true_class, start_point):
+    """SLSQP on the simplex with the analytic gradient, to near machine precision."""
+    n_members = true_class.shape[1]
+    result = scipy.optimize.minimize(
+        _objective_and_gradient,
+        start_point,
+        args=(true_class,),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * n_members,
+        constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum(), "jac": lambda w: -np.ones(len(w))},),
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    return _project_to_simplex_by_scaling(result.x)
+
+
+def _project_to_simplex_by_scaling(weights):
+    """Clip round-off negatives to 0 and rescale to sum 1 (the solvers end within round-off,
+    except the original's, whose scale-invariant objective lets it end anywhere)."""
+    weights = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))
+
+
+def _best_of(true_class, weights_list, start):
+    """The FitResult of the restart with the lowest log-loss; `start` is the fit's start time."""
+    losses = [float(_objective_and_gradient(w, true_class)[0]) for w in weights_list]
+    best = int(np.argmin(losses))
+    return FitResult(
+        weights=weights_list[best],
+        log_loss=losses[best],
+        restart_log_losses=losses,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_num_tests(num_tests):
+    if num_tests < 1:
+        raise UserError(f"--num_tests must be at least 1, got {num_tests}.")
+
+
+def _normalised_weights(weights, n_members):
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    if len(weights) != n_members:
+        raise ValueError(f"{len(weights)} weights for {n_members} members")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
+    return weights / weights.sum()
+
+
+# --------------------------------------------------------------------------- JSON files
+
+
+def ensemble_json_candidates(weights_dir, prefix):
+    """Where the ensemble weights may be, preferred first: ours, then the original's name."""
+    return [ensemble_json_path(weights_dir, prefix), legacy_ensemble_json_path(weights_dir, prefix)]
+
+
+def find_ensemble_json(weights_dir, prefix):
+    """The first existing candidate path, or None."""
+    for path in ensemble_json_candidates(weights_dir, prefix):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_ensemble_weights(path, n_members):
+    """The `best_weights` of an ensemble JSON as floats normalised to sum 1.
+
+    Accepts the original's files, whose weights do not sum exactly to 1. Anything unusable is a
+    UserError that says what is wrong and how to get a good file.
+    """
+    remedy = (
+        "Rerun the prediction script with --optimize 1 to fit and save new weights, "
+        "or with --optimize -1 to use equal weights."
+    )
+    try:
+        with open(path) as fh:
+            content = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"Cannot read the ensemble weights file {path}: {error}. {remedy}") from None
+
+    if not isinstance(content, dict) or "best_weights" not in content:
+        raise UserError(
+            f"The ensemble weights file {path} has no 'best_weights' entry "
+            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}"
+        )
+    raw = content["best_weights"]
+    # bool is an int subclass in Python: reject `true` explicitly.
+    if not isinstance(raw, list) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in raw
+    ):
+        raise UserError(
+            f"The 'best_weights' entry of {path} must be a list of numbers, got {json.dumps(raw)}. "
+            f"{remedy}"
+        )
+    if len(raw) != n_members:
+        # A file fitted for another --M is the usual cause: say which --M it was fitted for.
+        file_m = (
+            f" It was fitted with --M {len(raw) - 1}: pass --M {len(raw) - 1} if those snapshot "
+            f"files exist." if len(raw) > 1 else ""
+        )
+        raise UserError(
+            f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
+            f"{n_members} members ({_members_text(n_members)}: the best checkpoint, then each "
+            f"snapshot, one weight each).{file_m} {remedy}"
+        )
+    if not all(math.isfinite(w) and w >= 0 for w in raw):
+        raise UserError(
+            f"The ensemble weights in {path} must be finite and non-negative, got {raw}. {remedy}"
+        )
+    if sum(raw) == 0:
+        raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
+    weights = np.asarray(raw, dtype=np.float64)
+    return weights / weights.sum()
+
+
+def _members_text(n_members):
+    return f"[Best, 1..{n_members - 1}]" if n_members > 1 else "[Best]"
+
+
+def write_ensemble_weights(path, weights, **metadata):
+    """Write `{"best_weights": [...], **metadata}` atomically (metadata: JSON-serialisable)."""
+    if "best_weights" in metadata:
+        raise ValueError("best_weights is the weights argument, not metadata")
+    weights = [float(w) for w in np.asarray(weights, dtype=np.float64).ravel()]
+    write_json(path, {"best_weights": weights, **metadata})

@@ -1,0 +1,253 @@
+"""The original project's Keras 1.1.1 weight files: read them, convert them, write them.
+
+Layout of a Keras 1 `model.save_weights` HDF5 file: the root attribute `layer_names` lists every
+layer of the Keras 1 `model.layers` (weightless ones included); each name is a group whose
+attribute `weight_names` lists its datasets (`convolution2d_3_W`, `convolution2d_3_b`,
+`batchnormalization_2_gamma`, `_beta`, `_running_mean`, `_running_std`, `dense_1_W`, `dense_1_b`).
+Keras 1.1.1 recorded neither its version nor its backend in the file, so the backend is an argument.
+
+The conversion follows Keras 2's own loader for Keras 1 files (`preprocess_weights_for_loading`
+and `load_weights_from_hdf5_group` in keras/engine/saving.py, with `convert_kernel` from
+keras/utils/conv_utils.py):
+
+- layers are matched by position: the file's layers that hold weights, in file order, against
+  the model's layers that hold weights, in `model.layers` order. That order is NOT creation order:
+  Keras 1 and Keras 3 both sort `model.layers` by depth from the output (longest path), so a WRN
+  shortcut 1x1 conv, created before its block's first conv, sits after the block's second BN,
+  in the file and in our model alike. Only ties in depth are broken differently (Keras 1: by
+  name; Keras 3: by traversal), and neither WRN nor DenseNet has two weighted layers at one depth.
+  A wrong pairing would show as a kind or shape mismatch, which is refused.
+- conv kernels in "th" dim ordering are (filters, in, rows, cols): transposed to Keras 3's
+  (rows, cols, in, filters). Theano's conv2d really convolves while TensorFlow cross-correlates,
+  so Theano-trained kernels are also flipped on both spatial axes (`convert_kernel`).
+- BatchNormalization arrays map in order gamma, beta, moving_mean, moving_variance. Keras 1's
+  `running_std` is a misnomer: `normalize_batch_in_training` returned the batch variance and
+  `K.batch_normalization` took it as the variance, so it is copied unchanged.
+- Dense kernels are (in, out) in both versions. Only when a Dense reads a Flatten of a feature
+  map larger than 1x1 do its rows need reordering, from "th"'s (C, H, W) flattening to Keras 3's
+  (H, W, C). WRN flattens an 8x8-average-pooled 8x8 map (1x1 spatially) and DenseNet uses global
+  pooling, so for them this is the identity.
+"""
+
+import os
+
+import h5py
+import numpy as np
+from keras import layers
+
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import atomic_path
+
+BACKENDS = ("theano", "tensorflow")
+DIM_ORDERINGS = ("th", "tf")
+
+_CONV, _BN, _DENSE = "convolution", "batch-normalization", "dense"
+
+# Keras 1 weight names are `<layer name>_<suffix>`, in the order Keras 1 stored them.
+_WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "running_std"),
+                    _DENSE: ("W", "b")}
+
+# Keras 1 auto-named a layer after its lower-cased class name; these of ours had other Keras 1 classes.
+_KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate": "merge",
+                       "InputLayer": "input"}
+
+
+def read_legacy_weights(path):
+    """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_layers(f, path)
+    except OSError as err:  # not HDF5 at all, or truncated: h5py fails on open or on reading data
+        raise UserError(f"{path} cannot be read as an HDF5 file (is it complete?): {err}") from None
+
+
+def _read_layers(f, path):
+    group = f
+    if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
+        group = f["model_weights"]  # a whole Keras 1 model saved with model.save()
+    if "layer_names" not in group.attrs:
+        if "layers" in f and "vars" in f:
+            raise UserError(f"{path} is already a Keras 3 weight file: it needs no conversion")
+        raise UserError(f"{path} is not a Keras 1 weight file: it has no 'layer_names' attribute")
+    version = _text(group.attrs.get("keras_version", b"1"))
+    if not version.startswith("1"):
+        raise UserError(f"{path} was written by Keras {version}; only Keras 1 weight files are converted")
+
+    legacy_layers = []
+    for name in map(_text, group.attrs["layer_names"]):
+        layer_group = group.get(name)
+        if not isinstance(layer_group, h5py.Group) or "weight_names" not in layer_group.attrs:
+            raise UserError(f"{path} is not a valid Keras 1 weight file: layer {name!r} is listed "
+                            "in 'layer_names' but has no group with 'weight_names'")
+        arrays = []
+        for weight_name in map(_text, layer_group.attrs["weight_names"]):
+            dataset = layer_group.get(weight_name)
+            if not isinstance(dataset, h5py.Dataset):
+                raise UserError(f"{path} is not a valid Keras 1 weight file: layer {name!r} lacks "
+                                f"its weight {weight_name!r}")
+            arrays.append(np.asarray(dataset[()]))
+        if arrays:
+            legacy_layers.append((name, arrays))
+    if not legacy_layers:
+        raise UserError(f"{path} holds no weights")
+    return legacy_layers
+
+
+def _text(value):
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering="th",
+                           model_label=None, hint=None):
+    """Set `model`'s weights from `read_legacy_weights` output, after checking every layer.
+
+    `model_label` names the model in messages ("WRN-16-4 for 10 classes") and `hint` ends them
+    ("check --wrn_N/--wrn_k/--dataset"). Nothing is assigned unless every layer converts.
+    """
+    _check_conventions(backend, dim_ordering)
+    label = model_label or f"the model {model.name!r}"
+    targets = _weighted_layers(model)
+    if len(legacy_layers) != len(targets):
+        raise UserError(_hinted(f"the file has {len(legacy_layers)} layers with weights, {label} "
+                                f"has {len(targets)}", hint))
+    flattened = _flattened_feature_maps(model)
+    converted = []
+    for index, ((legacy_name, arrays), layer) in enumerate(zip(legacy_layers, targets), start=1):
+        kind = _keras3_kind(layer)
+        legacy_kind = _legacy_kind(arrays)
+        if legacy_kind != kind:
+            raise UserError(_hinted(
+                f"layer {index} with weights: {legacy_name} in the file is a "
+                f"{legacy_kind or 'unrecognised'} layer (arrays of shapes {_shapes(arrays)}), "
+                f"{layer.name} of {label} is a {kind} layer", hint))
+        values = list(arrays)
+        if kind == _CONV:
+            values[0] = _kernel_from_legacy(arrays[0], backend, dim_ordering)
+        elif kind == _DENSE and dim_ordering == "th" and id(layer.input) in flattened:
+            values[0] = _dense_rows_from_channels_first(arrays[0], flattened[id(layer.input)])
+        expected = [tuple(weight.shape) for weight in layer.weights]
+        if _shapes(values) != expected:
+            raise UserError(_hinted(
+                f"layer {index} with weights: {legacy_name} in the file has shapes "
+                f"{_shapes(values)}, {layer.name} of {label} needs {expected} (Keras 3 layout)", hint))
+        converted.append((layer, values))
+    for layer, values in converted:
+        layer.set_weights(values)
+
+
+def write_legacy_weights(model, path, backend="theano", dim_ordering="th"):
+    """Write `model`'s weights as Keras 1 `save_weights` would have on `backend` with `dim_ordering`.
+
+    Layer names are Keras 1 style (`convolution2d_3`), numbered in `model.layers` order: Keras 1's
+    loaders, like `convert_legacy_weights`, match layers by position and never by name.
+    """
+    _check_conventions(backend, dim_ordering)
+    for layer in _weighted_layers(model):
+        _keras3_kind(layer)  # refuse layer types Keras 1 stored differently before writing anything
+    flattened = _flattened_feature_maps(model)
+    counters = {}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        layer_names = []
+        for layer in model.layers:
+            class_name = type(layer).__name__
+            prefix = _KERAS1_CLASS_NAMES.get(class_name, class_name.lower())
+            counters[prefix] = counters.get(prefix, 0) + 1
+            name = f"{prefix}_{counters[prefix]}"
+            layer_names.append(name)
+            group = f.create_group(name)
+            values = [np.asarray(value) for value in layer.get_weights()]
+            if not values:
+                group.attrs["weight_names"] = []  # what Keras 1 wrote for weightless layers
+                continue
+            kind = _keras3_kind(layer)
+            if kind == _CONV:
+                values[0] = _kernel_to_legacy(values[0], backend, dim_ordering)
+            elif kind == _DENSE and dim_ordering == "th" and id(layer.input) in flattened:
+                values[0] = _dense_rows_to_channels_first(values[0], flattened[id(layer.input)])
+            weight_names = [f"{name}_{suffix}" for suffix in _WEIGHT_SUFFIXES[kind][:len(values)]]
+            group.attrs["weight_names"] = np.array(weight_names, dtype="S")
+            for weight_name, value in zip(weight_names, values):
+                group.create_dataset(weight_name, data=value)
+        f.attrs["layer_names"] = np.array(layer_names, dtype="S")
+
+
+def _check_conventions(backend, dim_ordering):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if dim_ordering not in DIM_ORDERINGS:
+        raise ValueError(f"dim_ordering must be one of {DIM_ORDERINGS}, got {dim_ordering!r}")
+
+
+def _hinted(message, hint):
+    return f"{message}: {hint}" if hint else message
+
+
+def _shapes(arrays):
+    return [tuple(array.shape) for array in arrays]
+
+
+def _weighted_layers(model):
+    return [layer for layer in model.layers if layer.weights]
+
+
+def _keras3_kind(layer):
+    # Conv2DTranspose and the depthwise/separable convolutions are not Conv2D subclasses: refused.
+    for cls, kind in ((layers.Conv2D, _CONV), (layers.BatchNormalization, _BN), (layers.Dense, _DENSE)):
+        if isinstance(layer, cls):
+            return kind
+    raise UserError(f"layer {layer.name} is a {type(layer).__name__}: only Conv2D, BatchNormalization "
+                    "and Dense weights convert from Keras 1")
+
+
+def _legacy_kind(arrays):
+    """Which Keras 1 layer stored these arrays: told apart by count and rank, as the names may be custom."""
+    ranks = [array.ndim for array in arrays]
+    if ranks == [1, 1, 1, 1]:
+        return _BN
+    if ranks in ([4], [4, 1]):
+        return _CONV
+    if ranks in ([2], [2, 1]):
+        return _DENSE
+    return None
+
+
+def _kernel_from_legacy(kernel, backend, dim_ordering):
+    if dim_ordering == "th":  # (filters, in, rows, cols) -> (rows, cols, in, filters)
+        kernel = np.transpose(kernel, (2, 3, 1, 0))
+    if backend == "theano":  # a convolution kernel becomes a cross-correlation kernel
+        kernel = kernel[::-1, ::-1]
+    return np.ascontiguousarray(kernel)
+
+
+def _kernel_to_legacy(kernel, backend, dim_ordering):
+    if backend == "theano":
+        kernel = kernel[::-1, ::-1]
+    if dim_ordering == "th":  # (rows, cols, in, filters) -> (filters, in, rows, cols)
+        kernel = np.transpose(kernel, (3, 2, 0, 1))
+    return np.ascontiguousarray(kernel)
+
+
+def _flattened_feature_maps(model):
+    """{id(Flatten output): (rows, cols, channels)} for each Flatten of a map larger than 1x1."""
+    maps = {}
+    for layer in model.layers:
+        if isinstance(layer, layers.Flatten) and len(layer.input.shape) == 4:
+            dims = tuple(layer.input.shape[1:])
+            rows, cols, channels = dims if layer.data_format == "channels_last" else (*dims[1:], dims[0])
+            if rows * cols > 1:
+                maps[id(layer.output)] = (rows, cols, channels)
+    return maps
+
+
+def _dense_rows_from_channels_first(kernel, feature_map):
+    rows, cols, channels = feature_map
+    if kernel.shape[0] != rows * cols * channels:
+        return kernel  # left for the shape check to report
+    return kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
+
+
+def _dense_rows_to_channels_first(kernel, feature_map):
+    rows, cols, channels = feature_map
+    return kernel.reshape(rows, cols, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)

@@ -1,0 +1,304 @@
+"""The prediction flow behind predict_cifar_10.py and predict_cifar_100.py (SPEC section 5).
+
+Members are `[Best, 1, ..., M]`. Their class probabilities are computed once per data split and
+cached next to the weights, keyed by the weight file's SHA-256 and a fingerprint of the split, so
+switching `--optimize` mode reruns no network and a replaced weight file is predicted again.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from snapshot_ensembles import cli, ensemble, naming
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import atomic_path
+from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for
+
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+CACHE_FOLDER = ".prediction-cache"
+MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
+
+
+def build_parser(dataset, prog=None):
+    parser = cli.ArgumentParser(prog=prog, description=f"Predict {DATASET_TITLES[dataset]} with a snapshot "
+                                                       "ensemble: equal, saved or fitted member weights.")
+    parser.add_argument("--optimize", type=int, choices=(-1, 0, 1), default=0,
+                        help="0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
+                             "-1: equal weights (default: %(default)s)")
+    parser.add_argument("--num_tests", type=cli.positive_int, default=20,
+                        help="restarts of the weight fit; the fit is convex, so they only confirm the "
+                             "optimum (default: %(default)s)")
+    parser.add_argument("--M", type=cli.positive_int, default=None,
+                        help="number of snapshots to use (default: every snapshot file present)")
+    cli.add_model_flags(parser)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=256,
+                        help="prediction batch size (default: %(default)s)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
+                        help="seed of the fit's restarts (default: %(default)s)")
+    parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                        help="save the ensemble-size curve and the members' agreement matrix "
+                             "(default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
+    parser.add_argument("--weights_dir", default="weights", help="folder of the weight files (default: %(default)s)")
+    cli.add_data_flags(parser)
+    return parser
+
+
+@dataclasses.dataclass
+class Member:
+    name: str  # "Best" or the snapshot number
+    path: str
+
+    @property
+    def label(self):
+        return "Best checkpoint" if self.name == "Best" else f"Snapshot {self.name}"
+
+
+def find_members(weights_dir, prefix, m, dataset, args):
+    """[Best, 1..M] as Members; a clear error listing every missing file."""
+    if m is None:
+        pattern = re.compile(re.escape(prefix) + r"-(\d+)\.weights\.h5$")
+        present = {int(match.group(1)) for name in (os.listdir(weights_dir) if os.path.isdir(weights_dir) else [])
+                   if (match := pattern.match(name))}
+        m = max(present) if present else 0
+    members = [Member("Best", naming.best_path(weights_dir, prefix))]
+    members += [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)]
+    missing = [member.path for member in members if not os.path.isfile(member.path)]
+    if m == 0 or missing:
+        listed = ", ".join(missing) if missing else f"{prefix}-1.weights.h5 ... in {weights_dir}"
+        script = "train_cifar_10.py" if dataset == "cifar10" else "train_cifar_100.py"
+        raise UserError(
+            f"missing ensemble member files: {listed}. Train them with `python {script} "
+            f"{describe_architecture(args)} --weights_dir {weights_dir}`, or fetch the release weights with "
+            f"`python download_weights.py --dataset {dataset} {describe_architecture(args)} "
+            f"--weights_dir {weights_dir}` (and pass --M if you want fewer snapshots)")
+    return members
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def array_fingerprint(*arrays):
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+class PredictionCache:
+    """Member probabilities on disk, one .npy per (weight file content, data split)."""
+
+    def __init__(self, weights_dir):
+        self.folder = os.path.join(weights_dir, CACHE_FOLDER)
+        self.computed = []  # (member path, split) pairs that ran the network: tests and the report read it
+
+    def path(self, weights_sha, split_key):
+        return os.path.join(self.folder, f"{weights_sha[:24]}-{split_key}.npy")
+
+    def probabilities(self, member, split_key, images, predict):
+        """Cached probabilities of `member` on a split, running `predict(member, images)` on a miss."""
+        path = self.path(file_sha256(member.path), split_key)
+        if os.path.isfile(path):
+            try:
+                return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed
+        probs = np.asarray(predict(member, images), dtype=np.float32)
+        self.computed.append((member.path, split_key))
+        os.makedirs(self.folder, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, probs)
+        return np.load(path, mmap_mode="r")
+
+
+class MemberPredictor:
+    """One network, re-loaded with each member's weights; explains unloadable files."""
+
+    def __init__(self, args, dataset):
+        self.args = args
+        self.dataset = dataset
+        self.model = None
+
+    def __call__(self, member, images):
+        from snapshot_ensembles.modeling import build_model
+        from snapshot_ensembles.pipeline import images_dataset
+
+        if self.model is None:
+            self.model = build_model(self.args, nb_classes_of(self.dataset))
+        load_member_weights(self.model, member, self.args, self.dataset)
+        return self.model.predict(images_dataset(images, self.args.batch_size), verbose=0)
+
+
+def load_member_weights(model, member, args, dataset):
+    try:
+        model.load_weights(member.path)
+    except (ValueError, KeyError) as err:
+        raise UserError(
+            f"{member.path} does not fit the network {describe_architecture(args)} for "
+            f"{DATASET_TITLES[dataset]} ({str(err).splitlines()[0][:200]}): pass the model flags the "
+            "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read {member.path} ({err}): the file is truncated or not a Keras weights "
+                        "file; train it again or download the release weights again") from None
+
+
+def fitting_split(dataset, data, weights_dir, prefix):
+    """Images and labels to fit the ensemble weights on, and the split's name.
+
+    The validation split recorded by training when there is one (never the test set), otherwise the
+    training set, as the original did.
+    """
+    from snapshot_ensembles.data import split_validation
+
+    info_path = naming.run_info_path(weights_dir, prefix)
+    val_split, seed = 0.0, 0
+    if os.path.isfile(info_path):
+        try:
+            with open(info_path) as fh:
+                info = json.load(fh)
+            val_split, seed = float(info.get("val_split", 0.0)), int(info.get("seed", 0))
+        except (OSError, ValueError, TypeError) as err:
+            raise UserError(f"cannot read the training record {info_path} ({err}); delete it to fit on the "
+                            "training set instead of the validation split") from None
+    if val_split > 0:
+        _, val_idx = split_validation(data.x_train, data.y_train, val_split, seed)
+        if "nb_val" in info and info["nb_val"] != len(val_idx):
+            raise UserError(f"the validation split recorded in {info_path} ({info['nb_val']} images) does not "
+                            f"match this data ({len(val_idx)} images): use the data the run was trained on")
+        return data.x_train[val_idx], data.y_train[val_idx], f"validation split ({val_split:g} of the training set)"
+    return data.x_train, data.y_train, "training set (no validation split was recorded)"
+
+
+def format_row(label, acc, loss=None):
+    loss_text = "" if loss is None else f"   log-loss {loss:.4f}"
+    return f"  {label:<40} accuracy {acc * 100:6.2f} %{loss_text}"
+
+
+def plot_report(path, curve, agreement, best_single, member_labels):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    sizes, accs = zip(*curve)
+    left.plot(sizes, [a * 100 for a in accs], marker="o", label="equal-weight ensemble of the last m snapshots")
+    left.axhline(best_single * 100, color="grey", linestyle="--", label="best single member")
+    left.set(xlabel="m (snapshots in the ensemble)", ylabel="test accuracy (%)", title="Ensemble size")
+    left.set_xticks(list(sizes))
+    left.legend(loc="lower right", fontsize=8)
+    image = right.imshow(agreement, vmin=min(0.5, float(np.min(agreement))), vmax=1.0, cmap="viridis")
+    right.set_xticks(range(len(member_labels)), member_labels, rotation=45, fontsize=8)
+    right.set_yticks(range(len(member_labels)), member_labels, fontsize=8)
+    right.set_title("Agreement of members' predictions (test set)")
+    fig.colorbar(image, ax=right, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def predict(dataset, argv=None, prog=None, data=None):
+    """Run the prediction flow; `data` lets the demo pass its own Dataset. Returns a summary dict."""
+    args = build_parser(dataset, prog).parse_args(argv)
+    cli.check_model_flags(args)
+    prefix = prefix_for(dataset, args)
+    members = find_members(args.weights_dir, prefix, args.M, dataset, args)
+    saved_json = ensemble.find_ensemble_json(args.weights_dir, prefix)
+    if args.optimize == 0 and saved_json is None:
+        raise UserError(f"--optimize 0 uses the saved ensemble weights, but {args.weights_dir} has no "
+                        f"Ensemble-weights-{prefix}.json: run with --optimize 1 first to fit and save them, "
+                        "or use --optimize -1 for equal weights")
+    saved_weights = ensemble.read_ensemble_weights(saved_json, len(members)) if saved_json else None
+
+    if data is None:
+        from snapshot_ensembles.data import load_cifar
+
+        data = load_cifar(dataset, args.data_dir, args.data_sha256)
+    cache = PredictionCache(args.weights_dir)
+    predictor = MemberPredictor(args, dataset)
+    test_key = f"test-{array_fingerprint(data.x_test, data.y_test)}"
+    test_probs = [cache.probabilities(m, test_key, data.x_test, predictor) for m in members]
+    labels = [m.label for m in members]
+
+    fitted = None
+    if args.optimize == 1:
+        x_fit, y_fit, fit_name = fitting_split(dataset, data, args.weights_dir, prefix)
+        fit_key = f"fit-{array_fingerprint(x_fit, y_fit)}"
+        fit_probs = [cache.probabilities(m, fit_key, x_fit, predictor) for m in members]
+        fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
+        del fit_probs
+
+    equal = np.full(len(members), 1.0 / len(members))
+    member_acc = [ensemble.accuracy(p, data.y_test) for p in test_probs]
+    equal_probs = ensemble.weighted_average(test_probs, equal)
+    # The weighted row shows the fitted weights, else the saved ones (also beside --optimize -1).
+    weights = fitted.weights if fitted is not None else saved_weights
+    weights_source = "fitted" if fitted is not None else f"saved in {os.path.basename(saved_json or '')}"
+    weighted_probs = ensemble.weighted_average(test_probs, weights) if weights is not None else None
+
+    print(f"{DATASET_TITLES[dataset]} test set: {len(data.y_test)} images; ensemble {prefix} with "
+          f"{len(members)} members (Best, snapshots 1..{len(members) - 1})")
+    needed = len(members) * (2 if fitted is not None else 1)
+    print(f"  member predictions computed: {len(cache.computed)} of {needed} (the rest came from the cache "
+          f"in {cache.folder})")
+    print("Members:")
+    for label, acc, probs in zip(labels, member_acc, test_probs):
+        print(format_row(label, acc, ensemble.log_loss(probs, data.y_test)))
+    best_index = int(np.argmax(member_acc))
+    print("Ensembles:")
+    print(format_row(f"single best member ({labels[best_index]})", member_acc[best_index]))
+    print(format_row("equal-weight ensemble", ensemble.accuracy(equal_probs, data.y_test),
+                     ensemble.log_loss(equal_probs, data.y_test)))
+    if weighted_probs is not None:
+        print(format_row(f"weighted ensemble ({weights_source})", ensemble.accuracy(weighted_probs, data.y_test),
+                         ensemble.log_loss(weighted_probs, data.y_test)))
+        print("  weights [" + ", ".join(f"{w:.4f}" for w in weights) + "]")
+    if fitted is not None:
+        spread = max(fitted.restart_log_losses) - min(fitted.restart_log_losses)
+        print(f"  fitted on the {fit_name}, {len(y_fit)} images: log-loss {fitted.log_loss:.6f}, "
+              f"{args.num_tests} restarts agree to {spread:.1e}, {fitted.seconds:.2f} s")
+    curve = ensemble.ensemble_size_curve(test_probs, data.y_test)
+    print("Ensemble size (equal weights, last m snapshots):")
+    print("  " + "  ".join(f"m={m}: {acc * 100:.2f} %" for m, acc in curve))
+
+    if fitted is not None:
+        path = naming.ensemble_json_path(args.weights_dir, prefix)
+        ensemble.write_ensemble_weights(
+            path, fitted.weights, members=[os.path.basename(m.path) for m in members], fit_split=fit_name,
+            fit_samples=int(len(y_fit)), fit_log_loss=fitted.log_loss,
+            restart_log_losses=fitted.restart_log_losses, num_tests=args.num_tests,
+            test_accuracy=ensemble.accuracy(weighted_probs, data.y_test),
+            test_log_loss=ensemble.log_loss(weighted_probs, data.y_test))
+        print(f"  ensemble weights saved to {path}")
+    chosen = equal_probs if args.optimize == -1 else weighted_probs
+    accuracy = ensemble.accuracy(chosen, data.y_test) * 100
+    print(f"Ensemble with {MODES[args.optimize]}:")
+    print("Accuracy : ", accuracy)
+    print("Error : ", 100 - accuracy)
+
+    if args.plot is not None:
+        plot_path = args.plot or os.path.join(args.weights_dir, f"{prefix}-ensemble.png")
+        plot_report(plot_path, curve, ensemble.agreement_matrix(test_probs), member_acc[best_index], labels)
+        print(f"plot saved to {plot_path}")
+    return {"prefix": prefix, "member_accuracy": member_acc, "equal_accuracy": ensemble.accuracy(equal_probs, data.y_test),
+            "weighted_accuracy": None if weighted_probs is None else ensemble.accuracy(weighted_probs, data.y_test),
+            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy / 100,
+            "curve": curve, "networks_run": list(cache.computed)}
+
+
+def main_for(dataset):
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return lambda argv=None: predict(dataset, argv, prog)

@@ -1,0 +1,145 @@
+"""The prediction scripts: modes, the prediction cache, the saved JSON and the error messages."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_clean_failure, run_script
+from snapshot_ensembles import prediction, training
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.modeling import build_model
+
+PREFIX = "WRN-CIFAR10-10-1"
+MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
+UPSTREAM = os.path.join(REPO, "..", "shared", "upstream")
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_dir, tmp_path_factory):
+    data_dir, sha = cifar10_dir
+    weights = tmp_path_factory.mktemp("trained")
+    training.train("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
+                                       "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)])
+    return str(weights)
+
+
+@pytest.fixture
+def weights_dir(trained, tmp_path):
+    target = tmp_path / "weights"
+    shutil.copytree(trained, target)
+    return str(target)
+
+
+def predict(weights_dir, cifar10_dir, *flags):
+    data_dir, sha = cifar10_dir
+    return prediction.predict("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha,
+                                                  "--weights_dir", weights_dir, *flags])
+
+
+def test_fit_then_saved_then_equal_weights_all_report(weights_dir, cifar10_dir, capsys):
+    with pytest.raises(UserError, match="--optimize 1 first"):
+        predict(weights_dir, cifar10_dir, "--optimize", "0")
+    fitted = predict(weights_dir, cifar10_dir, "--optimize", "1", "--plot")
+    out = capsys.readouterr().out
+    for text in ("Best checkpoint", "Snapshot 1", "Snapshot 2", "single best member", "equal-weight ensemble",
+                 "weighted ensemble (fitted)", "m=1:", "m=2:", "Accuracy : ", "Error : "):
+        assert text in out, text
+    saved = json.loads(open(os.path.join(weights_dir, f"Ensemble-weights-{PREFIX}.json")).read())
+    assert saved["members"] == [f"{PREFIX}-Best.weights.h5", f"{PREFIX}-1.weights.h5", f"{PREFIX}-2.weights.h5"]
+    assert saved["fit_split"].startswith("validation split") and saved["fit_samples"] == 40
+    assert len(saved["best_weights"]) == 3 and abs(sum(saved["best_weights"]) - 1) < 1e-9
+    assert os.path.getsize(os.path.join(weights_dir, f"{PREFIX}-ensemble.png")) > 10_000
+
+    reused = predict(weights_dir, cifar10_dir, "--optimize", "0")
+    np.testing.assert_allclose(reused["weights"], saved["best_weights"])
+    assert reused["accuracy"] == fitted["accuracy"] == fitted["weighted_accuracy"]
+    equal = predict(weights_dir, cifar10_dir, "--optimize", "-1")
+    assert equal["accuracy"] == equal["equal_accuracy"]
+    assert "Ensemble with equal weights" in capsys.readouterr().out
+
+
+def test_second_run_uses_the_cache_and_a_replaced_file_is_predicted_again(weights_dir, cifar10_dir):
+    first = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    assert len(first["networks_run"]) == 6  # 3 members x (test, validation)
+    second = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    assert second["networks_run"] == []
+    assert predict(weights_dir, cifar10_dir, "--optimize", "-1")["networks_run"] == []
+    # Replace snapshot 2 by other weights (the cache is keyed by content, not by name or date).
+    model = build_model(training.build_parser("cifar10").parse_args(MODEL), 10)
+    path = os.path.join(weights_dir, f"{PREFIX}-2.weights.h5")
+    model.load_weights(path)
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    model.save_weights(path)
+    third = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    assert sorted(os.path.basename(path) for path, _ in third["networks_run"]) == [f"{PREFIX}-2.weights.h5"] * 2
+    assert third["member_accuracy"][:2] == first["member_accuracy"][:2]
+
+
+def test_m_selects_the_first_snapshots(weights_dir, cifar10_dir):
+    result = predict(weights_dir, cifar10_dir, "--optimize", "-1", "--M", "1")
+    assert len(result["member_accuracy"]) == 2
+
+
+@pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason="../shared/upstream is not beside the repository")
+@pytest.mark.parametrize("name", ["Ensemble weights {}.json", "Ensemble-weights-{}.json"])
+def test_reads_the_originals_weight_files(weights_dir, cifar10_dir, name):
+    for i in range(3, 6):  # five snapshots, as in the original release
+        shutil.copy(os.path.join(weights_dir, f"{PREFIX}-1.weights.h5"), os.path.join(weights_dir, f"{PREFIX}-{i}.weights.h5"))
+    shutil.copy(os.path.join(UPSTREAM, "Ensemble-weights-WRN-CIFAR10-16-4.json"),
+                os.path.join(weights_dir, name.format(PREFIX)))
+    result = predict(weights_dir, cifar10_dir, "--optimize", "0")
+    raw = json.loads(open(os.path.join(UPSTREAM, "Ensemble-weights-WRN-CIFAR10-16-4.json")).read())["best_weights"]
+    np.testing.assert_allclose(result["weights"], np.array(raw) / sum(raw))
+
+
+def test_missing_members_are_listed_with_how_to_get_them(weights_dir, cifar10_dir):
+    os.remove(os.path.join(weights_dir, f"{PREFIX}-Best.weights.h5"))
+    with pytest.raises(UserError) as err:
+        predict(weights_dir, cifar10_dir, "--optimize", "-1", "--M", "3")
+    message = str(err.value)
+    assert f"{PREFIX}-Best.weights.h5" in message and f"{PREFIX}-3.weights.h5" in message
+    assert f"{PREFIX}-1.weights.h5" not in message
+    assert "train_cifar_10.py" in message and "download_weights.py" in message
+
+
+def test_weights_of_another_architecture_name_the_flags(weights_dir, cifar10_dir):
+    for name in os.listdir(weights_dir):  # present the k=1 files under the k=2 prefix
+        if name.startswith(PREFIX):
+            os.rename(os.path.join(weights_dir, name), os.path.join(weights_dir, name.replace(PREFIX, "WRN-CIFAR10-10-2")))
+    data_dir, sha = cifar10_dir
+    with pytest.raises(UserError, match="does not fit the network --model wrn --wrn_N 1 --wrn_k 2.*--wrn_k"):
+        prediction.predict("cifar10", ["--wrn_N", "1", "--wrn_k", "2", "--optimize", "-1", "--data_dir", data_dir,
+                                       "--data_sha256", sha, "--weights_dir", weights_dir])
+
+
+def test_truncated_weight_file(weights_dir, cifar10_dir):
+    path = os.path.join(weights_dir, f"{PREFIX}-2.weights.h5")
+    content = open(path, "rb").read()
+    open(path, "wb").write(content[: len(content) // 2])
+    with pytest.raises(UserError, match="truncated or not a Keras weights file"):
+        predict(weights_dir, cifar10_dir, "--optimize", "-1")
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ({"best_weights": [0.5, 0.5]}, "holds 2 weights"),
+    ({"best_weights": [0.5, -0.1, 0.6]}, "non-negative"),
+    ('{"best_weights": [0.5, NaN, 0.5]}', "finite"),
+    ({"weights": [1, 1, 1]}, "no 'best_weights'"),
+    ("{not json", "Cannot read"),
+])
+def test_bad_ensemble_json_is_a_clear_error_through_the_script(weights_dir, cifar10_dir, content, fragment):
+    path = os.path.join(weights_dir, f"Ensemble-weights-{PREFIX}.json")
+    with open(path, "w") as fh:
+        fh.write(content if isinstance(content, str) else json.dumps(content))
+    data_dir, sha = cifar10_dir
+    result = run_script("predict_cifar_10.py", *MODEL, "--optimize", "0", "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", weights_dir)
+    assert_clean_failure(result, fragment)
+
+
+def test_missing_json_through_the_script(weights_dir, cifar10_dir):
+    result = run_script("predict_cifar_100.py", *MODEL, "--weights_dir", weights_dir)
+    assert_clean_failure(result, "missing ensemble member files", "WRN-CIFAR100-10-1-Best.weights.h5")
