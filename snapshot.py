@@ -17,11 +17,13 @@ import os
 
 import keras
 
+from snapshot_ensembles import run_state
 from snapshot_ensembles.files import save_weights
 from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
-           "StepCosineScheduler", "SnapshotCosineSchedule", "cosine_annealing_lr", "check_snapshot_counts"]
+           "StepCosineScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard", "TrainingDiverged",
+           "RunStateCheckpoint", "cosine_annealing_lr", "check_snapshot_counts"]
 
 SCHEDULE_MODES = ("epoch", "batch")
 # Keras names the accuracy metric after the string it was compiled with.
@@ -138,6 +140,62 @@ class BestWeightsCheckpoint(keras.callbacks.Callback):
             self.best = current
             if self.save_enabled:
                 save_weights(self.model, self.filepath)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+    def __init__(self, epoch, metric, value):
+        super().__init__(f"{metric} is {value} at the end of epoch {epoch + 1}")
+        self.epoch = epoch  # zero-based
+        self.metric = metric
+        self.value = value
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the end of an epoch whose loss or validation loss is not finite.
+
+    Put it first among the callbacks: raising ends `fit` before any later callback of that epoch
+    runs, so no snapshot, best checkpoint or run state is written with diverged weights. Keras's
+    TerminateOnNaN only sets `stop_training`, after which the epoch still ends normally and every
+    checkpoint would save. The check is per epoch, not per batch, because a batch-end hook would
+    make every step wait for its loss; a step that breaks the weights shows up in the epoch's mean
+    loss, or, when it is the last of the epoch, in the validation loss.
+    """
+
+    MONITORED = ("loss", "val_loss")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for metric in self.MONITORED:
+            value = (logs or {}).get(metric)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDiverged(epoch, metric, float(value))
+
+
+class RunStateCheckpoint(keras.callbacks.Callback):
+    """Saves the run's state (snapshot_ensembles.run_state) at the end of every epoch, to resume from.
+
+    Put it last, so that it records the epoch only once the snapshot and best checkpoints of that
+    epoch are written and the learning rate is in the logs. `history` continues the history of the
+    epochs before a resumption.
+    """
+
+    def __init__(self, path, best_checkpoint, flags, data_fingerprint, history=None):
+        super().__init__()
+        self.path = path
+        self.best_checkpoint = best_checkpoint
+        self.flags = flags
+        self.data_fingerprint = data_fingerprint
+        self.history = {name: list(values) for name, values in (history or {}).items()}
+        self.saved_epochs = None  # completed epochs recorded in the file by this callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        state = run_state.RunState(epoch=epoch + 1, best=self.best_checkpoint.best, history=self.history,
+                                   flags=self.flags, data_fingerprint=self.data_fingerprint)
+        run_state.save_state(self.model, self.path, state)
+        self.saved_epochs = epoch + 1
 
 
 class SnapshotCallbackBuilder:

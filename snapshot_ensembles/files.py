@@ -1,35 +1,84 @@
 """Crash-safe file writes: everything goes to a temporary name in the same folder, then is renamed.
 
 A reader (or a restarted run) therefore sees either the old complete file or the new complete
-file, never a truncated one.
+file, never a truncated one, whether the writer fails (disk full, permissions), is interrupted
+(Ctrl-C) or is killed outright (`kill -9`, power loss). Only a killed writer can leave its hidden
+temporary file behind; `remove_partial_files` clears those on the next run.
 """
 
 import contextlib
+import glob
 import json
 import os
 import uuid
+
+from snapshot_ensembles.errors import UserError
+
+PARTIAL_MARK = ".partial"
+
+
+class FileWriteError(UserError):
+    """A file could not be written (disk full, no permission...); its previous version is intact."""
+
+    exit_code = 1  # the input was fine: the environment failed, unlike the usage errors' 2
 
 
 def partial_path(path):
     """A hidden temporary name beside `path` that keeps its suffix (Keras insists on `.weights.h5`)."""
     folder, name = os.path.split(os.path.abspath(path))
     suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.partial{suffix}")
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{suffix}")
+
+
+def remove_partial_files(paths):
+    """Delete the temporary files that a killed writer of any of `paths` left behind."""
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*{PARTIAL_MARK}*")):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable, so that a power loss right after it cannot bring back the old entry.
+
+    Best effort: some platforms and file systems cannot sync a folder, and the new file is in place anyway.
+    """
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _reason(err):
+    if err.errno:
+        return os.strerror(err.errno)
+    return str(err) or type(err).__name__
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
+
+    An OSError becomes a FileWriteError naming the file; any other exception (KeyboardInterrupt
+    included) passes through unchanged. Either way `path` keeps its previous content.
+    """
     tmp = partial_path(path)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # flush the data to disk before the rename makes it visible
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            raise FileWriteError(f"cannot write {path} ({_reason(err)}); its previous version, if any, "
+                                 "is unchanged") from None
         raise
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def write_json(path, obj):

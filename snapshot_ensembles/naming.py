@@ -2,7 +2,13 @@
 
 import os
 
-DATASETS = {"cifar10": ("CIFAR10", 10), "cifar100": ("CIFAR100", 100)}
+# dataset key -> (tag in file names, number of classes, title for people)
+DATASETS = {"cifar10": ("CIFAR10", 10, "CIFAR-10"), "cifar100": ("CIFAR100", 100, "CIFAR-100"),
+            "digits": ("DIGITS", 10, "scikit-learn digits (demo)")}
+
+
+def dataset_title(dataset):
+    return DATASETS[dataset][2]
 
 
 def model_prefix(dataset, model, wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12):

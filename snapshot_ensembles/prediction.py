@@ -19,13 +19,12 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for
 
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 CACHE_FOLDER = ".prediction-cache"
 MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
 
 
 def build_parser(dataset, prog=None):
-    parser = cli.ArgumentParser(prog=prog, description=f"Predict {DATASET_TITLES[dataset]} with a snapshot "
+    parser = cli.ArgumentParser(prog=prog, description=f"Predict {naming.dataset_title(dataset)} with a snapshot "
                                                        "ensemble: equal, saved or fitted member weights.")
     parser.add_argument("--optimize", type=int, choices=(-1, 0, 1), default=0,
                         help="0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
@@ -146,7 +145,7 @@ def load_member_weights(model, member, args, dataset):
     except (ValueError, KeyError) as err:
         raise UserError(
             f"{member.path} does not fit the network {describe_architecture(args)} for "
-            f"{DATASET_TITLES[dataset]} ({str(err).splitlines()[0][:200]}): pass the model flags the "
+            f"{naming.dataset_title(dataset)} ({str(err).splitlines()[0][:200]}): pass the model flags the "
             "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)"
         ) from None
     except OSError as err:
@@ -249,7 +248,7 @@ def predict(dataset, argv=None, prog=None, data=None):
     weights_source = "fitted" if fitted is not None else f"saved in {os.path.basename(saved_json or '')}"
     weighted_probs = ensemble.weighted_average(test_probs, weights) if weights is not None else None
 
-    print(f"{DATASET_TITLES[dataset]} test set: {len(data.y_test)} images; ensemble {prefix} with "
+    print(f"{naming.dataset_title(dataset)} test set: {len(data.y_test)} images; ensemble {prefix} with "
           f"{len(members)} members (Best, snapshots 1..{len(members) - 1})")
     needed = len(members) * (2 if fitted is not None else 1)
     print(f"  member predictions computed: {len(cache.computed)} of {needed} (the rest came from the cache "

@@ -1,23 +1,22 @@
 """The training flow behind train_cifar_10.py and train_cifar_100.py (SPEC section 4)."""
 
+import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, naming
+from snapshot_ensembles import cli, naming, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import write_json
+from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
 from snapshot_ensembles.modeling import DEFAULT_BATCH_SIZE, DEFAULT_DROPOUT, build_model, prefix_for
 from snapshot_ensembles.schedule import check_snapshot_counts
-
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def build_parser(dataset, prog=None):
     parser = cli.ArgumentParser(
-        prog=prog, description=f"Train a snapshot ensemble on {DATASET_TITLES[dataset]} "
+        prog=prog, description=f"Train a snapshot ensemble on {naming.dataset_title(dataset)} "
                                "(one run, M cosine cycles, one snapshot per cycle).")
     parser.add_argument("--M", type=cli.positive_int, default=5, help="number of snapshots (cycles) (default: %(default)s)")
     parser.add_argument("--nb_epoch", type=cli.positive_int, default=200,
@@ -42,6 +41,12 @@ def build_parser(dataset, prog=None):
     group.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default: %(default)s)")
     group.add_argument("--no_augment", action="store_true", help="train without the random rotations and shifts")
     parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
+    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the unfinished run of the same model in --weights_dir from its last "
+                             "completed epoch, with the same flags (default)")
+    resume.add_argument("--no_resume", dest="resume", action="store_false",
+                        help="start over, overwriting the run found in --weights_dir")
     cli.add_data_flags(parser)
     return parser
 
@@ -80,21 +85,38 @@ def seed_everything(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-def compile_model(model, args):
+class TrainingFailed(UserError):
+    """The run started but could not go on (the loss diverged)."""
+
+    exit_code = 1
+
+
+def compile_model(model, args, steps_per_epoch=None):
+    """SGD and the loss of the original; in batch mode with `steps_per_epoch`, the per-step schedule too.
+
+    The batch-mode schedule is installed here rather than by StepCosineScheduler at the start of fit
+    so that the optimizer holds the same variables (no learning-rate variable) whether it saves a
+    run's state or loads it to resume.
+    """
     import keras
 
-    optimizer = keras.optimizers.SGD(learning_rate=args.alpha_zero, momentum=args.momentum,
-                                     nesterov=args.nesterov)
+    from snapshot import StepCosineScheduler
+
+    learning_rate = args.alpha_zero
+    if args.schedule == "batch" and steps_per_epoch:
+        learning_rate = StepCosineScheduler(args.nb_epoch, args.M, args.alpha_zero).schedule_for(steps_per_epoch)
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
-def load_training_data(dataset, args):
+def load_training_data(dataset, args, data=None):
     """Train / validation / test arrays; validation is the test set when --val_split is 0."""
     from snapshot_ensembles.data import load_cifar, split_validation
 
-    data = load_cifar(dataset, args.data_dir, args.data_sha256)
+    if data is None:
+        data = load_cifar(dataset, args.data_dir, args.data_sha256)
     if args.val_split > 0:
         train_idx, val_idx = split_validation(data.x_train, data.y_train, args.val_split, args.seed)
         splits = dict(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx],
@@ -104,60 +126,169 @@ def load_training_data(dataset, args):
     return data, splits
 
 
-def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=()):
-    """Train with the snapshot callbacks; returns the Keras History."""
-    from snapshot import SnapshotCallbackBuilder
+def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resume_from=None):
+    """Train with the snapshot callbacks, saving the run's state at every epoch end.
+
+    `resume_from`, a RunState read from the run's state file, continues that run from its last
+    completed epoch. Returns the history of every epoch, resumed ones included (name -> values).
+    """
+    from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
     from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 
     steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)
     builder = SnapshotCallbackBuilder(args.nb_epoch, args.M, args.alpha_zero, schedule=args.schedule,
                                       steps_per_epoch=steps, weights_dir=args.weights_dir)
+    best, schedule, snapshots = builder.get_callbacks(model_prefix=prefix)
+    state_file = run_state.state_path(args.weights_dir, prefix)
+    fingerprint = run_state.data_fingerprint(splits["x_train"], splits["y_train"], splits["x_val"], splits["y_val"])
+    initial_epoch = 0
+    if resume_from is not None:
+        if resume_from.data_fingerprint != fingerprint:
+            raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
+                            "with the same --data_dir and --val_split, or start over with --no_resume")
+        run_state.restore_state(model, state_file, resume_from, steps)
+        best.best = resume_from.best
+        initial_epoch = resume_from.epoch
+        print(f"Resuming {prefix} after epoch {initial_epoch} of {args.nb_epoch} (--no_resume starts over)")
+        if initial_epoch == args.nb_epoch:  # it stopped after its last epoch, before writing the history
+            return resume_from.history
+    checkpoint = RunStateCheckpoint(state_file, best, run_state.run_flags(vars(args)), fingerprint,
+                                    history=resume_from.history if resume_from else None)
+    # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
+    callbacks = [NonFiniteLossGuard(), best, schedule, snapshots, *extra_callbacks, checkpoint]
     train_data = training_dataset(splits["x_train"], splits["y_train"], args.batch_size, args.seed,
-                                  0, args.nb_epoch, augment=not args.no_augment)
+                                  initial_epoch, args.nb_epoch, augment=not args.no_augment)
     val_data = evaluation_dataset(splits["x_val"], splits["y_val"], args.batch_size)
-    return model.fit(train_data, epochs=args.nb_epoch, steps_per_epoch=steps, validation_data=val_data, shuffle=False,
-                     callbacks=builder.get_callbacks(model_prefix=prefix) + list(extra_callbacks),
-                     verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        model.fit(train_data, epochs=args.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=val_data, shuffle=False, callbacks=callbacks,
+                  verbose=1 if sys.stdout.isatty() else 2)
+    except TrainingDiverged as err:
+        raise TrainingFailed(
+            f"training diverged: the {err.metric} became {err.value} in epoch {err.epoch + 1} of {args.nb_epoch}, "
+            "so the run stopped without saving that epoch's weights; the snapshots and checkpoints saved "
+            f"before are kept. Lower the learning rate (for example --alpha_zero {args.alpha_zero / 10:g}) "
+            "and train again with --no_resume") from None
+    except FileWriteError as err:
+        done = checkpoint.saved_epochs or initial_epoch
+        resume = f"resume after epoch {done}" if done else "start again"
+        raise FileWriteError(f"{err}. Training stopped; once there is room (or permission) to write, rerun "
+                             f"the same command to {resume}") from None
+    return checkpoint.history
 
 
-def history_to_json(history):
-    return {key: [float(v) for v in values] for key, values in history.items()}
+COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
 
 
-def train(dataset, argv=None, prog=None):
+def find_run_to_resume(args, prefix):
+    """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
+
+    Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
+    weights folder is only ever continued, or left alone, with the flags it was started with.
+    """
+    state_file = run_state.state_path(args.weights_dir, prefix)
+    if not args.resume:
+        if os.path.exists(state_file):
+            os.remove(state_file)
+            print(f"--no_resume: discarded the state of the unfinished run {state_file}")
+        return None
+    flags = run_state.run_flags(vars(args))
+    saved = run_state.read_state(state_file)
+    if saved is not None:
+        run_state.check_same_run(saved.flags, flags, f"an unfinished run of {prefix} "
+                                 f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", args.weights_dir)
+        return saved
+    info = read_json_record(naming.run_info_path(args.weights_dir, prefix))
+    if info.get("status") == "complete" and isinstance(info.get("args"), dict):
+        run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {prefix}",
+                                 args.weights_dir)
+        return COMPLETE
+    return None
+
+
+def read_json_record(path):
+    """A JSON object that training wrote beside the weights; {} when absent or unreadable."""
+    try:
+        with open(path) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def test_accuracy(model, data, batch_size):
+    """Fraction of the test images that `model` classifies correctly."""
+    from snapshot_ensembles.pipeline import images_dataset
+
+    probabilities = model.predict(images_dataset(data.x_test, batch_size), verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=1) == data.y_test))
+
+
+def load_completed_run(model, args, prefix):
+    """The final weights (the last snapshot: both are the weights after the last epoch) and the history."""
+    last = naming.snapshot_path(args.weights_dir, prefix, args.M)
+    model.optimizer.build(model.trainable_variables)  # snapshots hold optimizer variables too: load them all
+    try:
+        model.load_weights(last)
+    except (OSError, ValueError) as err:
+        raise UserError(f"the complete run's last snapshot {last} cannot be loaded ({err}): train again "
+                        "with --no_resume") from None
+    return read_json_record(naming.history_path(args.weights_dir, prefix))
+
+
+def train(dataset, argv=None, prog=None, data=None):
+    """The whole training flow; returns the final model and the history of every epoch.
+
+    `data`, a snapshot_ensembles.data.Dataset, replaces the CIFAR loading (the demo's digits). A run
+    that already completed with the same flags is not trained again: its final weights are loaded.
+    """
     args = build_parser(dataset, prog).parse_args(argv)
     check_args(args)
     prepare_weights_dir(args.weights_dir)
     prefix = prefix_for(dataset, args)
+    resume_from = find_run_to_resume(args, prefix)
+    state_file = run_state.state_path(args.weights_dir, prefix)
+    if resume_from is not COMPLETE:
+        written = [naming.best_path(args.weights_dir, prefix), state_file,
+                   naming.history_path(args.weights_dir, prefix), naming.run_info_path(args.weights_dir, prefix)]
+        remove_partial_files(written + [naming.snapshot_path(args.weights_dir, prefix, i)
+                                        for i in range(1, args.M + 1)])
 
-    data, splits = load_training_data(dataset, args)  # before TensorFlow starts: data errors answer fast
+    data, splits = load_training_data(dataset, args, data)  # before TensorFlow starts: data errors answer fast
     seed_everything(args.seed)
-    print(f"{DATASET_TITLES[dataset]} from {data.source}: {len(splits['y_train'])} training images, "
+    print(f"{naming.dataset_title(dataset)} from {data.source}: {len(splits['y_train'])} training images, "
           f"{len(splits['y_val'])} validation images" + ("" if args.val_split else " (the test set)"))
     if not args.val_split:
         print("note: --val_split 0 validates on the TEST set, as the original did: the Best checkpoint and "
               "fitted ensemble weights are then chosen on test data and their test figures are optimistic.")
 
-    model = compile_model(build_model(args, data.nb_classes, args.dropout, verbose=1), args)
-    run_info = {"dataset": dataset, "prefix": prefix, "args": vars(args), "val_split": args.val_split,
-                "seed": args.seed, "nb_train": int(len(splits["y_train"])), "nb_val": int(len(splits["y_val"])),
-                "status": "running"}
-    write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
+    from snapshot_ensembles.pipeline import steps_per_epoch
 
-    started = time.time()
-    history = fit_snapshot_ensemble(model, splits, args, prefix)
-    write_json(naming.history_path(args.weights_dir, prefix), history_to_json(history.history))
-    write_json(naming.run_info_path(args.weights_dir, prefix),
-               dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
+    steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)
+    model = compile_model(build_model(args, data.nb_classes, args.dropout, verbose=1), args, steps)
+    if resume_from is COMPLETE:
+        print(f"{prefix} in {args.weights_dir} is already trained with these flags: nothing to train "
+              "(--no_resume trains it again).")
+        history = load_completed_run(model, args, prefix)
+    else:
+        run_info = {"dataset": dataset, "prefix": prefix, "args": vars(args), "val_split": args.val_split,
+                    "seed": args.seed, "nb_train": int(len(splits["y_train"])), "nb_val": int(len(splits["y_val"])),
+                    "status": "running"}
+        if resume_from is not None:
+            run_info["resumed_after_epoch"] = resume_from.epoch
+        write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
+        started = time.time()
+        history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from)
+        write_json(naming.history_path(args.weights_dir, prefix), history)
+        write_json(naming.run_info_path(args.weights_dir, prefix),
+                   dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
+        os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
 
-    from snapshot_ensembles.pipeline import images_dataset
-
-    probabilities = model.predict(images_dataset(data.x_test, args.batch_size), verbose=0)
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == data.y_test)) * 100
+    accuracy = test_accuracy(model, data, args.batch_size) * 100
     print(f"Final model on the test set ({len(data.y_test)} images):")
     print("Accuracy : ", accuracy)
     print("Error : ", 100 - accuracy)
-    print(f"Snapshots, best checkpoint and history written to {args.weights_dir}/ with prefix {prefix}")
+    print(f"Snapshots, best checkpoint and history in {args.weights_dir}/ with prefix {prefix}")
     return model, history
 
 

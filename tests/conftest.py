@@ -50,3 +50,39 @@ def assert_clean_failure(result, *fragments):
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
     return error_lines[0]
+
+
+def start_script(script, *args, log_path, python_args=(), env=None):
+    """Start an entry script in the background (to interrupt it); its stdout and stderr go to log_path."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)],
+                               cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()  # the child holds its own copy
+    return process
+
+
+def wait_until(condition, process, timeout=300, poll=0.05):
+    """Poll `condition()` until it is true; fail if `process` ends first or the time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before the awaited moment"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(poll)
+
+
+def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1", "--wrn_k", "1")):
+    """Test-set probabilities of the weight files `{prefix}-{name}.weights.h5`, name by name."""
+    from snapshot_ensembles import training
+    from snapshot_ensembles.modeling import build_model
+    from snapshot_ensembles.pipeline import images_dataset
+
+    args = training.build_parser("cifar10").parse_args(list(model_flags))
+    model = build_model(args, 10)
+    predictions = {}
+    for name in names:
+        model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))
+        predictions[name] = model.predict(images_dataset(x, 64), verbose=0)
+    return predictions

@@ -144,3 +144,8 @@ def test_unwritable_weights_folder(tmp_path, cifar10_dir):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker / "sub"), "weights folder")
+
+
+def test_help_explains_resuming():
+    text = " ".join(run_script("train_cifar_10.py", "--help").stdout.split())
+    assert "--resume" in text and "--no_resume" in text and "last completed epoch" in text

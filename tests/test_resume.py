@@ -1,0 +1,161 @@
+"""Resuming a training run: interrupted anywhere, the same command ends where an uninterrupted run would."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_failure, member_predictions, run_script, start_script, wait_until
+from snapshot import RunStateCheckpoint
+from snapshot_ensembles import run_state, training
+from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.errors import UserError
+
+WRN = ["--wrn_N", "1", "--wrn_k", "1"]
+WRN_PREFIX = "WRN-CIFAR10-10-1"
+# Three cycles of two epochs; momentum, so that the optimizer's own state matters.
+RUN = ["--nb_epoch", "6", "--M", "3", "--momentum", "0.9"]
+MEMBERS = ["Best", "1", "2", "3"]
+
+
+def flags(cifar10_dir, weights, *extra, model=WRN):
+    data_dir, sha = cifar10_dir
+    return [*model, *RUN, "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights), *extra]
+
+
+def state_epoch(weights, prefix=WRN_PREFIX):
+    state = run_state.read_state(run_state.state_path(str(weights), prefix))
+    return state.epoch if state else 0
+
+
+def assert_same_run(resumed, reference, cifar10_dir, prefix=WRN_PREFIX, model_flags=WRN):
+    """Same snapshots and best checkpoint (predictions to 1e-5) and the same history, epoch by epoch."""
+    x = load_cifar("cifar10", *cifar10_dir).x_test
+    got = member_predictions(str(resumed), prefix, MEMBERS, x, model_flags)
+    expected = member_predictions(str(reference), prefix, MEMBERS, x, model_flags)
+    for name in MEMBERS:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-5, err_msg=name)
+    got_history = training.read_json_record(os.path.join(resumed, f"{prefix}-training.json"))
+    expected_history = training.read_json_record(os.path.join(reference, f"{prefix}-training.json"))
+    assert sorted(got_history) == sorted(expected_history)
+    np.testing.assert_array_equal(got_history["learning_rate"], expected_history["learning_rate"])
+    for metric, values in expected_history.items():
+        assert len(got_history[metric]) == 6, metric
+        np.testing.assert_allclose(got_history[metric], values, rtol=1e-5, err_msg=metric)
+
+
+@pytest.fixture(scope="module")
+def reference(cifar10_dir, tmp_path_factory):
+    """The uninterrupted run that every interrupted one must reproduce."""
+    weights = tmp_path_factory.mktemp("reference")
+    training.train("cifar10", flags(cifar10_dir, weights))
+    return str(weights)
+
+
+def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(reference, cifar10_dir, tmp_path):
+    weights = tmp_path / "w"
+    argv = flags(cifar10_dir, weights)
+    run = start_script("train_cifar_10.py", *argv, log_path=tmp_path / "killed.log")
+    try:
+        wait_until(lambda: state_epoch(weights) >= 3, run)  # epoch 3 of 6: in the middle of cycle 2
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    killed_at = state_epoch(weights)
+    assert 3 <= killed_at < 6
+    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    state_bytes = open(state_file, "rb").read()
+
+    # Other flags would silently train a different run on top of this one: refused, the state untouched.
+    refused = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--momentum", "0.5", "--seed", "1"))
+    line = assert_clean_failure(refused, "unfinished run", "--momentum 0.9 (now 0.5)", "--seed 0 (now 1)",
+                                "--no_resume", "--weights_dir")
+    assert "--nb_epoch" not in line and "--weights_dir 0" not in line
+    assert open(state_file, "rb").read() == state_bytes
+
+    resumed = run_script("train_cifar_10.py", *argv)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {WRN_PREFIX} after epoch {killed_at} of 6" in resumed.stdout
+    assert f"Epoch {killed_at}/6" not in resumed.stdout and f"Epoch {killed_at + 1}/6" in resumed.stdout
+    assert sorted(os.listdir(weights)) == sorted(os.listdir(reference))  # the state file is gone
+    assert_same_run(weights, reference, cifar10_dir)
+
+    # A complete run is not trained again, nor touched.
+    before = {name: os.stat(weights / name).st_mtime_ns for name in os.listdir(weights)}
+    again = run_script("train_cifar_10.py", *argv)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already trained" in again.stdout and "Epoch 1/6" not in again.stdout
+    assert "Accuracy : " in again.stdout
+    assert {name: os.stat(weights / name).st_mtime_ns for name in os.listdir(weights)} == before
+    assert_clean_failure(run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "0.2")),
+                         "complete run", "--alpha_zero 0.1 (now 0.2)", "--no_resume")
+
+
+def interrupt_after_epoch(monkeypatch, epochs_done):
+    """Make the run stop like a Ctrl-C right after the state of `epochs_done` epochs is saved."""
+    save = RunStateCheckpoint.on_epoch_end
+
+    def save_then_interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == epochs_done:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStateCheckpoint, "on_epoch_end", save_then_interrupt)
+
+
+@pytest.mark.parametrize("model_flags,extra,prefix", [
+    # Batch mode: the schedule reads the optimizer's step counter, which the state must restore.
+    (WRN, ["--schedule", "batch"], WRN_PREFIX),
+    # DenseNet trains with dropout 0.2: its seed generators must continue where they were.
+    pytest.param(["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"], ["--val_split", "0.2"],
+                 "DenseNet-CIFAR10-7-4", marks=pytest.mark.slow),
+])
+def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, model_flags, extra, prefix):
+    from cifar_fixtures import write_archive
+
+    training.train("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
+    assert state_epoch(tmp_path / "w", prefix) == 3
+    assert not os.path.exists(tmp_path / "w" / f"{prefix}-2.weights.h5")
+
+    other_data = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
+    with pytest.raises(UserError, match="data differ .* --no_resume"):
+        training.train("cifar10", flags(other_data, tmp_path / "w", *extra, model=model_flags))
+
+    training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
+    assert_same_run(tmp_path / "w", tmp_path / "reference", cifar10_dir, prefix, model_flags)
+
+
+def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir, tmp_path, capsys):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    with open(state_file, "wb") as fh:
+        fh.write(b"not HDF5 at all")
+    with pytest.raises(UserError, match="cannot read the saved state .* --no_resume"):
+        training.train("cifar10", flags(cifar10_dir, weights))
+    model, history = training.train("cifar10", flags(cifar10_dir, weights, "--no_resume", "--nb_epoch", "1",
+                                                     "--M", "1"))
+    assert "discarded the state of the unfinished run" in capsys.readouterr().out
+    assert len(history["loss"]) == 1 and not os.path.exists(state_file)
+
+
+def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, tmp_path, monkeypatch, capsys):
+    argv = flags(cifar10_dir, tmp_path, "--nb_epoch", "1", "--M", "1")
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 1)  # the state says 1 of 1 epochs; no history, run not marked complete
+        with pytest.raises(KeyboardInterrupt):
+            training.train("cifar10", argv)
+    assert not os.path.exists(tmp_path / f"{WRN_PREFIX}-training.json")
+    capsys.readouterr()
+    _, history = training.train("cifar10", argv)
+    out = capsys.readouterr().out
+    assert "Resuming WRN-CIFAR10-10-1 after epoch 1 of 1" in out and "Epoch " not in out
+    assert len(history["loss"]) == 1
+    assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
+    assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
+    assert not os.path.exists(run_state.state_path(str(tmp_path), WRN_PREFIX))
