@@ -14,13 +14,13 @@ from snapshot_ensembles import cli
 
 DEMO_DATASET = "digits"
 TEST_FRACTION = 0.5
-VAL_FRACTION = 0.2  # of what remains after the test set
+VAL_FRACTION = 0.4  # of what remains after the test set: enough to fit ensemble weights on
 
 
 def build_parser():
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--M", type=cli.positive_int, default=4, help="snapshots (default: %(default)s)")
-    parser.add_argument("--nb_epoch", type=cli.positive_int, default=20, help="total epochs (default: %(default)s)")
+    parser.add_argument("--nb_epoch", type=cli.positive_int, default=32, help="total epochs (default: %(default)s)")
     parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.05,
                         help="peak learning rate (default: %(default)s)")
     parser.add_argument("--momentum", type=cli.unit_interval, default=0.9, help="SGD momentum (default: %(default)s)")
