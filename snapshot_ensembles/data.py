@@ -7,7 +7,6 @@ rebuild NumPy arrays, so a tampered file cannot run code.
 """
 
 import dataclasses
-import hashlib
 import io
 import os
 import pickle
@@ -17,6 +16,7 @@ import zlib
 import numpy as np
 
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import sha256_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,14 +97,6 @@ def _unpickle_batch(raw, where, spec):
 
 def _join(parts):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_archive(path, spec, expected_sha256=None):

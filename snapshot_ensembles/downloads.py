@@ -13,7 +13,6 @@ corrupt file.
 Standard library only, so the download script starts at once (no Keras/TensorFlow import).
 """
 
-import hashlib
 import http.client
 import ipaddress
 import json
@@ -26,7 +25,7 @@ import urllib.parse
 import urllib.request
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import write_json
+from snapshot_ensembles.files import sha256_of, write_json
 
 # Placeholder organisation: maintainers publishing elsewhere change this one constant, users point
 # SNAPSHOT_RELEASE_URL or --url at their own release.
@@ -431,14 +430,6 @@ def _verify(partial, entry, release):
 
 def _matches(path, entry):
     return os.path.getsize(path) == entry.size and sha256_of(path) == entry.sha256
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _remove(path):

@@ -8,6 +8,7 @@ temporary file behind; `remove_partial_files` clears those on the next run.
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import uuid
@@ -92,3 +93,12 @@ def save_weights(model, path):
     """`model.save_weights` through a temporary file."""
     with atomic_path(path) as tmp:
         model.save_weights(tmp)
+
+
+def sha256_of(path):
+    """SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

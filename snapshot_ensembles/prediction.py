@@ -16,7 +16,7 @@ import numpy as np
 
 from snapshot_ensembles import cli, ensemble, naming
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path
+from snapshot_ensembles.files import atomic_path, sha256_of
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for
 
 CACHE_FOLDER = ".prediction-cache"
@@ -78,14 +78,6 @@ def find_members(weights_dir, prefix, m, dataset, args):
     return members
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def array_fingerprint(*arrays):
     digest = hashlib.sha256()
     for array in arrays:
@@ -106,7 +98,7 @@ class PredictionCache:
 
     def probabilities(self, member, split_key, images, predict):
         """Cached probabilities of `member` on a split, running `predict(member, images)` on a miss."""
-        path = self.path(file_sha256(member.path), split_key)
+        path = self.path(sha256_of(member.path), split_key)
         if os.path.isfile(path):
             try:
                 return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
