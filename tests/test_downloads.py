@@ -250,13 +250,18 @@ def test_stalled_connection_times_out_and_keeps_the_partial(server, tmp_path):
     assert not (tmp_path / name).exists()
 
 
-@pytest.mark.parametrize("as_url", [False, True], ids=["folder", "file-url"])
-def test_folder_and_file_url_sources(tmp_path, as_url):
-    release = tmp_path / "release"
-    release.mkdir()
+def write_release_files(folder):
+    """The release files written into a new `folder`; returns (folder, {name: bytes})."""
+    folder.mkdir()
     files = release_files()
     for name, data in files.items():
-        (release / name).write_bytes(data)
+        (folder / name).write_bytes(data)
+    return folder, files
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["folder", "file-url"])
+def test_folder_and_file_url_sources(tmp_path, as_url):
+    release, files = write_release_files(tmp_path / "release")
     (release / downloads.MANIFEST_NAME).write_text(json.dumps(manifest_for(files)))
     download(release.as_uri() if as_url else str(release), tmp_path / "weights")
     assert sorted(os.listdir(tmp_path / "weights")) == sorted(
@@ -325,11 +330,7 @@ def test_progress_on_a_terminal_is_one_live_line():
 
 
 def test_make_manifest_round_trip(tmp_path, capsys):
-    release = tmp_path / "trained"
-    release.mkdir()
-    files = release_files()
-    for name, data in files.items():
-        (release / name).write_bytes(data)
+    release, files = write_release_files(tmp_path / "trained")
     (release / downloads.partial_name(f"{PREFIX}-3.weights.h5")).write_bytes(b"half")  # unfinished: not listed
     (release / "subfolder").mkdir()
 
