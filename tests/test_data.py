@@ -1,6 +1,5 @@
 """Offline CIFAR loading: archives, folders, the Keras cache, checksums and hostile pickles."""
 
-import io
 import os
 import pickle
 import shutil
