@@ -19,8 +19,8 @@ VAL_FRACTION = 0.4  # of what remains after the test set: enough to fit ensemble
 
 def build_parser():
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--M", type=cli.positive_int, default=4, help="snapshots (default: %(default)s)")
-    parser.add_argument("--nb_epoch", type=cli.positive_int, default=32, help="total epochs (default: %(default)s)")
+    parser.add_argument("--M", type=cli.positive_int, default=3, help="snapshots (default: %(default)s)")
+    parser.add_argument("--nb_epoch", type=cli.positive_int, default=36, help="total epochs (default: %(default)s)")
     parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.05,
                         help="peak learning rate (default: %(default)s)")
     parser.add_argument("--momentum", type=cli.unit_interval, default=0.9, help="SGD momentum (default: %(default)s)")
@@ -31,6 +31,8 @@ def build_parser():
     parser.add_argument("--weights_dir", default=os.path.join("weights", "demo"),
                         help="output folder (default: %(default)s)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the single-cycle baseline run")
+    parser.add_argument("--mixed_precision", action="store_true",
+                        help="train in bfloat16 on a CPU, float16 on a GPU (as the training scripts' flag)")
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv=None):
     train_flags = ["--nb_epoch", str(args.nb_epoch), "--alpha_zero", str(args.alpha_zero), "--momentum",
                    str(args.momentum), "--batch_size", str(args.batch_size), "--val_split", str(VAL_FRACTION),
                    "--seed", str(args.seed), "--no_resume"]  # every demo run trains afresh
+    if args.mixed_precision:
+        train_flags.append("--mixed_precision")
     snapshot_dir = os.path.join(args.weights_dir, "snapshots")
     print(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
     training.train(DEMO_DATASET, common_flags(args, snapshot_dir) + train_flags + ["--M", str(args.M)], data=data)
@@ -78,7 +82,7 @@ def main(argv=None):
         baseline_dir = os.path.join(args.weights_dir, "baseline")
         model, _ = training.train(DEMO_DATASET, common_flags(args, baseline_dir) + train_flags + ["--M", "1"],
                                   data=data)
-        baseline = training.test_accuracy(model, data, args.batch_size)
+        baseline = training.test_accuracy(model, data, training.evaluation_batch_size(args))
 
     snapshots = report["member_accuracy"][1:]
     rows = [("best single snapshot", max(snapshots)), ("equal-weight snapshot ensemble", equal["accuracy"]),

@@ -180,9 +180,10 @@ class RunStateCheckpoint(keras.callbacks.Callback):
     epochs before a resumption.
     """
 
-    def __init__(self, path, best_checkpoint, flags, data_fingerprint, history=None):
+    def __init__(self, path, best_checkpoint, flags, data_fingerprint, history=None, save_enabled=True):
         super().__init__()
         self.path = path
+        self.save_enabled = save_enabled  # False on non-chief workers: they keep the history, write nothing
         self.best_checkpoint = best_checkpoint
         self.flags = flags
         self.data_fingerprint = data_fingerprint
@@ -194,8 +195,9 @@ class RunStateCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(name, []).append(float(value))
         state = run_state.RunState(epoch=epoch + 1, best=self.best_checkpoint.best, history=self.history,
                                    flags=self.flags, data_fingerprint=self.data_fingerprint)
-        run_state.save_state(self.model, self.path, state)
-        self.saved_epochs = epoch + 1
+        if self.save_enabled:
+            run_state.save_state(self.model, self.path, state)
+            self.saved_epochs = epoch + 1
 
 
 class SnapshotCallbackBuilder:
@@ -223,7 +225,8 @@ class SnapshotCallbackBuilder:
 
     def get_callbacks(self, model_prefix="Model"):
         """[best-weights checkpoint, learning-rate schedule, snapshot checkpoint]."""
-        os.makedirs(self.weights_dir, exist_ok=True)
+        if self.save_enabled:
+            os.makedirs(self.weights_dir, exist_ok=True)
         prefix = os.path.join(self.weights_dir, model_prefix)
         return [
             BestWeightsCheckpoint(f"{prefix}-Best.weights.h5", save_enabled=self.save_enabled),

@@ -17,7 +17,7 @@ import numpy as np
 from snapshot_ensembles import cli, ensemble, naming
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of
-from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for
+from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
 
 CACHE_FOLDER = ".prediction-cache"
 MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
@@ -126,6 +126,7 @@ class MemberPredictor:
         from snapshot_ensembles.pipeline import images_dataset
 
         if self.model is None:
+            set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
             self.model = build_model(self.args, nb_classes_of(self.dataset))
         load_member_weights(self.model, member, self.args, self.dataset)
         return self.model.predict(images_dataset(images, self.args.batch_size), verbose=0)
@@ -146,7 +147,8 @@ def load_member_weights(model, member, args, dataset):
 
 
 def fitting_split(dataset, data, weights_dir, prefix):
-    """Images and labels to fit the ensemble weights on, and the split's name.
+    """Images and labels to fit the ensemble weights on, the split's name, and whether the Best
+    checkpoint was chosen on that same split.
 
     The validation split recorded by training when there is one (never the test set), otherwise the
     training set, as the original did.
@@ -168,8 +170,9 @@ def fitting_split(dataset, data, weights_dir, prefix):
         if "nb_val" in info and info["nb_val"] != len(val_idx):
             raise UserError(f"the validation split recorded in {info_path} ({info['nb_val']} images) does not "
                             f"match this data ({len(val_idx)} images): use the data the run was trained on")
-        return data.x_train[val_idx], data.y_train[val_idx], f"validation split ({val_split:g} of the training set)"
-    return data.x_train, data.y_train, "training set (no validation split was recorded)"
+        return (data.x_train[val_idx], data.y_train[val_idx], f"validation split ({val_split:g} of the training set)",
+                True)
+    return data.x_train, data.y_train, "training set (no validation split was recorded)", False
 
 
 def format_row(label, acc, loss=None):
@@ -226,10 +229,17 @@ def predict(dataset, argv=None, prog=None, data=None):
 
     fitted = None
     if args.optimize == 1:
-        x_fit, y_fit, fit_name = fitting_split(dataset, data, args.weights_dir, prefix)
+        x_fit, y_fit, fit_name, best_chosen_on_fit_split = fitting_split(dataset, data, args.weights_dir, prefix)
         fit_key = f"fit-{array_fingerprint(x_fit, y_fit)}"
         fit_probs = [cache.probabilities(m, fit_key, x_fit, predictor) for m in members]
-        fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
+        if best_chosen_on_fit_split:
+            # The Best checkpoint is the epoch that scored highest on these very images, out of nb_epoch
+            # tries: its log-loss here is biased low, and a fit trusts it for that reason alone (measured
+            # on the demo: it took up to 100 % of the weight while scoring below the snapshots on test).
+            fitted = ensemble.fit_weights(fit_probs[1:], y_fit, num_tests=args.num_tests, seed=args.seed)
+            fitted = dataclasses.replace(fitted, weights=np.concatenate([[0.0], fitted.weights]))
+        else:
+            fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
         del fit_probs
 
     equal = np.full(len(members), 1.0 / len(members))
@@ -261,6 +271,8 @@ def predict(dataset, argv=None, prog=None, data=None):
         spread = max(fitted.restart_log_losses) - min(fitted.restart_log_losses)
         print(f"  fitted on the {fit_name}, {len(y_fit)} images: log-loss {fitted.log_loss:.6f}, "
               f"{args.num_tests} restarts agree to {spread:.1e}, {fitted.seconds:.2f} s")
+        if best_chosen_on_fit_split:
+            print("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
     curve = ensemble.ensemble_size_curve(test_probs, data.y_test)
     print("Ensemble size (equal weights, last m snapshots):")
     print("  " + "  ".join(f"m={m}: {acc * 100:.2f} %" for m, acc in curve))
@@ -269,7 +281,7 @@ def predict(dataset, argv=None, prog=None, data=None):
         path = naming.ensemble_json_path(args.weights_dir, prefix)
         ensemble.write_ensemble_weights(
             path, fitted.weights, members=[os.path.basename(m.path) for m in members], fit_split=fit_name,
-            fit_samples=int(len(y_fit)), fit_log_loss=fitted.log_loss,
+            best_excluded_from_fit=best_chosen_on_fit_split, fit_samples=int(len(y_fit)), fit_log_loss=fitted.log_loss,
             restart_log_losses=fitted.restart_log_losses, num_tests=args.num_tests,
             test_accuracy=ensemble.accuracy(weighted_probs, data.y_test),
             test_log_loss=ensemble.log_loss(weighted_probs, data.y_test))

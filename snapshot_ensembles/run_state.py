@@ -37,7 +37,8 @@ from snapshot_ensembles.files import atomic_path
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
 # Flags that say where things are, not what is trained: they may change between a run and its resumption.
-LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume")
+# The devices too: --batch_size is the global batch, so a run resumes on more or fewer of them.
+LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume", "distribute", "cpu_devices")
 OTHER_MODEL_FLAGS = {"wrn": ("dn_depth", "dn_growth_rate", "dn_blocks"), "dn": ("wrn_N", "wrn_k")}
 
 

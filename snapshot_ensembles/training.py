@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, naming, run_state
+from snapshot_ensembles import cli, distribute, naming, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
-from snapshot_ensembles.modeling import DEFAULT_BATCH_SIZE, DEFAULT_DROPOUT, build_model, prefix_for
+from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_DROPOUT, build_model, prefix_for,
+                                        set_precision)
 from snapshot_ensembles.schedule import check_snapshot_counts
 
 
@@ -26,7 +27,8 @@ def build_parser(dataset, prog=None):
     cli.add_model_flags(parser)
     group = parser.add_argument_group("training")
     group.add_argument("--batch_size", type=cli.positive_int, default=None,
-                       help="default: 128 for wrn, 64 for dn (the original's)")
+                       help="default: 128 for wrn, 64 for dn (the original's); the global batch, split over "
+                            "the devices with --distribute")
     group.add_argument("--dropout", type=cli.unit_interval, default=None, help="default: 0.0 for wrn, 0.2 for dn")
     group.add_argument("--momentum", type=cli.unit_interval, default=0.0,
                        help="SGD momentum; the original used plain SGD (default: %(default)s)")
@@ -40,6 +42,10 @@ def build_parser(dataset, prog=None):
                             "(default: %(default)s)")
     group.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default: %(default)s)")
     group.add_argument("--no_augment", action="store_true", help="train without the random rotations and shifts")
+    group.add_argument("--mixed_precision", action="store_true",
+                       help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
+                            "weights stay float32, so snapshots load as usual")
+    distribute.add_flags(parser)
     parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
     resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -52,7 +58,10 @@ def build_parser(dataset, prog=None):
 
 
 def check_args(args):
-    """Everything that can be checked before TensorFlow starts and data is read."""
+    """Everything that can be checked before TensorFlow starts and data is read.
+
+    Returns this process's multi-worker task (TF_CONFIG) with --distribute multiworker, else None.
+    """
     cli.check_model_flags(args)
     try:
         check_snapshot_counts(args.nb_epoch, args.M)
@@ -62,6 +71,7 @@ def check_args(args):
         raise UserError("--nesterov needs a momentum: add for example --momentum 0.9")
     args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.model]
     args.dropout = DEFAULT_DROPOUT[args.model] if args.dropout is None else args.dropout
+    return distribute.check_flags(args)
 
 
 def prepare_weights_dir(path):
@@ -78,11 +88,14 @@ def prepare_weights_dir(path):
 
 def seed_everything(seed):
     import keras
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
-    # Same seed and data on the same machine give the same snapshots, bit for bit.
-    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's own generator
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Same seed and data on the same machine give the same snapshots, bit for bit. (JAX on CPU is
+        # deterministic as it is; see README "Backends" for GPUs.)
+        tf.config.experimental.enable_op_determinism()
 
 
 class TrainingFailed(UserError):
@@ -126,18 +139,23 @@ def load_training_data(dataset, args, data=None):
     return data, splits
 
 
-def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resume_from=None):
+def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resume_from=None, distribution=None):
     """Train with the snapshot callbacks, saving the run's state at every epoch end.
 
     `resume_from`, a RunState read from the run's state file, continues that run from its last
     completed epoch. Returns the history of every epoch, resumed ones included (name -> values).
+    `distribution`, a snapshot_ensembles.distribute.Distribution, is the one the model was built
+    under; only its chief writes files.
     """
     from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
     from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 
-    steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)
+    if distribution is None:
+        distribution = distribute.Distribution("none", None)
+    steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)  # of the global batch: replicas change nothing
     builder = SnapshotCallbackBuilder(args.nb_epoch, args.M, args.alpha_zero, schedule=args.schedule,
-                                      steps_per_epoch=steps, weights_dir=args.weights_dir)
+                                      steps_per_epoch=steps, weights_dir=args.weights_dir,
+                                      save_enabled=distribution.is_chief)
     best, schedule, snapshots = builder.get_callbacks(model_prefix=prefix)
     state_file = run_state.state_path(args.weights_dir, prefix)
     fingerprint = run_state.data_fingerprint(splits["x_train"], splits["y_train"], splits["x_val"], splits["y_val"])
@@ -146,19 +164,21 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
         if resume_from.data_fingerprint != fingerprint:
             raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
                             "with the same --data_dir and --val_split, or start over with --no_resume")
-        run_state.restore_state(model, state_file, resume_from, steps)
+        with distribution.scope():  # the optimizer's variables it builds must be mirrored like the model's
+            run_state.restore_state(model, state_file, resume_from, steps)
         best.best = resume_from.best
         initial_epoch = resume_from.epoch
         print(f"Resuming {prefix} after epoch {initial_epoch} of {args.nb_epoch} (--no_resume starts over)")
         if initial_epoch == args.nb_epoch:  # it stopped after its last epoch, before writing the history
             return resume_from.history
     checkpoint = RunStateCheckpoint(state_file, best, run_state.run_flags(vars(args)), fingerprint,
-                                    history=resume_from.history if resume_from else None)
+                                    history=resume_from.history if resume_from else None,
+                                    save_enabled=distribution.is_chief)
     # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
     callbacks = [NonFiniteLossGuard(), best, schedule, snapshots, *extra_callbacks, checkpoint]
     train_data = training_dataset(splits["x_train"], splits["y_train"], args.batch_size, args.seed,
                                   initial_epoch, args.nb_epoch, augment=not args.no_augment)
-    val_data = evaluation_dataset(splits["x_val"], splits["y_val"], args.batch_size)
+    val_data = evaluation_dataset(splits["x_val"], splits["y_val"], evaluation_batch_size(args, distribution))
     try:
         model.fit(train_data, epochs=args.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
                   validation_data=val_data, shuffle=False, callbacks=callbacks,
@@ -174,21 +194,27 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
         resume = f"resume after epoch {done}" if done else "start again"
         raise FileWriteError(f"{err}. Training stopped; once there is room (or permission) to write, rerun "
                              f"the same command to {resume}") from None
+    except Exception as err:
+        lost = distribution.lost_worker(err)  # a multi-worker run whose peer died: say so, no traceback
+        if lost is None:
+            raise
+        raise lost from None
     return checkpoint.history
 
 
 COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
 
 
-def find_run_to_resume(args, prefix):
+def find_run_to_resume(args, prefix, chief=True):
     """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
 
     Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
     weights folder is only ever continued, or left alone, with the flags it was started with.
+    Only the chief (`chief`) of a multi-worker run deletes a state that --no_resume discards.
     """
     state_file = run_state.state_path(args.weights_dir, prefix)
     if not args.resume:
-        if os.path.exists(state_file):
+        if os.path.exists(state_file) and chief:
             os.remove(state_file)
             print(f"--no_resume: discarded the state of the unfinished run {state_file}")
         return None
@@ -214,6 +240,22 @@ def read_json_record(path):
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+EVALUATION_BATCH_SIZE = 256
+
+
+def evaluation_batch_size(args, distribution=None):
+    """Batch for validation and test predictions: at least 256 images on one device.
+
+    Inference keeps no activations for a backward pass, so a batch larger than the training batch
+    costs little memory and saves per-step overhead: with the demo's batch of 16, validating at 16
+    took about a seventh of the run. Distributed runs keep --batch_size, which their checks of even
+    per-device batches assume.
+    """
+    if distribution is not None and distribution.mode != "none":
+        return args.batch_size
+    return max(args.batch_size, EVALUATION_BATCH_SIZE)
 
 
 def test_accuracy(model, data, batch_size):
@@ -243,18 +285,27 @@ def train(dataset, argv=None, prog=None, data=None):
     that already completed with the same flags is not trained again: its final weights are loaded.
     """
     args = build_parser(dataset, prog).parse_args(argv)
-    check_args(args)
-    prepare_weights_dir(args.weights_dir)
+    task = check_args(args)
+    chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
+    if chief:
+        prepare_weights_dir(args.weights_dir)
     prefix = prefix_for(dataset, args)
-    resume_from = find_run_to_resume(args, prefix)
+    resume_from = find_run_to_resume(args, prefix, chief)
     state_file = run_state.state_path(args.weights_dir, prefix)
-    if resume_from is not COMPLETE:
+    if resume_from is not COMPLETE and chief:
         written = [naming.best_path(args.weights_dir, prefix), state_file,
                    naming.history_path(args.weights_dir, prefix), naming.run_info_path(args.weights_dir, prefix)]
         remove_partial_files(written + [naming.snapshot_path(args.weights_dir, prefix, i)
                                         for i in range(1, args.M + 1)])
 
     data, splits = load_training_data(dataset, args, data)  # before TensorFlow starts: data errors answer fast
+    distribution = distribute.setup(args, task)  # before any TensorFlow op: devices and cluster are fixed then
+    # Every worker must start from the same epoch, or they would wait for each other forever.
+    distribution.agree_on(args.nb_epoch + 1 if resume_from is COMPLETE else getattr(resume_from, "epoch", 0),
+                          f"where the run of {prefix} in {args.weights_dir} stands")
+    distribution.check_even_batches(args.batch_size, {"training set": len(splits["y_train"]),
+                                                      "validation set": len(splits["y_val"]),
+                                                      "test set": len(data.y_test)})
     seed_everything(args.seed)
     print(f"{naming.dataset_title(dataset)} from {data.source}: {len(splits['y_train'])} training images, "
           f"{len(splits['y_val'])} validation images" + ("" if args.val_split else " (the test set)"))
@@ -265,30 +316,45 @@ def train(dataset, argv=None, prog=None, data=None):
     from snapshot_ensembles.pipeline import steps_per_epoch
 
     steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)
-    model = compile_model(build_model(args, data.nb_classes, args.dropout, verbose=1), args, steps)
+    policy = set_precision(args.mixed_precision)
+    if args.mixed_precision:
+        print(f"Mixed precision: Keras dtype policy {policy}")
+    if distribution.describe(args.batch_size):
+        print(distribution.describe(args.batch_size))
+    with distribution.scope():  # the model's and the optimizer's variables are created mirrored
+        model = compile_model(distribution.prepare_model(build_model(args, data.nb_classes, args.dropout, verbose=1)),
+                              args, steps)
     if resume_from is COMPLETE:
         print(f"{prefix} in {args.weights_dir} is already trained with these flags: nothing to train "
               "(--no_resume trains it again).")
-        history = load_completed_run(model, args, prefix)
+        with distribution.scope():
+            history = load_completed_run(model, args, prefix)
     else:
         run_info = {"dataset": dataset, "prefix": prefix, "args": vars(args), "val_split": args.val_split,
                     "seed": args.seed, "nb_train": int(len(splits["y_train"])), "nb_val": int(len(splits["y_val"])),
                     "status": "running"}
         if resume_from is not None:
             run_info["resumed_after_epoch"] = resume_from.epoch
-        write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
+        if chief:
+            write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
         started = time.time()
-        history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from)
-        write_json(naming.history_path(args.weights_dir, prefix), history)
-        write_json(naming.run_info_path(args.weights_dir, prefix),
-                   dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
-        os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
+        history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from,
+                                        distribution=distribution)
+        if chief:
+            write_json(naming.history_path(args.weights_dir, prefix), history)
+            write_json(naming.run_info_path(args.weights_dir, prefix),
+                       dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
+            os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
 
-    accuracy = test_accuracy(model, data, args.batch_size) * 100
+    accuracy = test_accuracy(model, data, evaluation_batch_size(args, distribution)) * 100
     print(f"Final model on the test set ({len(data.y_test)} images):")
     print("Accuracy : ", accuracy)
     print("Error : ", 100 - accuracy)
-    print(f"Snapshots, best checkpoint and history in {args.weights_dir}/ with prefix {prefix}")
+    if chief:
+        print(f"Snapshots, best checkpoint and history in {args.weights_dir}/ with prefix {prefix}")
+    else:
+        print("This worker wrote no files: the chief of the cluster wrote the snapshots, best checkpoint and "
+              f"history into its --weights_dir with prefix {prefix}")
     return model, history
 
 

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_failure, run_script
-from snapshot_ensembles import prediction, training
+from conftest import REPO, assert_clean_failure, member_predictions, run_script
+from snapshot_ensembles import ensemble, prediction, training
+from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
 
@@ -59,6 +60,31 @@ def test_fit_then_saved_then_equal_weights_all_report(weights_dir, cifar10_dir, 
     equal = predict(weights_dir, cifar10_dir, "--optimize", "-1")
     assert equal["accuracy"] == equal["equal_accuracy"]
     assert "Ensemble with equal weights" in capsys.readouterr().out
+
+
+def test_best_checkpoint_takes_no_part_in_a_fit_on_the_split_that_chose_it(weights_dir, cifar10_dir, capsys):
+    data = load_cifar("cifar10", *cifar10_dir)
+    _, val_idx = split_validation(data.x_train, data.y_train, 0.2, 0)
+    fitted = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    assert fitted["weights"][0] == 0.0
+    assert "takes no part in the fit" in capsys.readouterr().out
+    saved = json.loads(open(os.path.join(weights_dir, f"Ensemble-weights-{PREFIX}.json")).read())
+    assert saved["best_excluded_from_fit"] is True and saved["best_weights"][0] == 0.0
+    on_val = member_predictions(weights_dir, PREFIX, ["1", "2"], data.x_train[val_idx])
+    alone = ensemble.fit_weights([on_val["1"], on_val["2"]], data.y_train[val_idx])
+    np.testing.assert_allclose(fitted["weights"][1:], alone.weights, atol=1e-3)
+
+    # Without a validation split (the original's way) Best was chosen on the test set and the fit runs on
+    # the training set: every member takes part, as in the original.
+    info_path = os.path.join(weights_dir, f"{PREFIX}-run.json")
+    info = json.loads(open(info_path).read())
+    with open(info_path, "w") as fh:
+        json.dump(dict(info, val_split=0.0), fh)
+    refitted = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    on_train = member_predictions(weights_dir, PREFIX, ["Best", "1", "2"], data.x_train)
+    everyone = ensemble.fit_weights([on_train[name] for name in ("Best", "1", "2")], data.y_train)
+    np.testing.assert_allclose(refitted["weights"], everyone.weights, atol=1e-3)
+    assert "takes no part" not in capsys.readouterr().out
 
 
 def test_second_run_uses_the_cache_and_a_replaced_file_is_predicted_again(weights_dir, cifar10_dir):

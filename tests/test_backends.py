@@ -1,0 +1,150 @@
+"""The scripts on each Keras 3 backend: tensorflow (the default), jax and torch.
+
+The JAX and PyTorch tests run where those packages are installed (`pip install -r
+requirements-backends.txt`, README "Backends") and are skipped, saying so, elsewhere. Every run is
+a subprocess: Keras picks its backend once, at import, from KERAS_BACKEND.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_clean_failure, run_script, start_script, wait_until
+from snapshot_ensembles import run_state
+
+PREFIX = "WRN-CIFAR10-10-1"
+MEMBERS = ["Best", "1", "2"]
+WRN = ["--wrn_N", "1", "--wrn_k", "1"]
+# Two cycles of two epochs, momentum (optimizer state that a resumed run must restore), 4 steps per epoch.
+RUN = [*WRN, "--nb_epoch", "4", "--M", "2", "--batch_size", "50", "--momentum", "0.9"]
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+
+def need(backend):
+    if backend != "tensorflow" and importlib.util.find_spec(backend) is None:
+        pytest.skip(f"the {backend} backend is not installed: pip install -r requirements-backends.txt")
+    return {"KERAS_BACKEND": backend}
+
+
+def data_flags(cifar10_dir, weights):
+    data_dir, sha = cifar10_dir
+    return ["--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)]
+
+
+def predictions_on(backend, weights, cifar10_dir):
+    """Test-set probabilities of every member, computed by a subprocess on `backend`."""
+    data_dir, sha = cifar10_dir
+    code = ("import sys, numpy as np; sys.path[:0] = ['tests', '.']\n"
+            "from conftest import member_predictions\n"
+            "from snapshot_ensembles.data import load_cifar\n"
+            f"x = load_cifar('cifar10', {data_dir!r}, {sha!r}).x_test\n"
+            f"p = member_predictions({str(weights)!r}, {PREFIX!r}, {MEMBERS!r}, x)\n"
+            f"np.savez({str(weights) + '/predictions.npz'!r}, **p)\n")
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **need(backend)), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = os.path.join(weights, "predictions.npz")
+    with np.load(path) as saved:
+        predictions = {name: saved[name] for name in MEMBERS}
+    os.remove(path)
+    return predictions
+
+
+def history(weights):
+    with open(os.path.join(weights, f"{PREFIX}-training.json")) as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_dir, tmp_path_factory):
+    """backend -> weights folder of the tiny uninterrupted run on that backend."""
+    runs = {}
+
+    def train(backend):
+        if backend not in runs:
+            weights = tmp_path_factory.mktemp(f"run-{backend}")
+            result = run_script("train_cifar_10.py", *RUN, *data_flags(cifar10_dir, weights), env=need(backend))
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "Accuracy : " in result.stdout
+            runs[backend] = str(weights)
+        return runs[backend]
+
+    return train
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_run_trains_then_predicts_with_fitted_weights(backend, trained, cifar10_dir):
+    weights = trained(backend)
+    assert sorted(name for name in os.listdir(weights) if not name.startswith(".")) == sorted(
+        [f"{PREFIX}-{name}.weights.h5" for name in MEMBERS] + [f"{PREFIX}-training.json", f"{PREFIX}-run.json"])
+    np.testing.assert_allclose(history(weights)["learning_rate"], [0.1, 0.05, 0.1, 0.05], atol=1e-7)
+    result = run_script("predict_cifar_10.py", "--optimize", "1", *WRN, *data_flags(cifar10_dir, weights),
+                        env=need(backend))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Ensemble with fitted weights:" in result.stdout and "Accuracy : " in result.stdout
+    assert os.path.isfile(os.path.join(weights, f"Ensemble-weights-{PREFIX}.json"))
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_killed_run_resumes_to_the_uninterrupted_result(backend, trained, cifar10_dir, tmp_path):
+    reference = trained(backend)
+    weights = tmp_path / "w"
+    argv = [*RUN, *data_flags(cifar10_dir, weights)]
+    state_file = run_state.state_path(str(weights), PREFIX)
+
+    def epochs_done():
+        state = run_state.read_state(state_file)
+        return state.epoch if state else 0
+
+    run = start_script("train_cifar_10.py", *argv, log_path=tmp_path / "killed.log", env=need(backend))
+    try:
+        wait_until(lambda: epochs_done() >= 1, run, timeout=400)  # mid-cycle 1 or later
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    killed_at = epochs_done()
+    assert 1 <= killed_at < 4
+    resumed = run_script("train_cifar_10.py", *argv, env=need(backend))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {PREFIX} after epoch {killed_at} of 4" in resumed.stdout
+    np.testing.assert_array_equal(history(weights)["learning_rate"], history(reference)["learning_rate"])
+    np.testing.assert_allclose(history(weights)["loss"], history(reference)["loss"], rtol=1e-4)
+    got = predictions_on(backend, weights, cifar10_dir)
+    expected = predictions_on(backend, reference, cifar10_dir)
+    for name in MEMBERS:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_jax_data_parallel_over_two_cpu_devices_trains_the_single_device_run(trained, cifar10_dir, tmp_path):
+    reference = trained("jax")
+    weights = tmp_path / "dp"
+    result = run_script("train_cifar_10.py", *RUN, *data_flags(cifar10_dir, weights), "--distribute", "mirrored",
+                        "--cpu_devices", "2", env=need("jax"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "JAX DataParallel over 2 device(s) (cpu:0, cpu:1); global batch 50, 25 per replica" in result.stdout
+    np.testing.assert_array_equal(history(weights)["learning_rate"], history(reference)["learning_rate"])
+    np.testing.assert_allclose(history(weights)["loss"], history(reference)["loss"], rtol=1e-2)
+    got = predictions_on("jax", weights, cifar10_dir)  # one device: the sharded weights load as usual
+    expected = predictions_on("jax", reference, cifar10_dir)
+    for name in MEMBERS:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=2e-2, err_msg=name)
+
+
+@pytest.mark.parametrize("backend,extra,env,fragments", [
+    ("jax", ["--distribute", "multiworker"],
+     {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}'},
+     ["multiworker needs the TensorFlow backend", "--distribute mirrored"]),
+    ("torch", ["--distribute", "mirrored"], {}, ["not available on the torch backend"]),
+    ("jax", ["--distribute", "mirrored", "--cpu_devices", "3", "--batch_size", "48"], {},
+     ["splits every batch evenly over its 3 devices", "training set (200 images", "--batch_size"]),
+])
+def test_distribution_the_backend_lacks_gives_one_clear_line(backend, extra, env, fragments, cifar10_dir, tmp_path):
+    result = run_script("train_cifar_10.py", *WRN, "--nb_epoch", "2", "--M", "2", *extra,
+                        *data_flags(cifar10_dir, tmp_path / "w"), env=dict(need(backend), **env))
+    assert_clean_failure(result, *fragments)

@@ -1,0 +1,64 @@
+"""--mixed_precision: bfloat16 compute on a CPU, float32 weights, snapshots that load into float32 models."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import member_predictions
+from snapshot_ensembles import prediction, training
+from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.pipeline import images_dataset
+
+
+@pytest.fixture
+def restore_float32_policy():
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")  # the policy is global: leave none behind for other tests
+
+
+def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32(
+        cifar10_dir, tmp_path, restore_float32_policy, capsys):
+    data_dir, sha = cifar10_dir
+    weights = str(tmp_path / "w")
+    model_flags = ["--wrn_N", "1", "--wrn_k", "1"]
+    model, history = training.train("cifar10", model_flags + [
+        "--nb_epoch", "2", "--M", "2", "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
+        "--mixed_precision"])
+    assert "Mixed precision: Keras dtype policy mixed_bfloat16" in capsys.readouterr().out
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    assert {v.dtype for v in model.weights} == {"float32"}  # what the snapshots hold
+    assert np.isfinite(history["loss"]).all()
+
+    data = load_cifar("cifar10", data_dir, sha)
+    mixed = model.predict(images_dataset(data.x_test, 64), verbose=0)
+    assert mixed.dtype == np.float32  # the softmax layer stays float32
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
+
+    # Prediction in the same process (as demo.py runs it) computes in float32 whatever trained before,
+    # so the cached probabilities never depend on that.
+    assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+    summary = prediction.predict("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
+                                                           "--data_sha256", sha, "--weights_dir", weights])
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    float32 = member_predictions(weights, "WRN-CIFAR10-10-1", ["2"], data.x_test)["2"]
+    assert summary["member_accuracy"][-1] == pytest.approx(np.mean(np.argmax(float32, axis=1) == data.y_test))
+    # The last snapshot is the final weights: in float32 they give the same classes up to bfloat16 rounding.
+    assert np.abs(float32 - mixed).max() < 0.05
+    assert np.mean(np.argmax(float32, axis=1) == np.argmax(mixed, axis=1)) > 0.9
+
+
+@pytest.mark.parametrize("cpuinfo,expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n", False),  # AVX2 only: bfloat16 is emulated
+    ("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n", True),
+    ("flags\t\t: fpu amx_bf16 amx_tile\n", True),
+    ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm
+    ("processor\t: 0\n", None),  # no flags line: unknown, no warning
+])
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, expected):
+    from snapshot_ensembles.modeling import cpu_has_native_bfloat16
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cpu_has_native_bfloat16(str(path)) is expected
+    assert cpu_has_native_bfloat16(str(tmp_path / "absent")) is None
