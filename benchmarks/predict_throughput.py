@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
+    if options.members < 2 or options.images < 1:
+        parser.error("--members must be at least 2 (Best and one snapshot) and --images at least 1")
 
     model_flags = ["--model", "wrn", "--wrn_N", str(options.wrn_N), "--wrn_k", str(options.wrn_k)]
     args = prediction.build_parser("cifar10").parse_args(model_flags)

@@ -74,17 +74,20 @@ def forward_flops(model):
     return total
 
 
-def matmul_flops_per_second(dtype="float32", size=4096, repeats=10):
-    """FLOP/s of a large matmul: the rate dense convolutions approach on this machine at best."""
-    a = tf.cast(tf.random.normal((size, size)), dtype)
-    b = tf.cast(tf.random.normal((size, size)), dtype)
+def matmul_flops_per_second(dtype="float32", sizes=(1024, 2048, 4096), seconds=2.0):
+    """FLOP/s of the fastest of a few large square matmuls: what dense convolutions approach at best."""
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
-    matmul(a, b).numpy()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        result = matmul(a, b)
-    result.numpy()
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+    best = 0.0
+    for size in sizes:
+        a = tf.cast(tf.random.normal((size, size)), dtype)
+        b = tf.cast(tf.random.normal((size, size)), dtype)
+        matmul(a, b).numpy()
+        repeats, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            matmul(a, b).numpy()
+            repeats += 1
+        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - start))
+    return best
 
 
 def conv_flops_per_second(dtype, batch=32, size=32, channels=64, repeats=5):
@@ -105,6 +108,45 @@ def conv_flops_per_second(dtype, batch=32, size=32, channels=64, repeats=5):
         grads = step(x)
     grads[0].numpy()
     return 3 * 2 * batch * size * size * 9 * channels * channels * repeats / (time.perf_counter() - start)
+
+
+def op_breakdown(model, batch, repeats=3):
+    """Seconds per training step spent in the network's convolutions and in its BatchNormalization +
+    ReLU layers, each timed alone (forward and backward, at the layer's shapes and this batch)."""
+
+    def timed(function, *tensors):
+        step = tf.function(function)
+        step(*tensors)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            result = step(*tensors)
+        tf.nest.map_structure(lambda t: t.numpy(), result)
+        return (time.perf_counter() - start) / repeats
+
+    def conv_step(images, kernel, strides=1):
+        with tf.GradientTape() as tape:
+            tape.watch([images, kernel])
+            loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, strides, "SAME"))
+        return tape.gradient(loss, [images, kernel])
+
+    def bn_relu_step(images, scale, offset):
+        with tf.GradientTape() as tape:
+            tape.watch([images, scale, offset])
+            mean, variance = tf.nn.moments(images, axes=[0, 1, 2])
+            normed = tf.nn.batch_normalization(images, mean, variance, offset, scale, 1e-3)
+            loss = tf.reduce_sum(tf.nn.relu(normed))
+        return tape.gradient(loss, [images, scale, offset])
+
+    conv_seconds = bn_seconds = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            images = tf.random.normal((batch, *layer.input.shape[1:]))
+            conv_seconds += timed(conv_step, images, tf.random.normal(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            images = tf.random.normal((batch, *layer.input.shape[1:]))
+            channels = images.shape[-1]
+            bn_seconds += timed(bn_relu_step, images, tf.ones((channels,)), tf.zeros((channels,)))
+    return conv_seconds, bn_seconds
 
 
 def compiled_model(args, steps, jit_compile=False):
@@ -128,7 +170,7 @@ def time_our_flow(args, splits, steps, epochs, weights_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("wrn", "dn"), default="wrn")
-    parser.add_argument("--steps", type=int, default=8, help="training steps per timed epoch (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per timed epoch (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per run, the first untimed (default: %(default)s)")
     parser.add_argument("--mixed_precision", action="store_true", help="also time ours with mixed precision")
@@ -136,12 +178,17 @@ def main():
                         "%(default)s)")
     parser.add_argument("--jit_compile", action="store_true",
                         help="also time the plain fit with Keras's defaults compiled with XLA")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the network's convolutions and BatchNormalization+ReLU layers alone")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
+    if options.epochs < 2 or options.steps < 1 or options.mixed_steps < 1:
+        parser.error("--epochs must be at least 2 (the first one is not timed); --steps and --mixed_steps at least 1")
 
     weights_dir = tempfile.mkdtemp(prefix="train-benchmark-")
     argv = ["--model", options.model, "--nb_epoch", str(options.epochs), "--M", str(options.epochs),
-            "--weights_dir", weights_dir, "--seed", str(options.seed), "--no_resume"]
+            "--weights_dir", weights_dir, "--seed", str(options.seed), "--no_resume",
+            "--alpha_zero", "0.01"]  # random images and labels: a small rate keeps the losses finite
     args = training.build_parser("cifar10").parse_args(argv)
     training.check_args(args)
     rng = np.random.default_rng(options.seed)
@@ -196,15 +243,24 @@ def main():
         print(f"      {figures['plain_xla_img_s']:8.1f} img/s   the same with XLA (jit_compile=True): "
               f"{figures['plain_xla_img_s'] / plain_default:.3f} x")
     print(f"limit {limit:8.1f} img/s   ours / limit = {ours / limit:.3f} (float32 matmul {matmul / 1e9:.1f} GFLOP/s)")
-    if figures:
+    if "mixed_img_s" in figures:
         bf16 = matmul_flops_per_second("bfloat16")
         conv32, conv16 = conv_flops_per_second("float32"), conv_flops_per_second("bfloat16")
         print(f"mixed {figures['mixed_img_s']:8.1f} img/s   mixed / float32 = {figures['mixed_vs_float32']:.3f} "
               f"({figures['mixed_policy']})")
-        print(f"  2048-4096 matmul: bfloat16 {bf16 / 1e9:.1f} GFLOP/s = {bf16 / matmul:.2f} x float32; "
+        print(f"  matmul: bfloat16 {bf16 / 1e9:.1f} GFLOP/s = {bf16 / matmul:.2f} x float32; "
               f"3x3 conv 64->64 forward+backward: float32 {conv32 / 1e9:.1f}, bfloat16 {conv16 / 1e9:.1f} GFLOP/s "
               f"= {conv16 / conv32:.2f} x float32")
         figures.update(bf16_matmul_vs_float32=round(bf16 / matmul, 4), bf16_conv_vs_float32=round(conv16 / conv32, 4))
+    if options.profile:
+        conv_seconds, bn_seconds = op_breakdown(build_model(args, 10, args.dropout), args.batch_size)
+        step_seconds = args.batch_size / ours
+        print(f"profile of one step of {args.batch_size} ({step_seconds:.2f} s in ours): convolutions alone "
+              f"{conv_seconds:.2f} s ({flops * args.batch_size / conv_seconds / 1e9:.0f} GFLOP/s), "
+              f"BatchNormalization + ReLU alone {bn_seconds:.2f} s, "
+              f"the rest {step_seconds - conv_seconds - bn_seconds:.2f} s")
+        figures.update(step_seconds=round(step_seconds, 3), conv_seconds=round(conv_seconds, 3),
+                       bn_relu_seconds=round(bn_seconds, 3))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory {peak_mb:.0f} MiB")
     print(json.dumps({"model": network_name(args), "flops_per_image": flops, "ours_img_s": round(ours, 2),

@@ -213,8 +213,11 @@ class Distribution:
 
         # Sum and sum of squares over the replicas: every worker reaches the same verdict (the variance is 0
         # iff all are equal). Each replica contributes, so that the collective has all its members.
-        per_replica = self.strategy.run(lambda: tf.constant([float(value), float(value) ** 2]))
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        try:
+            per_replica = self.strategy.run(lambda: tf.constant([float(value), float(value) ** 2]))
+            total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        except tf.errors.OpError as err:  # a worker that stopped before training (bad flags, killed)
+            raise (self.lost_worker(err) or err) from None
         n = self.replicas
         if abs(n * total[1] - total[0] ** 2) > 1e-6 * max(1.0, total[1] * n):
             raise UserError(f"the workers disagree about {what}: every worker must see the same --weights_dir "

@@ -83,8 +83,13 @@ def _describe(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Flags that later versions added, with the value that reproduces what runs saved before them did.
+ADDED_FLAG_DEFAULTS = {"mixed_precision": False}
+
+
 def check_same_run(saved_flags, flags, what, weights_dir):
     """Raise UserError naming every flag that differs from the run found in weights_dir."""
+    saved_flags = {**ADDED_FLAG_DEFAULTS, **saved_flags}  # a run saved before a flag existed ran without it
     changed = [f"--{name} {_describe(saved_flags.get(name))} (now {_describe(flags.get(name))})"
                for name in sorted(set(saved_flags) | set(flags)) if saved_flags.get(name) != flags.get(name)]
     if changed:

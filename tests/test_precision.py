@@ -7,6 +7,7 @@ import pytest
 from conftest import member_predictions
 from snapshot_ensembles import prediction, training
 from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.modeling import accelerator_present
 from snapshot_ensembles.pipeline import images_dataset
 
 
@@ -24,9 +25,10 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     model, history = training.train("cifar10", model_flags + [
         "--nb_epoch", "2", "--M", "2", "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
         "--mixed_precision"])
-    assert "Mixed precision: Keras dtype policy mixed_bfloat16" in capsys.readouterr().out
+    policy, compute = ("mixed_float16", "float16") if accelerator_present() else ("mixed_bfloat16", "bfloat16")
+    assert f"Mixed precision: Keras dtype policy {policy}" in capsys.readouterr().out
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    assert {layer.compute_dtype for layer in convolutions} == {compute}
     assert {v.dtype for v in model.weights} == {"float32"}  # what the snapshots hold
     assert np.isfinite(history["loss"]).all()
 
@@ -37,7 +39,7 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
 
     # Prediction in the same process (as demo.py runs it) computes in float32 whatever trained before,
     # so the cached probabilities never depend on that.
-    assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+    assert keras.mixed_precision.dtype_policy().name == policy
     summary = prediction.predict("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
                                                            "--data_sha256", sha, "--weights_dir", weights])
     assert keras.mixed_precision.dtype_policy().name == "float32"

@@ -159,3 +159,13 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
     assert not os.path.exists(run_state.state_path(str(tmp_path), WRN_PREFIX))
+
+
+def test_a_run_saved_before_a_flag_existed_resumes_with_that_flag_off(tmp_path):
+    from snapshot_ensembles.errors import UserError
+    from snapshot_ensembles.run_state import check_same_run
+
+    saved = {"M": 2, "nb_epoch": 4, "model": "wrn"}  # written by a version without --mixed_precision
+    check_same_run(saved, dict(saved, mixed_precision=False), "an unfinished run", str(tmp_path))
+    with pytest.raises(UserError, match="--mixed_precision off \\(now on\\)"):
+        check_same_run(saved, dict(saved, mixed_precision=True), "an unfinished run", str(tmp_path))
