@@ -90,44 +90,35 @@ def matmul_flops_per_second(dtype="float32", sizes=(1024, 2048, 4096), seconds=2
     return best
 
 
-def conv_flops_per_second(dtype, batch=32, size=32, channels=64, repeats=5):
-    """FLOP/s of a 3x3 convolution's forward and both gradients, as in WRN-16-4's first group."""
-    x = tf.cast(tf.random.normal((batch, size, size, channels)), dtype)
-    kernel = tf.Variable(tf.cast(tf.random.normal((3, 3, channels, channels)) * 0.05, dtype))
-
-    @tf.function
-    def step(images):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, 1, "SAME"))
-        return tape.gradient(loss, [images, kernel])
-
-    step(x)
+def timed(function, *tensors, repeats=3):
+    """Mean seconds of `function(*tensors)` compiled with tf.function, after one untimed call."""
+    step = tf.function(function)
+    step(*tensors)
     start = time.perf_counter()
     for _ in range(repeats):
-        grads = step(x)
-    grads[0].numpy()
-    return 3 * 2 * batch * size * size * 9 * channels * channels * repeats / (time.perf_counter() - start)
+        result = step(*tensors)
+    tf.nest.map_structure(lambda t: t.numpy(), result)
+    return (time.perf_counter() - start) / repeats
+
+
+def conv_step(images, kernel):
+    """A 3x3 (or 1x1) convolution's forward pass and its gradients for the images and the kernel."""
+    with tf.GradientTape() as tape:
+        tape.watch([images, kernel])
+        loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, 1, "SAME"))
+    return tape.gradient(loss, [images, kernel])
+
+
+def conv_flops_per_second(dtype, batch=32, size=32, channels=64, repeats=5):
+    """FLOP/s of a 3x3 convolution's forward and both gradients, as in WRN-16-4's first group."""
+    images = tf.cast(tf.random.normal((batch, size, size, channels)), dtype)
+    kernel = tf.cast(tf.random.normal((3, 3, channels, channels)) * 0.05, dtype)
+    return 3 * 2 * batch * size * size * 9 * channels * channels / timed(conv_step, images, kernel, repeats=repeats)
 
 
 def op_breakdown(model, batch, repeats=3):
     """Seconds per training step spent in the network's convolutions and in its BatchNormalization +
     ReLU layers, each timed alone (forward and backward, at the layer's shapes and this batch)."""
-
-    def timed(function, *tensors):
-        step = tf.function(function)
-        step(*tensors)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            result = step(*tensors)
-        tf.nest.map_structure(lambda t: t.numpy(), result)
-        return (time.perf_counter() - start) / repeats
-
-    def conv_step(images, kernel, strides=1):
-        with tf.GradientTape() as tape:
-            tape.watch([images, kernel])
-            loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, strides, "SAME"))
-        return tape.gradient(loss, [images, kernel])
 
     def bn_relu_step(images, scale, offset):
         with tf.GradientTape() as tape:
@@ -141,11 +132,11 @@ def op_breakdown(model, batch, repeats=3):
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             images = tf.random.normal((batch, *layer.input.shape[1:]))
-            conv_seconds += timed(conv_step, images, tf.random.normal(layer.kernel.shape))
+            conv_seconds += timed(conv_step, images, tf.random.normal(layer.kernel.shape), repeats=repeats)
         elif isinstance(layer, keras.layers.BatchNormalization):
             images = tf.random.normal((batch, *layer.input.shape[1:]))
             channels = images.shape[-1]
-            bn_seconds += timed(bn_relu_step, images, tf.ones((channels,)), tf.zeros((channels,)))
+            bn_seconds += timed(bn_relu_step, images, tf.ones((channels,)), tf.zeros((channels,)), repeats=repeats)
     return conv_seconds, bn_seconds
 
 

@@ -13,6 +13,8 @@ import json
 import os
 import uuid
 
+import numpy as np
+
 from snapshot_ensembles.errors import UserError
 
 PARTIAL_MARK = ".partial"
@@ -101,4 +103,14 @@ def sha256_of(path):
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of_arrays(*arrays):
+    """SHA-256 of the arrays' dtypes, shapes and bytes: identifies a data split exactly."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()

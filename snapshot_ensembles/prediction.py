@@ -6,7 +6,6 @@ switching `--optimize` mode reruns no network and a replaced weight file is pred
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ import numpy as np
 
 from snapshot_ensembles import cli, ensemble, naming
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path, sha256_of
+from snapshot_ensembles.files import atomic_path, sha256_of, sha256_of_arrays
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
 
 CACHE_FOLDER = ".prediction-cache"
@@ -79,11 +78,7 @@ def find_members(weights_dir, prefix, m, dataset, args):
 
 
 def array_fingerprint(*arrays):
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()[:16]
+    return sha256_of_arrays(*arrays)[:16]  # short: it is part of the cache file names
 
 
 class PredictionCache:

@@ -23,7 +23,6 @@ This module imports no Keras at load time, so that a run can be refused before T
 """
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ import h5py
 import numpy as np
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path
+from snapshot_ensembles.files import atomic_path, sha256_of_arrays
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
@@ -100,13 +99,8 @@ def check_same_run(saved_flags, flags, what, weights_dir):
 
 
 def data_fingerprint(*arrays):
-    """SHA-256 of the arrays' shapes and bytes: a resumed run must see exactly the same data."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+    """A resumed run must see exactly the same data: the SHA-256 of its arrays."""
+    return sha256_of_arrays(*arrays)
 
 
 def read_state(path):
