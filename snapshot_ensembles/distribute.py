@@ -142,16 +142,10 @@ class Distribution:
         """Synchronised BatchNormalization under tf.distribute: statistics of the global batch, not a slice."""
         if self.strategy is None or self.replicas == 1:
             return model
-        import keras
+        from snapshot_ensembles.modeling import batch_norm_layers
 
-        def all_layers(layer):
-            for sublayer in getattr(layer, "layers", ()):
-                yield sublayer
-                yield from all_layers(sublayer)
-
-        for layer in all_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True  # read when fit traces the train step
+        for layer in batch_norm_layers(model):
+            layer.synchronized = True  # read when fit traces the train step
         return model
 
     def describe(self, batch_size):

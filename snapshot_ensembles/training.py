@@ -10,8 +10,8 @@ import numpy as np
 from snapshot_ensembles import cli, distribute, naming, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
-from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_DROPOUT, build_model, prefix_for,
-                                        set_precision)
+from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_BN_MOMENTUM, DEFAULT_DROPOUT, build_model,
+                                        prefix_for, set_precision)
 from snapshot_ensembles.schedule import check_snapshot_counts
 
 
@@ -33,6 +33,10 @@ def build_parser(dataset, prog=None):
     group.add_argument("--momentum", type=cli.unit_interval, default=0.0,
                        help="SGD momentum; the original used plain SGD (default: %(default)s)")
     group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum > 0)")
+    group.add_argument("--bn_momentum", type=cli.unit_interval, default=DEFAULT_BN_MOMENTUM,
+                       help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
+                            "original's 0.99; lower it when an epoch has few steps, so that the statistics "
+                            "saved with a snapshot are those of its weights (default: %(default)s)")
     group.add_argument("--schedule", choices=("epoch", "batch"), default="epoch",
                        help="anneal the learning rate per epoch (the original) or per step (the paper) "
                             "(default: %(default)s)")

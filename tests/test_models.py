@@ -35,3 +35,29 @@ def test_densenet_single_block_reproduces_the_original_scripts():
 def test_densenet_refuses_depth_not_3n_plus_4(depth):
     with pytest.raises(ValueError, match="3n\\+4"):
         create_dense_net(10, (32, 32, 3), depth=depth, verbose=0)
+
+
+@pytest.mark.parametrize("model_flags", [dict(model="wrn", wrn_N=1, wrn_k=1),
+                                         dict(model="dn", dn_depth=7, dn_growth_rate=4, dn_blocks=1)])
+def test_bn_momentum_sets_how_fast_the_moving_statistics_follow_training(model_flags):
+    from types import SimpleNamespace
+
+    import keras
+    import numpy as np
+
+    from snapshot_ensembles.modeling import batch_norm_layers, build_model
+
+    images = np.random.default_rng(0).random((8, 32, 32, 3)).astype("float32")
+    moving_means = {}
+    for momentum in (0.99, 0.5, None):  # None: the flag absent (prediction), Keras's default stays
+        keras.utils.set_random_seed(0)
+        model = build_model(SimpleNamespace(bn_momentum=momentum, **model_flags), 10, dropout=0.0)
+        layers = batch_norm_layers(model)
+        assert len(layers) >= 2 and {layer.momentum for layer in layers} == {momentum or 0.99}
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+        model.fit(images, np.zeros(8), batch_size=8, epochs=1, verbose=0)  # one step, weights unchanged
+        moving_means[momentum] = np.asarray(layers[0].moving_mean)
+    # From zero, one step moves the moving mean to (1 - momentum) x the batch mean.
+    np.testing.assert_allclose(moving_means[0.5], moving_means[0.99] * 50, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(moving_means[None], moving_means[0.99])
+    assert np.abs(moving_means[0.5]).max() > 1e-3

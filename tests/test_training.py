@@ -114,6 +114,7 @@ def test_same_seed_and_data_give_identical_snapshots(cifar10_dir, tmp_path):
     (["--model", "foo"], ["--model", "invalid choice"]),
     (["--alpha_zero", "-1"], ["--alpha_zero"]),
     (["--val_split", "1.5"], ["--val_split"]),
+    (["--bn_momentum", "1"], ["--bn_momentum", "[0, 1)"]),
     (["--model", "dn", "--dn_depth", "41"], ["3n+4"]),
     (["--nesterov"], ["--momentum"]),
     (["--data_dir", "/definitely/not/here"], ["--data_dir", "does not exist"]),
