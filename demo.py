@@ -67,9 +67,10 @@ def main(argv=None):
     from snapshot_ensembles import prediction, training
 
     data = digits_dataset(args.seed)
+    # Every demo run trains afresh (--no_resume).
     train_flags = ["--nb_epoch", str(args.nb_epoch), "--alpha_zero", str(args.alpha_zero), "--momentum",
                    str(args.momentum), "--bn_momentum", str(args.bn_momentum), "--batch_size", str(args.batch_size),
-                   "--val_split", str(VAL_FRACTION), "--seed", str(args.seed), "--no_resume"]  # every demo run trains afresh
+                   "--val_split", str(VAL_FRACTION), "--seed", str(args.seed), "--no_resume"]
     if args.mixed_precision:
         train_flags.append("--mixed_precision")
     snapshot_dir = os.path.join(args.weights_dir, "snapshots")
