@@ -96,7 +96,7 @@ def set_batch_norm_momentum(model, momentum):
     """Set every BatchNormalization layer's moving-average momentum; before the model is first trained.
 
     The moving statistics follow the last ~1/(1 - momentum) steps. With the default 0.99 that is ~100
-    steps: on a small dataset (the demo's 34 steps per epoch) they still mix in the statistics of the
+    steps: on a small dataset (the demo's 21 steps per epoch) they still mix in the statistics of the
     high learning rates of a cycle when its snapshot is saved.
     """
     for layer in batch_norm_layers(model):

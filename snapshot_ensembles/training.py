@@ -323,8 +323,9 @@ def train(dataset, argv=None, prog=None, data=None):
     policy = set_precision(args.mixed_precision)
     if args.mixed_precision:
         print(f"Mixed precision: Keras dtype policy {policy}")
-    if distribution.describe(args.batch_size):
-        print(distribution.describe(args.batch_size))
+    description = distribution.describe(args.batch_size)
+    if description:
+        print(description)
     with distribution.scope():  # the model's and the optimizer's variables are created mirrored
         model = compile_model(distribution.prepare_model(build_model(args, data.nb_classes, args.dropout, verbose=1)),
                               args, steps)
