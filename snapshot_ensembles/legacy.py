@@ -14,9 +14,12 @@ keras/utils/conv_utils.py):
   the model's layers that hold weights, in `model.layers` order. That order is NOT creation order:
   Keras 1 and Keras 3 both sort `model.layers` by depth from the output (longest path), so a WRN
   shortcut 1x1 conv, created before its block's first conv, sits after the block's second BN,
-  in the file and in our model alike. Only ties in depth are broken differently (Keras 1: by
-  name; Keras 3: by traversal), and neither WRN nor DenseNet has two weighted layers at one depth.
-  A wrong pairing would show as a kind or shape mismatch, which is refused.
+  in the file and in our model alike (Keras 1.1.1's `Container` in keras/engine/topology.py).
+  Ties in depth go by the order of the depth-first walk from the output in both (Keras 1 sorted
+  them by name only under `K.set_legacy_weight_ordering(True)`), and neither WRN nor DenseNet has
+  two weighted layers at one depth. tests/test_convert_weights.py checks the whole pairing against
+  a file written by Keras 1.1.1's algorithm and a NumPy forward pass of the original network.
+- BatchNormalization uses Keras 1.1.1's epsilon, 1e-5, in models/ (Keras 3's default is 1e-3).
 - conv kernels in "th" dim ordering are (filters, in, rows, cols): transposed to Keras 3's
   (rows, cols, in, filters). Theano's conv2d really convolves while TensorFlow cross-correlates,
   so Theano-trained kernels are also flipped on both spatial axes (`convert_kernel`).

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, distribute, naming, run_state
+from snapshot_ensembles import cli, distribute, naming, run_lock, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
 from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_BN_MOMENTUM, DEFAULT_DROPOUT, build_model,
@@ -294,9 +294,15 @@ def train(dataset, argv=None, prog=None, data=None):
     args = build_parser(dataset, prog).parse_args(argv)
     task = check_args(args)
     chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
-    if chief:
-        prepare_weights_dir(args.weights_dir)
     prefix = prefix_for(dataset, args)
+    if not chief:
+        return _train(dataset, args, prefix, task, chief, data)
+    prepare_weights_dir(args.weights_dir)
+    with run_lock.hold_run_lock(args.weights_dir, prefix):  # before anything reads or removes the run's files
+        return _train(dataset, args, prefix, task, chief, data)
+
+
+def _train(dataset, args, prefix, task, chief, data):
     resume_from = find_run_to_resume(args, prefix, chief)
     state_file = run_state.state_path(args.weights_dir, prefix)
     if resume_from is not COMPLETE and chief:
