@@ -146,7 +146,7 @@ def fill_weights(output, images=None, seed=0):
             channels[layer] = filters
         elif layer.kind == "dense":
             units = layer.config["units"]
-            layer.weights = [("W", rng.normal(0, 1 / np.sqrt(c_in[0]), (c_in[0], units))),
+            layer.weights = [("W", rng.normal(0, 0.3 / np.sqrt(c_in[0]), (c_in[0], units))),  # moderate logits
                              ("b", rng.normal(0, 0.1, units))]
             channels[layer] = units
         elif layer.kind == "bn":
