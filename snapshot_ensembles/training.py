@@ -119,12 +119,15 @@ def compile_model(model, args, steps_per_epoch=None):
     """
     import keras
 
-    from snapshot import StepCosineScheduler
+    import snapshot
 
     learning_rate = args.alpha_zero
     if args.schedule == "batch" and steps_per_epoch:
-        learning_rate = StepCosineScheduler(args.nb_epoch, args.M, args.alpha_zero).schedule_for(steps_per_epoch)
+        learning_rate = snapshot.StepCosineScheduler(args.nb_epoch, args.M,
+                                                     args.alpha_zero).schedule_for(steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = snapshot.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
