@@ -189,6 +189,8 @@ def check_output_paths(args, prefix, members):
             raise UserError(f"{flag} {path}: the file name must end in {suffix}")
         if not os.path.isdir(folder):
             raise UserError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{flag} {path}: cannot write to the folder {folder}; choose another path")
         if os.path.isdir(path) or os.path.realpath(path) in own:
             raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
 
@@ -248,11 +250,11 @@ def print_evaluation(result, fit, weights_file):
         print(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
     print(format_row("equal-weight ensemble", result.equal))
     if result.weighted is not None:
-        print(format_row(f"weighted ensemble ({'fitted' if fit is not None else 'saved'})", result.weighted))
+        source = "fitted" if fit is not None else f"saved in {weights_file}"
+        print(format_row(f"weighted ensemble ({source})", result.weighted))
         if result.weighted_calibrated is not None:
             print(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))
-        print("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]"
-              + ("" if fit is not None else f", saved in {weights_file}"))
+        print("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]")
     if fit is not None:
         print_fit(fit)
     elif result.weighted is not None and result.temperature is None:
@@ -378,15 +380,16 @@ def predict(dataset, argv=None, prog=None, data=None):
     print_evaluation(result, fit, os.path.basename(saved_json or ""))
     if fit is not None:
         save_fit(args, prefix, members, fit, result)
-    accuracy = metrics.accuracy(result.probabilities, data.y_test) * 100
+    # The temperature keeps each image's most probable class: the accuracy is the ensemble's before it.
+    accuracy = (result.weighted if result.compared == "weighted" else result.equal).accuracy
     print(f"Ensemble with {MODES[args.optimize]}:")
-    print("Accuracy : ", accuracy)
-    print("Error : ", 100 - accuracy)
+    print("Accuracy : ", accuracy * 100)
+    print("Error : ", 100 - accuracy * 100)
     write_outputs(args, dataset, prefix, members, result)
     return {"prefix": prefix, "member_accuracy": [s.accuracy for s in result.members],
             "equal_accuracy": result.equal.accuracy,
             "weighted_accuracy": None if result.weighted is None else result.weighted.accuracy,
-            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy / 100,
+            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy,
             "temperature": temperature if args.optimize != -1 else None, "member_temperatures": member_temperatures,
             "evaluation": result,
             "member_probabilities": test_probs, "probabilities": result.probabilities,
