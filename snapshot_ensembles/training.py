@@ -300,12 +300,16 @@ def evaluation_batch_size(args, distribution=None):
     return max(args.batch_size, EVALUATION_BATCH_SIZE)
 
 
-def test_accuracy(model, data, batch_size):
-    """Fraction of the test images that `model` classifies correctly."""
+def test_probabilities(model, data, batch_size):
+    """`model`'s class probabilities for the test images."""
     from snapshot_ensembles.pipeline import images_dataset
 
-    probabilities = model.predict(images_dataset(data.x_test, batch_size), verbose=0)
-    return float(np.mean(np.argmax(probabilities, axis=1) == data.y_test))
+    return model.predict(images_dataset(data.x_test, batch_size), verbose=0)
+
+
+def test_accuracy(model, data, batch_size):
+    """Fraction of the test images that `model` classifies correctly."""
+    return float(np.mean(np.argmax(test_probabilities(model, data, batch_size), axis=1) == data.y_test))
 
 
 def load_completed_run(model, args, prefix):
