@@ -39,7 +39,7 @@ import numpy as np
 from keras import layers
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path
+from snapshot_ensembles.files import atomic_path, save_weights
 
 BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")
@@ -55,15 +55,19 @@ _KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate":
                        "InputLayer": "input"}
 
 
-def read_legacy_weights(path):
-    """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order."""
+def read_legacy_weights(path, label=None):
+    """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
+
+    `label` names the file in messages (default: its path).
+    """
+    label = label or path
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{label}: no such file")
     try:
         with h5py.File(path, "r") as f:
-            return _read_layers(f, path)
+            return _read_layers(f, label)
     except OSError as err:  # not HDF5 at all, or truncated: h5py fails on open or on reading data
-        raise UserError(f"{path} cannot be read as an HDF5 file (is it complete?): {err}") from None
+        raise UserError(f"{label} cannot be read as an HDF5 file (is it complete?): {err}") from None
 
 
 def _read_layers(f, path):
@@ -138,6 +142,27 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
         converted.append((layer, values))
     for layer, values in converted:
         layer.set_weights(values)
+
+
+def convert_files(model, sources, targets, backend="theano", dim_ordering="th", model_label=None, hint=None,
+                  labels=None):
+    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets`.
+
+    Every file is read and converted before the first target is written, so a bad file leaves no
+    target behind; each target is written atomically. `labels` name the sources in messages.
+    """
+    converted = []
+    for source, label in zip(sources, labels or sources):
+        legacy_layers = read_legacy_weights(source, label)
+        try:
+            convert_legacy_weights(model, legacy_layers, backend=backend, dim_ordering=dim_ordering,
+                                   model_label=model_label, hint=hint)
+        except UserError as err:
+            raise UserError(f"{label}: {err}") from None
+        converted.append(model.get_weights())
+    for target, weights in zip(targets, converted):
+        model.set_weights(weights)
+        save_weights(model, target)
 
 
 def write_legacy_weights(model, path, backend="theano", dim_ordering="th"):

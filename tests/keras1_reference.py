@@ -124,9 +124,10 @@ def keras1_layer_order(output):
     return sorted(layers_depths, key=lambda layer: (-layers_depths[layer], layer_indices[layer]))
 
 
-def fill_weights(output, images, seed=0):
+def fill_weights(output, images=None, seed=0):
     """Give every weighted layer distinct random values, with BatchNormalization statistics taken
-    from the layer's real input on `images` (perturbed), so that every epsilon shows.
+    from the layer's real input on `images` (perturbed), so that every epsilon shows; without
+    `images`, random statistics (quick, for files that are only moved around).
 
     Returns the layers in Keras 1.1.1's order.
     """
@@ -145,13 +146,16 @@ def fill_weights(output, images, seed=0):
             channels[layer] = filters
         elif layer.kind == "dense":
             units = layer.config["units"]
-            layer.weights = [("W", rng.normal(0, 1 / np.sqrt(c_in[0]), (c_in[0], units))),
+            layer.weights = [("W", rng.normal(0, 0.3 / np.sqrt(c_in[0]), (c_in[0], units))),  # moderate logits
                              ("b", rng.normal(0, 0.1, units))]
             channels[layer] = units
         elif layer.kind == "bn":
-            features = forward(layer.inputs[0], images, cache)
-            mean, var = features.mean(axis=(0, 2, 3)), features.var(axis=(0, 2, 3))
             n = channels[layer]
+            if images is None:
+                mean, var = rng.normal(0, 0.5, n), rng.uniform(0.5, 2.0, n)
+            else:
+                features = forward(layer.inputs[0], images, cache)
+                mean, var = features.mean(axis=(0, 2, 3)), features.var(axis=(0, 2, 3))
             layer.weights = [("gamma", rng.uniform(0.5, 1.5, n)), ("beta", rng.normal(0, 0.2, n)),
                              ("running_mean", mean + rng.normal(0, 0.1, n) * np.sqrt(var)),
                              ("running_std", var * rng.uniform(0.8, 1.25, n))]

@@ -356,6 +356,8 @@ def test_converted_file_computes_what_the_original_network_computed(tmp_path, ne
     convert_weights.main(["--dataset", "cifar10", *flags, "--weights_dir", str(tmp_path)])
     model = build_model(argparse.Namespace(**model_flags), 10)
     model.load_weights(str(tmp_path / f"{prefix}-Best.weights.h5"))
+    # the original's ensemble weights come with the release prefix it published (WRN-16-4 only)
+    assert (tmp_path / f"Ensemble-weights-{prefix}.json").exists() == network.startswith("wrn")
 
     ours = model.predict(images.transpose(0, 2, 3, 1), verbose=0)
     expected = keras1_reference.forward(output, images)
