@@ -27,8 +27,8 @@ def build_parser():
     parser.add_argument("--bn_momentum", type=cli.unit_interval, default=0.9,
                         help="BatchNormalization momentum; below Keras's 0.99 because an epoch here is only "
                              "21 steps (default: %(default)s)")
-    parser.add_argument("--wrn_N", type=cli.positive_int, default=1, help="WRN blocks per group (default: %(default)s)")
-    parser.add_argument("--wrn_k", type=cli.positive_int, default=1, help="WRN width (default: %(default)s)")
+    parser.add_argument("--wrn_N", type=cli.model_size, default=1, help="WRN blocks per group (default: %(default)s)")
+    parser.add_argument("--wrn_k", type=cli.model_size, default=1, help="WRN width (default: %(default)s)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=16, help="(default: %(default)s)")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0, help="(default: %(default)s)")
     parser.add_argument("--weights_dir", default=os.path.join("weights", "demo"),

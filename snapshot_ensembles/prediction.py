@@ -251,10 +251,12 @@ def fitting_split(dataset, data, weights_dir, prefix):
         try:
             with open(info_path) as fh:
                 info = json.load(fh)
-            val_split, seed = float(info.get("val_split", 0.0)), int(info.get("seed", 0))
-        except (OSError, ValueError, TypeError) as err:
-            raise UserError(f"cannot read the training record {info_path} ({err}); delete it to fit on the "
-                            "training set instead of the validation split") from None
+            val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
+            if not 0 <= val_split < 1 or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+                raise ValueError(f"val_split {info.get('val_split')!r} or seed {str(seed)[:40]} out of range")
+        except (OSError, ValueError, TypeError, OverflowError, AttributeError) as err:
+            raise UserError(f"cannot read the training record {info_path} ({str(err)[:200]}); delete it to fit on "
+                            "the training set instead of the validation split") from None
     if val_split > 0:
         _, val_idx = split_validation(data.x_train, data.y_train, val_split, seed)
         if "nb_val" in info and info["nb_val"] != len(val_idx):

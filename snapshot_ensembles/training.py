@@ -135,11 +135,12 @@ def compile_model(model, args, steps_per_epoch=None):
 
 def load_training_data(dataset, args, data=None):
     """Train / validation / test arrays; validation is the test set when --val_split is 0."""
-    from snapshot_ensembles.data import load_cifar, split_validation
+    from snapshot_ensembles.data import check_validation_split, load_cifar, split_validation
 
     if data is None:
         data = load_cifar(dataset, args.data_dir, args.data_sha256)
     if args.val_split > 0:
+        check_validation_split(len(data.y_train), args.val_split, data.nb_classes)
         train_idx, val_idx = split_validation(data.x_train, data.y_train, args.val_split, args.seed)
         splits = dict(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx],
                       x_val=data.x_train[val_idx], y_val=data.y_train[val_idx])
@@ -159,8 +160,15 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
     from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
     from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 
+    from snapshot_ensembles.data import check_images, check_labels
+
     if distribution is None:
         distribution = distribute.Distribution("none", None)
+    nb_classes = model.output_shape[-1]
+    splits = dict(splits)
+    for part, name in (("train", "training split"), ("val", "validation split")):
+        splits[f"x_{part}"] = check_images(splits[f"x_{part}"], f"the {name}")
+        splits[f"y_{part}"] = check_labels(splits[f"y_{part}"], nb_classes, len(splits[f"x_{part}"]), f"the {name}")
     steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)  # of the global batch: replicas change nothing
     builder = SnapshotCallbackBuilder(args.nb_epoch, args.M, args.alpha_zero, schedule=args.schedule,
                                       steps_per_epoch=steps, weights_dir=args.weights_dir,
