@@ -180,8 +180,9 @@ def main():
                         help="steps of ours, then of the peer, alternating (default: %(default)s)")
     parser.add_argument("--backends", default=",".join(KERAS_BACKENDS),
                         help="Keras backends to time our flow on besides TensorFlow, or 'none' (default: %(default)s)")
-    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
-                        help="time the bfloat16 columns; auto: where the CPU has bfloat16 instructions")
+    parser.add_argument("--bf16", choices=("auto", "on", "off", "only"), default="auto",
+                        help="time the bfloat16 columns; auto: where the CPU has bfloat16 instructions; "
+                             "only: not the float32 ones")
     parser.add_argument("--no_deterministic", dest="deterministic", action="store_false",
                         help="ours without TensorFlow op determinism (training's --no_deterministic)")
     parser.add_argument("--jit_compile", action="store_true", help="compile ours with XLA (needs --no_deterministic)")
@@ -212,8 +213,9 @@ def main():
 def parent_main(options, args, backends, weights_dir):
     started = time.perf_counter()
     cpu, flags = cpu_description()
-    bf16 = options.bf16 == "on" or options.bf16 == "auto" and bool(cpu_has_native_bfloat16())
-    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    native_bf16 = bool(cpu_has_native_bfloat16())
+    bf16 = options.bf16 in ("on", "only") or options.bf16 == "auto" and native_bf16
+    precisions = ["bf16"] if options.bf16 == "only" else ["fp32", "bf16"] if bf16 else ["fp32"]
     model = build_model(args, 10, args.dropout)
     flops = 3 * forward_flops(model)
     print(describe_cpu(cpu, flags, os.cpu_count()))
@@ -259,9 +261,11 @@ def parent_main(options, args, backends, weights_dir):
         for name, column in columns.items():
             print_row(f"ours on Keras {name[6:]}", column.get(precision, column))
     if not bf16:
-        print("-- bf16 not timed: this CPU has no avx512_bf16 or amx_bf16 (--bf16 on times it emulated)")
-    print(f"limit {limit:.1f} img/s (float32 matmul / FLOPs per image); ours / limit = "
-          f"{figures['ours_fp32']['img_s'] / limit:.3f}")
+        print("-- bf16 not timed: " + ("--bf16 off" if native_bf16 else "this CPU has no avx512_bf16 or amx_bf16 "
+                                       "(--bf16 on times it emulated)"))
+    if "ours_fp32" in figures:
+        print(f"limit {limit:.1f} img/s (float32 matmul / FLOPs per image); ours / limit = "
+              f"{figures['ours_fp32']['img_s'] / limit:.3f}")
     seconds = time.perf_counter() - started
     print(f"{seconds:.0f} s; peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
