@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, distribute, naming, run_state
+from snapshot_ensembles import cli, distribute, naming, run_lock, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
 from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_BN_MOMENTUM, DEFAULT_DROPOUT, build_model,
@@ -117,12 +117,15 @@ def compile_model(model, args, steps_per_epoch=None):
     """
     import keras
 
-    from snapshot import StepCosineScheduler
+    import snapshot
 
     learning_rate = args.alpha_zero
     if args.schedule == "batch" and steps_per_epoch:
-        learning_rate = StepCosineScheduler(args.nb_epoch, args.M, args.alpha_zero).schedule_for(steps_per_epoch)
+        learning_rate = snapshot.StepCosineScheduler(args.nb_epoch, args.M,
+                                                     args.alpha_zero).schedule_for(steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = snapshot.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -291,9 +294,15 @@ def train(dataset, argv=None, prog=None, data=None):
     args = build_parser(dataset, prog).parse_args(argv)
     task = check_args(args)
     chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
-    if chief:
-        prepare_weights_dir(args.weights_dir)
     prefix = prefix_for(dataset, args)
+    if not chief:
+        return _train(dataset, args, prefix, task, chief, data)
+    prepare_weights_dir(args.weights_dir)
+    with run_lock.hold_run_lock(args.weights_dir, prefix):  # before anything reads or removes the run's files
+        return _train(dataset, args, prefix, task, chief, data)
+
+
+def _train(dataset, args, prefix, task, chief, data):
     resume_from = find_run_to_resume(args, prefix, chief)
     state_file = run_state.state_path(args.weights_dir, prefix)
     if resume_from is not COMPLETE and chief:
