@@ -224,24 +224,11 @@ def read_record(weights_dir, prefix):
 
 def own_run_files(weights_dir, prefix, record):
     """Files of `prefix` in `weights_dir` that an earlier install did not write: the user's own run."""
-    from snapshot_ensembles.run_state import state_path
-
-    if not os.path.isdir(weights_dir):
-        return []
-    run_files = {os.path.basename(p) for p in (naming.run_info_path(weights_dir, prefix),
-                                               naming.history_path(weights_dir, prefix),
-                                               state_path(weights_dir, prefix))}
-    member = re.compile(re.escape(prefix) + r"-(Best|\d+)\.weights\.h5")
-    own = []
-    for name in sorted(os.listdir(weights_dir)):
-        path = os.path.join(weights_dir, name)
-        if name in run_files:
-            own.append(path)
-        elif member.fullmatch(name):
-            entry = record.get(name)
-            if entry is None or sha256_of(path) != entry.get("converted_sha256"):
-                own.append(path)
-    return own
+    records = [path(weights_dir, prefix) for path in (naming.run_info_path, naming.history_path, naming.state_path)]
+    members = [path for path in naming.member_files(weights_dir, prefix).values()
+               if (entry := record.get(os.path.basename(path))) is None
+               or sha256_of(path) != entry.get("converted_sha256")]
+    return sorted([path for path in records if os.path.isfile(path)] + members)
 
 
 def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):

@@ -44,9 +44,6 @@ def test_prediction_memory_does_not_grow_with_members_times_samples_times_classe
         model.save_weights(os.path.join(tmp_path, f"{PREFIX}-{name}.weights.h5"))
 
     def predict(m):
-        saved = os.path.join(tmp_path, f"Ensemble-weights-{PREFIX}.json")  # fitted for another M: refused
-        if os.path.exists(saved):
-            os.remove(saved)
         return prediction.predict("cifar100", MODEL + ["--optimize", "1", "--num_tests", "2", "--M", str(m),
                                                        "--weights_dir", str(tmp_path), "--plot"], data=data)
 

@@ -56,13 +56,15 @@ class GitHub:
         self.listed = {name: len(data) for name, data in assets.items()}  # the sizes the API announces
         self.digests = {name: "sha256:" + hashlib.sha256(data).hexdigest() for name, data in assets.items()}
         self.rate_limited = False
+        self.raw_answer = None  # bytes served instead of the releases JSON
+        self.download_urls = {}  # name -> browser_download_url other than the default
         self.requests = []  # (path, Authorization header)
 
     def releases(self):
         assets = []
         for name in self.listed:
-            asset = {"name": name, "size": self.listed[name],
-                     "browser_download_url": f"{self.url}/{REPO}/releases/download/{TAG}/{name}"}
+            url = self.download_urls.get(name, f"{self.url}/{REPO}/releases/download/{TAG}/{name}")
+            asset = {"name": name, "size": self.listed[name], "browser_download_url": url}
             if name in self.digests:
                 asset["digest"] = self.digests[name]
             assets.append(asset)
@@ -81,7 +83,8 @@ class GitHubHandler(http.server.BaseHTTPRequestHandler):
                 self._send(403, b'{"message": "API rate limit exceeded"}',
                            {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
             else:
-                self._send(200, json.dumps(state.releases()).encode(), {"Content-Type": "application/json"})
+                body = state.raw_answer if state.raw_answer is not None else json.dumps(state.releases()).encode()
+                self._send(200, body, {"Content-Type": "application/json"})
         elif path.startswith(f"/{REPO}/releases/download/{TAG}/"):
             self._send(302, b"", {"Location": f"{state.url}/objects/{path.rsplit('/', 1)[1]}"})
         elif path.startswith("/objects/") and path[len("/objects/"):] in state.files:
@@ -335,3 +338,23 @@ def test_each_refusal_through_the_script_is_one_line_and_exit_2(api_env, tmp_pat
         assert os.listdir(weights) == ["WRN-CIFAR10-16-4-Best.weights.h5"]
     else:
         assert_nothing_installed(weights)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"not json", "unexpected answer from"),
+    (b'{"message": "Moved"}', "expected a list of releases"),
+    (b'[{"tag_name": "v1"}]', "a release without an 'assets' list"),
+    (b'[{"assets": [{"name": "x.h5", "size": "12", "browser_download_url": "https://x"}]}]', "an asset without"),
+], ids=["not-json", "not-a-list", "no-assets", "size-type"])
+def test_unexpected_api_answer_is_one_clear_error(api_env, tmp_path, answer, message):
+    api_env.raw_answer = answer
+    with pytest.raises(UserError, match=message):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_asset_url_on_plain_http_to_a_remote_host_is_refused(api_env, tmp_path):
+    api_env.download_urls["WRN-CIFAR10-16-4-Best.h5"] = "http://example.com/WRN-CIFAR10-16-4-Best.h5"
+    with pytest.raises(UserError, match="refusing plain http:// to example.com"):
+        download(tmp_path / "weights")
+    assert asset_requests(api_env) == []

@@ -144,7 +144,8 @@ def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir,
         training.train("cifar10", flags(cifar10_dir, weights))
     model, history = training.train("cifar10", flags(cifar10_dir, weights, "--no_resume", "--nb_epoch", "1",
                                                      "--M", "1"))
-    assert "discarded the state of the unfinished run" in capsys.readouterr().out
+    assert f"Starting over: removed the files of the earlier run of {WRN_PREFIX} in {weights}: " \
+           f"{WRN_PREFIX}-state.weights.h5" in capsys.readouterr().out
     assert len(history["loss"]) == 1 and not os.path.exists(state_file)
 
 
