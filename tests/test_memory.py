@@ -15,8 +15,10 @@ from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.training import build_parser
 
-N_SAMPLES, N_CLASSES = 2000, 100
-MEMBER_BYTES = N_SAMPLES * N_CLASSES * 4  # one member's float32 probabilities on one split: 800 kB
+# Test images enough that even 3 members fill the evaluation's fixed-size blocks (metrics.kl_matrix works
+# on ~1M values at a time, however many members); the weights are fitted on the training images.
+N_SAMPLES, N_TRAIN, N_CLASSES = 4000, 1000, 100
+MEMBER_BYTES = N_SAMPLES * N_CLASSES * 4  # one member's float32 test probabilities: 1.6 MB
 MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
 PREFIX = "WRN-CIFAR100-10-1"
 
@@ -38,7 +40,7 @@ def test_prediction_memory_does_not_grow_with_members_times_samples_times_classe
     """The whole flow (fit on the training set, equal and weighted ensembles, size curve, agreement plot) with
     3 and with 24 members; the members' predictions come from the cache, as in every run after the first."""
     rng = np.random.default_rng(0)
-    data = Dataset(*images_and_labels(rng, N_SAMPLES), *images_and_labels(rng, N_SAMPLES), N_CLASSES, "synthetic")
+    data = Dataset(*images_and_labels(rng, N_TRAIN), *images_and_labels(rng, N_SAMPLES), N_CLASSES, "synthetic")
     model = build_model(build_parser("cifar100").parse_args(MODEL), N_CLASSES)
     for name in ["Best"] + [str(i) for i in range(1, 24)]:  # one network's weights: predicted once per split
         model.save_weights(os.path.join(tmp_path, f"{PREFIX}-{name}.weights.h5"))
@@ -49,6 +51,6 @@ def test_prediction_memory_does_not_grow_with_members_times_samples_times_classe
 
     assert len(predict(23)["networks_run"]) == 2  # fills the cache: test and training set
     few, many = peak_bytes(predict, 2), peak_bytes(predict, 23)
-    # 21 more members add their (n,) true-class and argmax columns (16 kB each, a few of them), not 800 kB each
-    # (measured: 1.5 MB in all; stacking the members' test probabilities would add 16.8 MB).
+    # 21 more members add their (n,) true-class and argmax columns (32 kB each, a few of them), not 1.6 MB each
+    # (measured: 23 kB in all; stacking the members' test probabilities would add 33.6 MB).
     assert many - few < 21 * MEMBER_BYTES / 4, (few, many)
