@@ -181,3 +181,14 @@ def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
         fh.write(json.dumps(record).replace("Infinity", "1e999"))
     with pytest.raises(UserError, match=f"cannot read the training record .*{PREFIX}-run.json"):
         prediction.fitting_split("cifar10", dataset, str(tmp_path), PREFIX)
+
+
+def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--M", "2147483647",
+                        "--weights_dir", tmp_path, timeout=120)
+    assert_user_error(result, f"{PREFIX}-Best.weights.h5", f"{PREFIX}-3.weights.h5", "and 2147483644 more snapshots")
+    with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
+        json.dump({"status": "complete", "args": {"M": 10**100}}, fh)  # not a count a run can have recorded
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path, timeout=120)
+    line = assert_user_error(result, "missing ensemble member files", f"{PREFIX}-Best.weights.h5")
+    assert "more snapshots" not in line
