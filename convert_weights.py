@@ -10,7 +10,7 @@ With no FILE, converts every `{prefix}-Best.h5` and `{prefix}-<i>.h5` in --weigh
 import os
 import re
 
-from snapshot_ensembles.cli import ArgumentParser, add_model_flags, check_model_flags, run_cli
+from snapshot_ensembles.cli import ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, run_cli
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import save_weights
 from snapshot_ensembles.modeling import build_model, nb_classes_of, prefix_for
@@ -27,7 +27,7 @@ def build_parser():
                              "in --weights_dir)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
                         help="dataset the weights were trained on; sets the class count (default: %(default)s)")
-    add_model_flags(parser)
+    add_model_flags(parser, ORIGINAL_MODELS)
     parser.add_argument("--weights_dir", default="weights",
                         help="where to look for files when no FILE is given (default: %(default)s)")
     parser.add_argument("--backend", choices=("theano", "tensorflow"), default="theano",

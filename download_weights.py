@@ -6,7 +6,8 @@
 """
 
 from snapshot_ensembles import downloads
-from snapshot_ensembles.cli import ArgumentParser, add_model_flags, check_model_flags, positive_float, run_cli
+from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, positive_float,
+                                    run_cli)
 from snapshot_ensembles.naming import DATASETS, model_prefix
 
 
@@ -16,7 +17,7 @@ def build_parser():
                     "into --weights_dir, verifying size and SHA-256 against the release's manifest.json. "
                     "An interrupted download resumes when run again.")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="required unless --make_manifest is given")
-    add_model_flags(parser)
+    add_model_flags(parser, ORIGINAL_MODELS)
     parser.add_argument("--url", default=None,
                         help="release location: https:// URL, file:// URL or folder; http:// only for "
                              f"localhost (default: ${downloads.RELEASE_URL_ENV}, else "
