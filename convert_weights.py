@@ -4,7 +4,8 @@
     python convert_weights.py --dataset cifar10 --model dn --dn_blocks 1 weights/DenseNet-CIFAR10-40-12-Best.h5
 
 With no FILE, converts every `{prefix}-Best.h5` and `{prefix}-<i>.h5` in --weights_dir; each
-`NAME.h5` becomes `NAME.weights.h5` beside it.
+`NAME.h5` becomes `NAME.weights.h5` beside it. For the original release's prefixes (WRN-CIFAR10-16-4,
+WRN-CIFAR100-16-4) it also writes the original's ensemble weights, so `--optimize 0` works.
 """
 
 import os
@@ -12,9 +13,9 @@ import re
 
 from snapshot_ensembles.cli import ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, run_cli
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import save_weights
-from snapshot_ensembles.modeling import build_model, nb_classes_of, prefix_for
+from snapshot_ensembles.modeling import build_model, describe_network, nb_classes_of, prefix_for
 from snapshot_ensembles.naming import DATASETS
+from snapshot_ensembles.original_release import install_ensemble_weights
 
 
 def build_parser():
@@ -64,23 +65,12 @@ def output_path(path):
     return stem + ".weights.h5"
 
 
-def describe(args, nb_classes):
-    """The network in words and the flags to check when a file does not fit it."""
-    if args.model == "wrn":
-        return (f"WRN-{6 * args.wrn_N + 4}-{args.wrn_k} for {nb_classes} classes",
-                "check --wrn_N/--wrn_k/--dataset")
-    hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
-    if args.dn_blocks != 1:
-        hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-    return (f"DenseNet-{args.dn_depth}-{args.dn_growth_rate} with {args.dn_blocks} dense "
-            f"block{'s' if args.dn_blocks > 1 else ''} for {nb_classes} classes", hint)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_model_flags(args)
     nb_classes = nb_classes_of(args.dataset)
-    sources = args.files or release_files(args.weights_dir, prefix_for(args.dataset, args))
+    prefix = prefix_for(args.dataset, args)
+    sources = args.files or release_files(args.weights_dir, prefix)
 
     # Every refusal that needs no conversion comes before any file is written.
     for source in sources:
@@ -93,19 +83,18 @@ def main(argv=None):
                         "pass --overwrite to replace")
 
     # Keras loads only now, so that flag and file-name errors answer at once.
-    from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights
+    from snapshot_ensembles.legacy import convert_files
 
-    legacy = [read_legacy_weights(source) for source in sources]
-    label, hint = describe(args, nb_classes)
+    label, hint = describe_network(args, nb_classes)
     model = build_model(args, nb_classes)  # dropout as in training (WRN 0.0, DenseNet 0.2): no weights
-    for source, target, legacy_layers in zip(sources, targets, legacy):
-        try:
-            convert_legacy_weights(model, legacy_layers, backend=args.backend,
-                                   dim_ordering=args.dim_ordering, model_label=label, hint=hint)
-        except UserError as err:
-            raise UserError(f"{source}: {err}") from None
-        save_weights(model, target)
+    convert_files(model, sources, targets, backend=args.backend, dim_ordering=args.dim_ordering,
+                  model_label=label, hint=hint)
+    for source, target in zip(sources, targets):
         print(f"wrote {target} (from {source}, {label})")
+    if not args.files:  # the release files of a prefix: the original's ensemble weights go with them
+        note = install_ensemble_weights(args.weights_dir, prefix, args.overwrite)
+        if note:
+            print(note)
 
 
 if __name__ == "__main__":

@@ -1,51 +1,72 @@
-"""Download the released weights of one model, or publish a folder of weights as a release.
+"""Download release weights: the original project's (default), or a release of this project (--url).
 
-    python download_weights.py --dataset cifar10 --model wrn --wrn_N 2 --wrn_k 4
-    python download_weights.py --dataset cifar100 --model dn --url file:///mnt/release --weights_dir weights
+    python download_weights.py                        # the original's CIFAR-10 WRN-16-4, converted into weights/
+    python download_weights.py --dataset cifar100     # its CIFAR-100 WRN-16-4
+    python download_weights.py --url /mnt/shared/release --dataset cifar10 --wrn_N 2 --wrn_k 4
     python download_weights.py --make_manifest weights      # maintainers: then upload weights/* as a release
 """
 
-from snapshot_ensembles import downloads
+from snapshot_ensembles import downloads, original_release
 from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, positive_float,
                                     run_cli)
+from snapshot_ensembles.modeling import nb_classes_of
 from snapshot_ensembles.naming import DATASETS, model_prefix
 
 
 def build_parser():
     parser = ArgumentParser(
-        description="Fetch every release file of one model (Best, snapshots 1..M, ensemble weights, history) "
-                    "into --weights_dir, verifying size and SHA-256 against the release's manifest.json. "
-                    "An interrupted download resumes when run again.")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), help="required unless --make_manifest is given")
+        description="Fetch the weights of one model into --weights_dir. By default from the original project's "
+                    f"GitHub release ({original_release.DEFAULT_GITHUB_REPO}: Keras 1 files of WRN-16-4, verified, "
+                    "converted to .weights.h5, with the original's ensemble weights); with --url from a release of "
+                    "this project (manifest.json with every file's size and SHA-256; an interrupted download "
+                    "resumes when run again).")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+                        help="dataset the weights were trained on (default: %(default)s)")
     add_model_flags(parser, ORIGINAL_MODELS)
-    parser.add_argument("--url", default=None,
-                        help="release location: https:// URL, file:// URL or folder; http:// only for "
-                             f"localhost (default: ${downloads.RELEASE_URL_ENV}, else "
-                             f"{downloads.DEFAULT_RELEASE_URL})")
     parser.add_argument("--weights_dir", default="weights", help="where files go (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of the same model in --weights_dir that is not the release's "
+                             "(your own training), and ensemble weights you fitted")
+    github = parser.add_argument_group("the original's release on GitHub (default source)")
+    github.add_argument("--github_repo", default=None,
+                        help=f"OWNER/NAME (default: ${original_release.GITHUB_REPO_ENV}, else "
+                             f"{original_release.DEFAULT_GITHUB_REPO})")
+    github.add_argument("--github_api", default=None,
+                        help=f"GitHub REST API base URL (default: ${original_release.GITHUB_API_ENV}, else "
+                             f"{original_release.DEFAULT_GITHUB_API}); ${original_release.TOKEN_ENV}, when set, "
+                             "is sent as the token")
+    ours = parser.add_argument_group("a release of this project")
+    ours.add_argument("--url", default=None,
+                      help="release location: https:// URL, file:// URL or folder; http:// only for localhost "
+                           f"(default: ${downloads.RELEASE_URL_ENV}; unset, the original's GitHub release is used)")
+    ours.add_argument("--make_manifest", metavar="DIR", default=None,
+                      help="instead of downloading, write DIR/manifest.json (name, size, sha256 of every file in "
+                           "DIR) so that DIR can be published as a release")
     parser.add_argument("--timeout", type=positive_float, default=downloads.DEFAULT_TIMEOUT,
                         help="seconds a connection may stall before giving up (default: %(default)s)")
-    parser.add_argument("--make_manifest", metavar="DIR", default=None,
-                        help="instead of downloading, write DIR/manifest.json (name, size, sha256 of every "
-                             "file in DIR) so that DIR can be published as a release")
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.make_manifest is not None:
         path, count = downloads.make_manifest(args.make_manifest)
         print(f"wrote {path}: {count} files")
         return
-    if args.dataset is None:
-        parser.error("the following arguments are required: --dataset (or --make_manifest DIR)")
     check_model_flags(args)
     prefix = model_prefix(args.dataset, args.model, args.wrn_N, args.wrn_k, args.dn_depth, args.dn_growth_rate)
-    results = downloads.download_model(prefix, args.weights_dir, args.url, timeout=args.timeout)
-    fetched = sum(1 for _, outcome in results if outcome == "downloaded")
-    print(f"{prefix}: {len(results)} files verified in {args.weights_dir} "
-          f"({fetched} downloaded, {len(results) - fetched} already present)")
+    url = downloads.release_url(args.url)
+    if url:
+        results = downloads.download_model(prefix, args.weights_dir, url, timeout=args.timeout,
+                                           overwrite=args.overwrite)
+        fetched = sum(1 for _, outcome in results if outcome == "downloaded")
+        print(f"{prefix}: {len(results)} files verified in {args.weights_dir} "
+              f"({fetched} downloaded, {len(results) - fetched} already present)")
+        return
+    nb_classes = nb_classes_of(args.dataset)
+    for line in original_release.install(prefix, args, nb_classes, args.weights_dir, api=args.github_api,
+                                         repo=args.github_repo, overwrite=args.overwrite, timeout=args.timeout):
+        print(line)
 
 
 if __name__ == "__main__":

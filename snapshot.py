@@ -25,7 +25,8 @@ from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
            "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
-           "TrainingDiverged", "RunStateCheckpoint", "cosine_annealing_lr", "check_snapshot_counts"]
+           "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr",
+           "check_snapshot_counts"]
 
 SCHEDULE_MODES = ("epoch", "batch", "multistep")
 # Keras names the accuracy metric after the string it was compiled with.
@@ -47,6 +48,30 @@ class SnapshotCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"alpha_zero": self.alpha_zero, "cycle_steps": self.cycle_steps}
+
+
+@keras.saving.register_keras_serializable(package="snapshot")
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling (mixed_float16), with every training step counted in `iterations`.
+
+    Keras 3's LossScaleOptimizer skips a step whose gradients overflow, halving the loss scale, and
+    only a step it applies advances the inner optimizer's `iterations`. The per-step cosine schedule
+    reads that counter as the global step, and a resumed run checks it against the completed epochs:
+    counting skipped steps too keeps every cycle ending with the epoch whose snapshot is saved.
+    Compile a mixed_float16 model with it (`model.compile(optimizer=StepCountingLossScaleOptimizer(sgd))`);
+    Keras then does not wrap the optimizer again.
+    """
+
+    def _stateful_handle_non_finite_grads(self):  # TensorFlow and PyTorch
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer._iterations.assign_add(1)  # the counter the learning-rate schedule reads
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):  # JAX
+        trainable_variables, optimizer_variables = super()._stateless_handle_non_finite_grads(
+            optimizer_variables, trainable_variables)
+        index = next(i for i, variable in enumerate(self.variables) if variable is self.inner_optimizer._iterations)
+        optimizer_variables[index] = optimizer_variables[index] + 1
+        return trainable_variables, optimizer_variables
 
 
 class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):

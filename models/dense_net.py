@@ -7,10 +7,12 @@ BN-ReLU-conv1x1-avgpool, then BN-ReLU-global average pooling-softmax.
 import keras
 from keras import layers, regularizers
 
+from models.batch_norm import batch_normalization
+
 
 def _bn(weight_decay):
-    return layers.BatchNormalization(axis=-1, gamma_regularizer=regularizers.L2(weight_decay),
-                                     beta_regularizer=regularizers.L2(weight_decay))
+    return batch_normalization(gamma_regularizer=regularizers.L2(weight_decay),
+                               beta_regularizer=regularizers.L2(weight_decay))
 
 
 def _conv(filters, size, weight_decay, name=None):

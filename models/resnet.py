@@ -8,14 +8,14 @@ to the shortcut, then ReLU) at 16, 32 and 64 channels, the first block of stages
 Shortcuts are fb.resnet.torch's type A, its default for CIFAR: the identity where the shape is
 unchanged, and on downsampling a stride-2 subsampling whose channels are doubled with zeros
 (Torch: SpatialAveragePooling(1, 1, 2, 2) then Concat(Identity, MulConstant(0))), so shortcuts add
-no weights. Convolutions have no bias and He-normal weights over the fan-out; BatchNormalization
-uses Torch's epsilon 1e-5.
+no weights. Convolutions have no bias and He-normal weights over the fan-out; BatchNormalization's
+epsilon is 1e-5, Torch's as well as Keras 1's (models.batch_norm).
 """
 
 import keras
 from keras import layers
 
-BN_EPSILON = 1e-5  # Torch's SpatialBatchNormalization
+from models.batch_norm import batch_normalization
 
 
 # Initialisers are made per layer: an unseeded Keras initialiser shared by several layers would give
@@ -33,10 +33,6 @@ def _conv(filters, strides=1):
     return layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer=_conv_init())
 
 
-def _bn():
-    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON)
-
-
 def downsampling_shortcut(x):
     """Type A: keep every second pixel, then append as many all-zero channels."""
     x = layers.AveragePooling2D(pool_size=1, strides=2)(x)
@@ -45,8 +41,8 @@ def downsampling_shortcut(x):
 
 def basic_block(x, filters, strides=1):
     shortcut = downsampling_shortcut(x) if strides != 1 else x
-    y = layers.Activation("relu")(_bn()(_conv(filters, strides)(x)))
-    y = _bn()(_conv(filters)(y))
+    y = layers.Activation("relu")(batch_normalization()(_conv(filters, strides)(x)))
+    y = batch_normalization()(_conv(filters)(y))
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
@@ -56,7 +52,7 @@ def create_resnet(input_dim, nb_classes=10, depth=110, verbose=1):
         raise ValueError(f"ResNet depth must be of the form 6n+2 with n >= 1 (20, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_dim))
-    x = layers.Activation("relu")(_bn()(_conv(16)(inputs)))
+    x = layers.Activation("relu")(batch_normalization()(_conv(16)(inputs)))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(n):
             x = basic_block(x, filters, strides=2 if stage > 0 and block == 0 else 1)

@@ -7,13 +7,15 @@ weights convert layer by layer (see convert_weights.py).
 import keras
 from keras import layers
 
+from models.batch_norm import batch_normalization
+
 
 def _conv(filters, size):
     return layers.Conv2D(filters, size, padding="same")
 
 
 def _bn_relu(x):
-    x = layers.BatchNormalization(axis=-1)(x)
+    x = batch_normalization()(x)
     return layers.Activation("relu")(x)
 
 

@@ -5,7 +5,9 @@ Kept free of TensorFlow/Keras imports so that `--help` and flag errors answer at
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from snapshot_ensembles.errors import UserError
 
@@ -109,14 +111,31 @@ def add_data_flags(parser):
     return group
 
 
+INTERRUPTED_EXIT_CODE = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's stop, a container's shutdown), handled exactly like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def run_cli(main, argv=None):
-    """Run an entry point; a UserError or Ctrl-C becomes a short message and a non-zero exit."""
+    """Run an entry point; a UserError, Ctrl-C or SIGTERM becomes a short message and a non-zero exit."""
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("\ninterrupted: files written before the interruption are complete and kept.",
+    except KeyboardInterrupt as err:
+        cause = " (SIGTERM)" if isinstance(err, Terminated) else ""
+        print(f"\ninterrupted{cause}: files written before the interruption are complete and kept.",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

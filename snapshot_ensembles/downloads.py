@@ -27,9 +27,6 @@ import urllib.request
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of, write_json
 
-# Placeholder organisation: maintainers publishing elsewhere change this one constant, users point
-# SNAPSHOT_RELEASE_URL or --url at their own release.
-DEFAULT_RELEASE_URL = "https://github.com/snapshot-ensembles/snapshot-ensembles-keras3/releases/download/v1.0"
 RELEASE_URL_ENV = "SNAPSHOT_RELEASE_URL"
 MANIFEST_NAME = "manifest.json"
 DEFAULT_TIMEOUT = 30.0
@@ -39,8 +36,8 @@ MAX_MANIFEST_BYTES = 4 << 20
 
 
 def release_url(url=None):
-    """The release base: `--url`, else $SNAPSHOT_RELEASE_URL, else DEFAULT_RELEASE_URL."""
-    return url or os.environ.get(RELEASE_URL_ENV) or DEFAULT_RELEASE_URL
+    """The release base: `--url`, else $SNAPSHOT_RELEASE_URL, else None (the original's GitHub release)."""
+    return url or os.environ.get(RELEASE_URL_ENV) or None
 
 
 def partial_name(name):
@@ -56,7 +53,7 @@ def open_release(url, timeout=DEFAULT_TIMEOUT):
     parsed = urllib.parse.urlparse(url)
     scheme = parsed.scheme
     if scheme in ("http", "https"):
-        _check_transport(url)
+        check_transport(url)
         return HttpRelease(url, timeout)
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -68,7 +65,7 @@ def open_release(url, timeout=DEFAULT_TIMEOUT):
     raise UserError(f"unsupported release location {url}: use an https:// URL, a file:// URL or a folder")
 
 
-def _check_transport(url):
+def check_transport(url):
     """Plain http would let anyone on the path swap the manifest together with its checksums."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "https":
@@ -88,11 +85,11 @@ def _is_loopback(host):
         return False
 
 
-class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+class SafeRedirects(urllib.request.HTTPRedirectHandler):
     """Follow redirects (GitHub release assets redirect to a CDN), but never down to plain http."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_transport(newurl)
+        check_transport(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -100,7 +97,7 @@ class HttpRelease:
     def __init__(self, base_url, timeout):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(_SafeRedirects)
+        self._opener = urllib.request.build_opener(SafeRedirects)
 
     def location(self, name):
         return f"{self.base_url}/{urllib.parse.quote(name)}"
@@ -121,10 +118,10 @@ class HttpRelease:
                 raise UserError(f"{name} not found: {url} answered 404 Not Found") from None
             raise UserError(f"{url} answered HTTP {err.code} {err.reason}") from None
         except urllib.error.URLError as err:
-            raise UserError(f"cannot reach {url}: {_reason(err.reason)}. Check the network connection and "
+            raise UserError(f"cannot reach {url}: {error_reason(err.reason)}. Check the network connection and "
                             f"--url (or ${RELEASE_URL_ENV})") from None
         except (OSError, http.client.HTTPException) as err:
-            raise UserError(f"cannot fetch {url}: {_reason(err)}") from None
+            raise UserError(f"cannot fetch {url}: {error_reason(err)}") from None
         if offset and not (response.status == 206 and _range_start(response) == offset):
             if response.status == 206:  # a range other than the one asked for: trust nothing, restart
                 response.close()
@@ -139,7 +136,7 @@ def _range_start(response):
     return int(match.group(1)) if match else None
 
 
-def _reason(err):
+def error_reason(err):
     """The useful words of a socket/HTTP error: 'Connection refused', 'timed out', ..."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
@@ -162,7 +159,7 @@ class FolderRelease:
         except FileNotFoundError:
             raise UserError(f"{name} not found: no file {path}") from None
         except OSError as err:
-            raise UserError(f"cannot read {path}: {_reason(err)}") from None
+            raise UserError(f"cannot read {path}: {error_reason(err)}") from None
         stream.seek(offset)
         return stream, offset, os.fstat(stream.fileno()).st_size
 
@@ -186,7 +183,7 @@ def read_manifest(release):
         try:
             data = stream.read(MAX_MANIFEST_BYTES + 1)
         except (OSError, http.client.HTTPException) as err:
-            raise UserError(f"reading {where} failed: {_reason(err)}") from None
+            raise UserError(f"reading {where} failed: {error_reason(err)}") from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise UserError(f"malformed manifest {where}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
@@ -305,21 +302,32 @@ def _size(nbytes):
 # ----------------------------------------------------------------------------- downloading
 
 
-def download_model(prefix, weights_dir, url=None, timeout=DEFAULT_TIMEOUT, progress=None):
+def download_model(prefix, weights_dir, url=None, timeout=DEFAULT_TIMEOUT, progress=None, overwrite=False):
     """Fetch every release file of `prefix` into `weights_dir`.
 
-    Returns [(name, "downloaded" | "present")] in download order; raises UserError on any failure.
+    A file of `prefix` already there that differs from the release's (the user's own run) is refused
+    unless `overwrite`. Returns [(name, "downloaded" | "present")] in download order; raises UserError
+    on any failure.
     """
     progress = progress or Progress()
-    release = open_release(release_url(url), timeout)
+    base = release_url(url)
+    if base is None:
+        raise UserError(f"no release location: pass --url or set ${RELEASE_URL_ENV}")
+    release = open_release(base, timeout)
     manifest = read_manifest(release)
     entries = files_for_prefix(manifest, prefix)
     if not entries:
         raise UserError(_missing_prefix_message(prefix, release, manifest))
+    others = [entry.name for entry in entries
+              if os.path.isfile(os.path.join(weights_dir, entry.name)) and not _matches(
+                  os.path.join(weights_dir, entry.name), entry)]
+    if others and not overwrite:
+        raise UserError(f"{weights_dir} already holds {', '.join(others)}, different from the release's: your own "
+                        f"run of {prefix}? Use another --weights_dir, or pass --overwrite to replace them")
     try:
         os.makedirs(weights_dir, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create weights folder {weights_dir}: {_reason(err)}") from None
+        raise UserError(f"cannot create weights folder {weights_dir}: {error_reason(err)}") from None
     try:
         return [(entry.name, fetch_file(release, entry, weights_dir, progress)) for entry in entries]
     finally:
@@ -353,7 +361,7 @@ def fetch_file(release, entry, weights_dir, progress):
     try:
         os.replace(partial, final)
     except OSError as err:
-        raise UserError(f"cannot write {final}: {_reason(err)}") from None
+        raise UserError(f"cannot write {final}: {error_reason(err)}") from None
     how = "resumed and verified" if resumed else "downloaded and verified"
     progress.note(f"{entry.name}: {_size(entry.size)} {how}")
     return "downloaded"
@@ -394,7 +402,7 @@ def _transfer(release, entry, partial, offset, progress):
             out.flush()
             os.fsync(out.fileno())
     except OSError as err:
-        raise UserError(f"cannot write {partial}: {_reason(err)}") from None
+        raise UserError(f"cannot write {partial}: {error_reason(err)}") from None
     # Short of the manifest size but all the source announced: the source's file is wrong, which
     # _verify reports; short of what it announced: the transfer was cut, resumable.
     if received < entry.size and (end is None or received < end):
@@ -406,7 +414,7 @@ def _read_chunk(stream, entry, received, release):
     try:
         return stream.read(CHUNK_SIZE)
     except (OSError, http.client.HTTPException) as err:
-        raise UserError(_interrupted(entry, received, release, _reason(err))) from None
+        raise UserError(_interrupted(entry, received, release, error_reason(err))) from None
 
 
 def _interrupted(entry, received, release, why):
@@ -458,5 +466,5 @@ def make_manifest(folder):
     try:
         write_json(path, {"files": files})
     except OSError as err:
-        raise UserError(f"cannot write {path}: {_reason(err)}") from None
+        raise UserError(f"cannot write {path}: {error_reason(err)}") from None
     return path, len(files)

@@ -245,11 +245,13 @@ def find_ensemble_json(weights_dir, prefix):
     return None
 
 
-def read_ensemble_weights(path, n_members):
+def read_ensemble_weights(path, n_members, member_files=None):
     """The `best_weights` of an ensemble JSON as floats normalised to sum 1.
 
     Accepts the original's files, whose weights do not sum exactly to 1. Anything unusable is a
-    UserError that says what is wrong and how to get a good file.
+    UserError that says what is wrong and how to get a good file. `member_files`, [(name, SHA-256)] of
+    the members in order, is checked against the files the weights were fitted for, where the JSON
+    records them (ours do, the original's do not).
     """
     remedy = (
         "Rerun the prediction script with --optimize 1 to fit and save new weights, "
@@ -286,14 +288,32 @@ def read_ensemble_weights(path, n_members):
             f"{n_members} members ({_members_text(n_members)}: the best checkpoint, then each "
             f"snapshot, one weight each).{file_m} {remedy}"
         )
-    if not all(math.isfinite(w) and w >= 0 for w in raw):
+    fitted_for = content.get("member_sha256")
+    if member_files is not None and isinstance(fitted_for, list) and len(fitted_for) == n_members:
+        changed = [name for (name, sha), fitted_sha in zip(member_files, fitted_for) if sha != fitted_sha]
+        if changed:
+            raise UserError(
+                f"The ensemble weights in {path} were fitted for other weight files: {', '.join(changed)} "
+                f"changed since (trained again or replaced). {remedy}"
+            )
+    weights = np.array([_as_float(w) for w in raw])
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        shown = json.dumps(raw) if len(json.dumps(raw)) < 200 else json.dumps(raw)[:200] + "..."
         raise UserError(
-            f"The ensemble weights in {path} must be finite and non-negative, got {raw}. {remedy}"
+            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {remedy}"
         )
-    if sum(raw) == 0:
+    if not weights.any():
         raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
-    weights = np.asarray(raw, dtype=np.float64)
+    weights /= weights.max()  # first, so that the sum of weights near the float maximum cannot overflow
     return weights / weights.sum()
+
+
+def _as_float(value):
+    """A JSON number as a float; an integer too large for one becomes infinity (then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _members_text(n_members):

@@ -25,6 +25,10 @@ class FileWriteError(UserError):
 
     exit_code = 1  # the input was fine: the environment failed, unlike the usage errors' 2
 
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason  # what the system said ("No space left on device"), when known
+
 
 def partial_path(path):
     """A hidden temporary name beside `path` that keeps its suffix (Keras insists on `.weights.h5`)."""
@@ -79,7 +83,7 @@ def atomic_path(path):
             os.remove(tmp)
         if isinstance(err, OSError):
             raise FileWriteError(f"cannot write {path} ({_reason(err)}); its previous version, if any, "
-                                 "is unchanged") from None
+                                 "is unchanged", reason=_reason(err)) from None
         raise
     _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
@@ -89,6 +93,16 @@ def write_json(path, obj):
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=2)
             fh.write("\n")
+
+
+def read_json_record(path):
+    """A JSON object that training wrote beside the weights; {} when absent or unreadable."""
+    try:
+        with open(path) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def save_weights(model, path):

@@ -14,9 +14,12 @@ keras/utils/conv_utils.py):
   the model's layers that hold weights, in `model.layers` order. That order is NOT creation order:
   Keras 1 and Keras 3 both sort `model.layers` by depth from the output (longest path), so a WRN
   shortcut 1x1 conv, created before its block's first conv, sits after the block's second BN,
-  in the file and in our model alike. Only ties in depth are broken differently (Keras 1: by
-  name; Keras 3: by traversal), and neither WRN nor DenseNet has two weighted layers at one depth.
-  A wrong pairing would show as a kind or shape mismatch, which is refused.
+  in the file and in our model alike (Keras 1.1.1's `Container` in keras/engine/topology.py).
+  Ties in depth go by the order of the depth-first walk from the output in both (Keras 1 sorted
+  them by name only under `K.set_legacy_weight_ordering(True)`), and neither WRN nor DenseNet has
+  two weighted layers at one depth. tests/test_convert_weights.py checks the whole pairing against
+  a file written by Keras 1.1.1's algorithm and a NumPy forward pass of the original network.
+- BatchNormalization uses Keras 1.1.1's epsilon, 1e-5, in models/ (Keras 3's default is 1e-3).
 - conv kernels in "th" dim ordering are (filters, in, rows, cols): transposed to Keras 3's
   (rows, cols, in, filters). Theano's conv2d really convolves while TensorFlow cross-correlates,
   so Theano-trained kernels are also flipped on both spatial axes (`convert_kernel`).
@@ -36,7 +39,7 @@ import numpy as np
 from keras import layers
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path
+from snapshot_ensembles.files import atomic_path, save_weights
 
 BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")
@@ -52,15 +55,19 @@ _KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate":
                        "InputLayer": "input"}
 
 
-def read_legacy_weights(path):
-    """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order."""
+def read_legacy_weights(path, label=None):
+    """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
+
+    `label` names the file in messages (default: its path).
+    """
+    label = label or path
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{label}: no such file")
     try:
         with h5py.File(path, "r") as f:
-            return _read_layers(f, path)
+            return _read_layers(f, label)
     except OSError as err:  # not HDF5 at all, or truncated: h5py fails on open or on reading data
-        raise UserError(f"{path} cannot be read as an HDF5 file (is it complete?): {err}") from None
+        raise UserError(f"{label} cannot be read as an HDF5 file (is it complete?): {err}") from None
 
 
 def _read_layers(f, path):
@@ -135,6 +142,27 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
         converted.append((layer, values))
     for layer, values in converted:
         layer.set_weights(values)
+
+
+def convert_files(model, sources, targets, backend="theano", dim_ordering="th", model_label=None, hint=None,
+                  labels=None):
+    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets`.
+
+    Every file is read and converted before the first target is written, so a bad file leaves no
+    target behind; each target is written atomically. `labels` name the sources in messages.
+    """
+    converted = []
+    for source, label in zip(sources, labels or sources):
+        legacy_layers = read_legacy_weights(source, label)
+        try:
+            convert_legacy_weights(model, legacy_layers, backend=backend, dim_ordering=dim_ordering,
+                                   model_label=model_label, hint=hint)
+        except UserError as err:
+            raise UserError(f"{label}: {err}") from None
+        converted.append(model.get_weights())
+    for target, weights in zip(targets, converted):
+        model.set_weights(weights)
+        save_weights(model, target)
 
 
 def write_legacy_weights(model, path, backend="theano", dim_ordering="th"):

@@ -22,6 +22,18 @@ def describe_architecture(args):
     return f"--model dn --dn_depth {args.dn_depth} --dn_growth_rate {args.dn_growth_rate} --dn_blocks {args.dn_blocks}"
 
 
+def describe_network(args, nb_classes):
+    """The network in words and the flags to check when a file does not fit it."""
+    if args.model == "wrn":
+        return (f"WRN-{6 * args.wrn_N + 4}-{args.wrn_k} for {nb_classes} classes",
+                "check --wrn_N/--wrn_k/--dataset")
+    hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
+    if args.dn_blocks != 1:
+        hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
+    return (f"DenseNet-{args.dn_depth}-{args.dn_growth_rate} with {args.dn_blocks} dense "
+            f"block{'s' if args.dn_blocks > 1 else ''} for {nb_classes} classes", hint)
+
+
 def accelerator_present():
     """Whether the Keras backend computes on a GPU (float16 there; bfloat16 suits CPUs)."""
     import keras

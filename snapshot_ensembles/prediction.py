@@ -6,16 +6,16 @@ switching `--optimize` mode reruns no network and a replaced weight file is pred
 """
 
 import dataclasses
+import functools
 import json
 import os
-import re
 import sys
 
 import numpy as np
 
 from snapshot_ensembles import cli, ensemble, naming
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path, sha256_of, sha256_of_arrays
+from snapshot_ensembles.files import FileWriteError, atomic_path, read_json_record, sha256_of, sha256_of_arrays
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
 
 CACHE_FOLDER = ".prediction-cache"
@@ -55,14 +55,51 @@ class Member:
     def label(self):
         return "Best checkpoint" if self.name == "Best" else f"Snapshot {self.name}"
 
+    @functools.cached_property
+    def sha256(self):
+        return sha256_of(self.path)
+
+
+def snapshot_count(weights_dir, prefix, requested):
+    """How many snapshots the ensemble takes: `requested` (--M), else the M that the training run recorded
+    (fewer while it is unfinished), else every snapshot file present. Says which, when it is not plain.
+    """
+    present = sorted(key for key in naming.member_files(weights_dir, prefix) if key != "Best")
+    info = read_json_record(naming.run_info_path(weights_dir, prefix))
+    recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
+    unfinished = info.get("status") == "running" or os.path.isfile(naming.state_path(weights_dir, prefix))
+    if unfinished:
+        print(f"note: the training run of {prefix} in {weights_dir} is unfinished ({run_progress(weights_dir, prefix)}): "
+              "the ensemble has only the snapshots saved so far")
+    if requested is not None:
+        return requested
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+        return max(present, default=0)  # downloaded or converted weights: no run record
+    count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
+    unused = [i for i in present if i > count]
+    if unused and not unfinished:
+        print(f"note: using the {recorded} snapshots that the training run recorded ({os.path.basename(naming.run_info_path(weights_dir, prefix))}); "
+              f"snapshot file(s) {', '.join(map(str, unused))} are present too and not used (--M chooses)")
+    return count
+
+
+def run_progress(weights_dir, prefix):
+    """'3 of 6 epochs done, process 1234 (...) is training it now', as far as the files tell."""
+    from snapshot_ensembles import run_lock, run_state
+
+    try:
+        state = run_state.read_state(naming.state_path(weights_dir, prefix))
+    except UserError:
+        state = None
+    done = (f"{state.epoch} of {state.flags.get('nb_epoch')} epochs done" if state is not None
+            else "no epoch finished yet")
+    holder = run_lock.running_process(weights_dir, prefix)
+    return done + (f", {holder} is training it now" if holder else ", not training now: rerun its command to finish it")
+
 
 def find_members(weights_dir, prefix, m, dataset, args):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
-    if m is None:
-        pattern = re.compile(re.escape(prefix) + r"-(\d+)\.weights\.h5$")
-        present = {int(match.group(1)) for name in (os.listdir(weights_dir) if os.path.isdir(weights_dir) else [])
-                   if (match := pattern.match(name))}
-        m = max(present) if present else 0
+    m = snapshot_count(weights_dir, prefix, m)
     members = [Member("Best", naming.best_path(weights_dir, prefix))]
     members += [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)]
     missing = [member.path for member in members if not os.path.isfile(member.path)]
@@ -77,35 +114,84 @@ def find_members(weights_dir, prefix, m, dataset, args):
     return members
 
 
+def saved_ensemble_weights(args, prefix, members):
+    """(path, weights) of the saved ensemble JSON; (None, None) when this mode does without it.
+
+    --optimize 0 needs it to match the members; --optimize 1 replaces it and never reads it; --optimize -1
+    shows it beside the equal weights only when it matches, and otherwise says why it left it out.
+    """
+    path = ensemble.find_ensemble_json(args.weights_dir, prefix)
+    if args.optimize == 0 and path is None:
+        raise UserError(f"--optimize 0 uses the saved ensemble weights, but {args.weights_dir} has no "
+                        f"Ensemble-weights-{prefix}.json: run with --optimize 1 first to fit and save them, "
+                        "or use --optimize -1 for equal weights")
+    if args.optimize == 1 or path is None:
+        return None, None
+    member_files = [(os.path.basename(m.path), m.sha256) for m in members]
+    try:
+        return path, ensemble.read_ensemble_weights(path, len(members), member_files)
+    except UserError as err:
+        if args.optimize == 0:
+            raise
+        print(f"note: the saved ensemble weights are not shown: {err}")
+        return None, None
+
+
 def array_fingerprint(*arrays):
     return sha256_of_arrays(*arrays)[:16]  # short: it is part of the cache file names
 
 
 class PredictionCache:
-    """Member probabilities on disk, one .npy per (weight file content, data split)."""
+    """Member probabilities on disk, one .npy per (weight file content, data split).
 
-    def __init__(self, weights_dir):
+    The cache only saves time: an entry that cannot be read is recomputed, and when the folder cannot be
+    written (a read-only weights folder) the members are predicted in memory, with one note saying so.
+    """
+
+    def __init__(self, weights_dir, nb_classes):
         self.folder = os.path.join(weights_dir, CACHE_FOLDER)
+        self.nb_classes = nb_classes
         self.computed = []  # (member path, split) pairs that ran the network: tests and the report read it
+        self.unwritable = None  # why the cache cannot be written, once a write failed
 
     def path(self, weights_sha, split_key):
         return os.path.join(self.folder, f"{weights_sha[:24]}-{split_key}.npy")
 
     def probabilities(self, member, split_key, images, predict):
         """Cached probabilities of `member` on a split, running `predict(member, images)` on a miss."""
-        path = self.path(sha256_of(member.path), split_key)
-        if os.path.isfile(path):
-            try:
-                return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
-            except (OSError, ValueError):
-                pass  # a damaged cache entry is recomputed
+        path = self.path(member.sha256, split_key)
+        cached = self._read(path, len(images))
+        if cached is not None:
+            return cached
         probs = np.asarray(predict(member, images), dtype=np.float32)
         self.computed.append((member.path, split_key))
-        os.makedirs(self.folder, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, probs)
-        return np.load(path, mmap_mode="r")
+        if self.unwritable is None:
+            try:
+                os.makedirs(self.folder, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, probs)
+                return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
+            except FileWriteError as err:
+                self.unwritable = err.reason
+            except OSError as err:
+                self.unwritable = err.strerror or str(err)
+            if self.unwritable is not None:
+                print(f"note: cannot write the prediction cache {self.folder} ({self.unwritable}): predicting "
+                      "without it, so the next prediction runs every network again")
+        return probs
+
+    def _read(self, path, nb_samples):
+        """The entry at `path` if it is complete and of the expected shape; None to compute it again."""
+        if not os.path.isfile(path):
+            return None
+        try:
+            probs = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            return None  # empty, truncated or not a .npy file
+        if probs.dtype != np.float32 or probs.shape != (nb_samples, self.nb_classes):
+            return None
+        return probs
 
 
 class MemberPredictor:
@@ -234,18 +320,13 @@ def predict(dataset, argv=None, prog=None, data=None):
     cli.check_model_flags(args)
     prefix = prefix_for(dataset, args)
     members = find_members(args.weights_dir, prefix, args.M, dataset, args)
-    saved_json = ensemble.find_ensemble_json(args.weights_dir, prefix)
-    if args.optimize == 0 and saved_json is None:
-        raise UserError(f"--optimize 0 uses the saved ensemble weights, but {args.weights_dir} has no "
-                        f"Ensemble-weights-{prefix}.json: run with --optimize 1 first to fit and save them, "
-                        "or use --optimize -1 for equal weights")
-    saved_weights = ensemble.read_ensemble_weights(saved_json, len(members)) if saved_json else None
+    saved_json, saved_weights = saved_ensemble_weights(args, prefix, members)  # before any network runs
 
     if data is None:
         from snapshot_ensembles.data import load_cifar
 
         data = load_cifar(dataset, args.data_dir, args.data_sha256)
-    cache = PredictionCache(args.weights_dir)
+    cache = PredictionCache(args.weights_dir, nb_classes_of(dataset))
     predictor = MemberPredictor(args, dataset)
     test_key = f"test-{array_fingerprint(data.x_test, data.y_test)}"
     test_probs = [cache.probabilities(m, test_key, data.x_test, predictor) for m in members]
@@ -304,7 +385,8 @@ def predict(dataset, argv=None, prog=None, data=None):
     if fitted is not None:
         path = naming.ensemble_json_path(args.weights_dir, prefix)
         ensemble.write_ensemble_weights(
-            path, fitted.weights, members=[os.path.basename(m.path) for m in members], fit_split=fit_name,
+            path, fitted.weights, members=[os.path.basename(m.path) for m in members],
+            member_sha256=[m.sha256 for m in members], fit_split=fit_name,
             best_excluded_from_fit=best_chosen_on_fit_split, fit_samples=int(len(y_fit)), fit_log_loss=fitted.log_loss,
             restart_log_losses=fitted.restart_log_losses, num_tests=args.num_tests,
             test_accuracy=ensemble.accuracy(weighted_probs, data.y_test),
@@ -317,7 +399,7 @@ def predict(dataset, argv=None, prog=None, data=None):
     print("Error : ", 100 - accuracy)
 
     if args.plot is not None:
-        plot_path = args.plot or os.path.join(args.weights_dir, f"{prefix}-ensemble.png")
+        plot_path = args.plot or naming.plot_path(args.weights_dir, prefix)
         plot_report(plot_path, curve, ensemble.agreement_matrix(test_probs), member_acc[best_index], labels)
         print(f"plot saved to {plot_path}")
     return {"prefix": prefix, "member_accuracy": member_acc, "equal_accuracy": ensemble.accuracy(equal_probs, data.y_test),

@@ -32,20 +32,17 @@ import numpy as np
 
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of_arrays
+from snapshot_ensembles.naming import state_path  # noqa: F401 (callers find it here, beside the state)
 from snapshot_ensembles.recipes import flags_of_runs_before_recipes
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
 # Flags that say where things are, not what is trained: they may change between a run and its resumption.
 # The devices too: --batch_size is the global batch, so a run resumes on more or fewer of them.
-LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume", "distribute", "cpu_devices")
+LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume", "overwrite", "distribute", "cpu_devices")
 MODEL_FLAGS = {"wrn": ("wrn_N", "wrn_k"), "dn": ("dn_depth", "dn_growth_rate", "dn_blocks"), "resnet": ("resnet_depth",)}
 # A recipe only fills in the flags below it; --no_augment is another spelling of --augment none.
 ALIAS_FLAGS = ("recipe", "no_augment")
-
-
-def state_path(weights_dir, prefix):
-    return os.path.join(weights_dir, f"{prefix}-state.weights.h5")
 
 
 @dataclasses.dataclass

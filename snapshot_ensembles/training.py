@@ -1,15 +1,14 @@
 """The training flow behind train_cifar_10.py and train_cifar_100.py (SPEC section 4)."""
 
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, distribute, naming, recipes, run_state
+from snapshot_ensembles import cli, distribute, naming, recipes, run_lock, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, remove_partial_files, write_json
+from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files, write_json
 from snapshot_ensembles.modeling import DEFAULT_BN_MOMENTUM, build_model, prefix_for, set_precision
 from snapshot_ensembles.schedule import check_snapshot_counts
 
@@ -67,12 +66,15 @@ def build_parser(dataset, prog=None):
                             "weights stay float32, so snapshots load as usual")
     distribute.add_flags(parser)
     parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace weight files of this model in --weights_dir that no training run recorded "
+                             "(downloaded or converted weights)")
     resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=True,
                         help="continue the unfinished run of the same model in --weights_dir from its last "
                              "completed epoch, with the same flags (default)")
     resume.add_argument("--no_resume", dest="resume", action="store_false",
-                        help="start over, overwriting the run found in --weights_dir")
+                        help="start over: the files of the run found in --weights_dir are removed")
     cli.add_data_flags(parser)
     return parser
 
@@ -132,12 +134,15 @@ def compile_model(model, args, steps_per_epoch=None):
     """
     import keras
 
-    from snapshot import StepCosineScheduler
+    import snapshot
 
     learning_rate = args.alpha_zero
     if args.schedule == "batch" and steps_per_epoch:
-        learning_rate = StepCosineScheduler(args.nb_epoch, args.M, args.alpha_zero).schedule_for(steps_per_epoch)
+        learning_rate = snapshot.StepCosineScheduler(args.nb_epoch, args.M,
+                                                     args.alpha_zero).schedule_for(steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = snapshot.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -183,12 +188,9 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
                                       save_enabled=distribution.is_chief)
     best, schedule, snapshots = builder.get_callbacks(model_prefix=prefix)
     state_file = run_state.state_path(args.weights_dir, prefix)
-    fingerprint = run_state.data_fingerprint(splits["x_train"], splits["y_train"], splits["x_val"], splits["y_val"])
+    fingerprint = check_same_data(resume_from, splits, state_file)
     initial_epoch = 0
     if resume_from is not None:
-        if resume_from.data_fingerprint != fingerprint:
-            raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
-                            "with the same --data_dir and --val_split, or start over with --no_resume")
         with distribution.scope():  # the optimizer's variables it builds must be mirrored like the model's
             run_state.restore_state(model, state_file, resume_from, steps)
         best.best = resume_from.best
@@ -228,22 +230,27 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
     return checkpoint.history
 
 
+def check_same_data(resume_from, splits, state_file):
+    """The splits' fingerprint; UserError when they are not the data of the run to resume."""
+    fingerprint = run_state.data_fingerprint(splits["x_train"], splits["y_train"], splits["x_val"], splits["y_val"])
+    if resume_from is not None and resume_from.data_fingerprint != fingerprint:
+        raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
+                        "with the same --data_dir and --val_split, or start over with --no_resume")
+    return fingerprint
+
+
 COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
 
 
-def find_run_to_resume(args, prefix, chief=True):
+def find_run_to_resume(args, prefix):
     """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
 
     Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
     weights folder is only ever continued, or left alone, with the flags it was started with.
-    Only the chief (`chief`) of a multi-worker run deletes a state that --no_resume discards.
     """
     state_file = run_state.state_path(args.weights_dir, prefix)
     if not args.resume:
-        if os.path.exists(state_file) and chief:
-            os.remove(state_file)
-            print(f"--no_resume: discarded the state of the unfinished run {state_file}")
-        return None
+        return None  # the earlier run's files are removed once the new one is ready to start
     flags = run_state.run_flags(vars(args))
     saved = run_state.read_state(state_file)
     if saved is not None:
@@ -258,14 +265,37 @@ def find_run_to_resume(args, prefix, chief=True):
     return None
 
 
-def read_json_record(path):
-    """A JSON object that training wrote beside the weights; {} when absent or unreadable."""
-    try:
-        with open(path) as fh:
-            info = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+def check_foreign_weights(args, prefix):
+    """Refuse to train over weight files of `prefix` that no run here recorded, unless --overwrite.
+
+    Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
+    """
+    members = naming.member_files(args.weights_dir, prefix)
+    if members and not args.overwrite and not os.path.isfile(naming.run_info_path(args.weights_dir, prefix)):
+        names = ", ".join(sorted(os.path.basename(path) for path in members.values()))
+        raise UserError(f"{args.weights_dir} holds weight files of {prefix} that no training run here recorded "
+                        f"(downloaded or converted weights?): {names}. Training would replace them: pass "
+                        "--overwrite to do so, or choose another --weights_dir")
+
+
+def remove_earlier_run(args, prefix):
+    """A run that starts at epoch 0 first removes every file of an earlier run of `prefix`.
+
+    Otherwise an earlier run's snapshots beyond this run's M, or its ensemble weights, would be taken
+    for members of the new ensemble.
+    """
+    earlier = naming.run_files(args.weights_dir, prefix)
+    for path in earlier:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise UserError(f"cannot remove {path} of the earlier run of {prefix} ({err.strerror}): remove it "
+                            "yourself or choose another --weights_dir") from None
+    if earlier:
+        print(f"Starting over: removed the files of the earlier run of {prefix} in {args.weights_dir}: "
+              + ", ".join(os.path.basename(path) for path in earlier))
 
 
 EVALUATION_BATCH_SIZE = 256
@@ -313,10 +343,18 @@ def train(dataset, argv=None, prog=None, data=None):
     args = build_parser(dataset, prog).parse_args(argv)
     task = check_args(args)
     chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
-    if chief:
-        prepare_weights_dir(args.weights_dir)
     prefix = prefix_for(dataset, args)
-    resume_from = find_run_to_resume(args, prefix, chief)
+    if not chief:
+        return _train(dataset, args, prefix, task, chief, data)
+    prepare_weights_dir(args.weights_dir)
+    with run_lock.hold_run_lock(args.weights_dir, prefix):  # before anything reads or removes the run's files
+        return _train(dataset, args, prefix, task, chief, data)
+
+
+def _train(dataset, args, prefix, task, chief, data):
+    resume_from = find_run_to_resume(args, prefix)
+    if resume_from is None and chief:
+        check_foreign_weights(args, prefix)
     state_file = run_state.state_path(args.weights_dir, prefix)
     if resume_from is not COMPLETE and chief:
         written = [naming.best_path(args.weights_dir, prefix), state_file,
@@ -325,6 +363,8 @@ def train(dataset, argv=None, prog=None, data=None):
                                         for i in range(1, args.M + 1)])
 
     data, splits = load_training_data(dataset, args, data)  # before TensorFlow starts: data errors answer fast
+    if resume_from is not COMPLETE:
+        check_same_data(resume_from, splits, state_file)  # before the run record is rewritten
     distribution = distribute.setup(args, task)  # before any TensorFlow op: devices and cluster are fixed then
     # Every worker must start from the same epoch, or they would wait for each other forever.
     distribution.agree_on(args.nb_epoch + 1 if resume_from is COMPLETE else getattr(resume_from, "epoch", 0),
@@ -363,6 +403,8 @@ def train(dataset, argv=None, prog=None, data=None):
         if resume_from is not None:
             run_info["resumed_after_epoch"] = resume_from.epoch
         if chief:
+            if resume_from is None:
+                remove_earlier_run(args, prefix)
             write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
         started = time.time()
         history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from,

@@ -148,3 +148,24 @@ def test_distribution_the_backend_lacks_gives_one_clear_line(backend, extra, env
     result = run_script("train_cifar_10.py", *WRN, "--nb_epoch", "2", "--M", "2", *extra,
                         *data_flags(cifar10_dir, tmp_path / "w"), env=dict(need(backend), **env))
     assert_clean_failure(result, *fragments)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_loss_scaling_counts_the_steps_it_skips(backend):
+    """The JAX trainer takes the optimizer's stateless path, TensorFlow and PyTorch the stateful one."""
+    code = ("import sys, numpy as np, keras; sys.path.insert(0, '.')\n"
+            "from snapshot import StepCountingLossScaleOptimizer\n"
+            "keras.mixed_precision.set_dtype_policy('mixed_float16')\n"
+            "model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),\n"
+            "                          keras.layers.Dense(3, dtype='float32')])\n"
+            "optimizer = StepCountingLossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0 ** 40)\n"
+            "model.compile(optimizer, 'sparse_categorical_crossentropy')\n"
+            "x = np.random.default_rng(0).normal(size=(40, 4)).astype('float32')\n"
+            "model.fit(x, np.arange(40) % 3, batch_size=4, verbose=0)\n"
+            "print(int(optimizer.iterations.numpy()), float(optimizer.dynamic_scale.numpy()))\n")
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **need(backend)), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps, scale = result.stdout.split()[-2:]
+    assert float(scale) < 2.0 ** 40  # float16 gradients overflowed: those steps were skipped
+    assert int(steps) == 10  # and counted all the same

@@ -1,5 +1,6 @@
 """Keras 1 (Theano) weight files -> Keras 3: snapshot_ensembles/legacy.py and convert_weights.py."""
 
+import argparse
 import os
 
 import h5py
@@ -10,11 +11,13 @@ from conftest import assert_clean_failure, run_script
 from scipy import signal
 
 import convert_weights
+import keras1_reference
 from models.dense_net import create_dense_net
 from models.wide_residual_net import create_wide_residual_network
 from snapshot_ensembles.cli import run_cli
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights, write_legacy_weights
+from snapshot_ensembles.modeling import build_model
 
 
 def tiny_wrn(N=1, k=1):
@@ -134,7 +137,7 @@ def test_shortcut_conv_is_stored_after_its_blocks_second_bn():
 
 @pytest.mark.parametrize("build", [lambda: tiny_wrn(N=2, k=2), lambda: tiny_densenet(3)], ids=["wrn", "densenet"])
 def test_no_two_weighted_layers_share_a_depth(build):
-    """Keras 1 broke depth ties by name, Keras 3 by traversal: without ties both orders agree."""
+    """Without depth ties the order cannot hinge on how either version breaks them."""
     for operations in build()._operations_by_depth.values():
         assert sum(1 for op in operations if op.weights) <= 1
 
@@ -322,3 +325,40 @@ def test_cli_mismatch_is_one_error_line(tmp_path, capsys):
     assert lines[0].startswith(f"error: {tmp_path / 'WRN-CIFAR100-10-1-Best.h5'}: layer 17 with weights: dense_1")
     assert lines[0].endswith("check --wrn_N/--wrn_k/--dataset")
     assert not os.path.exists(tmp_path / "WRN-CIFAR100-10-1-Best.weights.h5")
+
+
+# --- exactness against the original network (Keras 1.1.1 order, Theano arithmetic) -------------
+
+RELEASE_NETWORKS = {
+    "wrn-16-4": (lambda: keras1_reference.original_wrn(N=2, k=4, nb_classes=10), "WRN-CIFAR10-16-4",
+                 dict(model="wrn", wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12, dn_blocks=3)),
+    "densenet-40-12-1-block": (lambda: keras1_reference.original_densenet(40, 12, nb_classes=10, nb_dense_block=1),
+                               "DenseNet-CIFAR10-40-12",
+                               dict(model="dn", wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12, dn_blocks=1)),
+}
+
+
+@pytest.mark.parametrize("network", sorted(RELEASE_NETWORKS))
+def test_converted_file_computes_what_the_original_network_computed(tmp_path, network):
+    """A Keras 1.1.1 file of the original network (its layer order, names and layouts), converted by
+    convert_weights.py, gives the original's Theano outputs to float32 precision."""
+    build_original, prefix, model_flags = RELEASE_NETWORKS[network]
+    images = np.random.default_rng(7).uniform(0, 1, (4, 3, 32, 32)).astype("float32")  # NCHW, as Theano
+    output = build_original()
+    order = keras1_reference.fill_weights(output, images)
+    keras1_reference.write_keras1_file(str(tmp_path / f"{prefix}-Best.h5"), order)
+    if network.startswith("wrn"):
+        names = [layer.name for layer in order]
+        # the first block's 1x1 shortcut is created before its convolutions but saved after its second BN
+        assert names.index("convolution2d_2") > names.index("batchnormalization_3")
+
+    flags = [f"--{key}={value}" for key, value in model_flags.items()]
+    convert_weights.main(["--dataset", "cifar10", *flags, "--weights_dir", str(tmp_path)])
+    model = build_model(argparse.Namespace(**model_flags), 10)
+    model.load_weights(str(tmp_path / f"{prefix}-Best.weights.h5"))
+    # the original's ensemble weights come with the release prefix it published (WRN-16-4 only)
+    assert (tmp_path / f"Ensemble-weights-{prefix}.json").exists() == network.startswith("wrn")
+
+    ours = model.predict(images.transpose(0, 2, 3, 1), verbose=0)
+    expected = keras1_reference.forward(output, images)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=0)

@@ -170,12 +170,19 @@ def test_present_verified_files_are_skipped(server, tmp_path):
     assert "already present and verified, skipped" in progress_out.getvalue()
 
 
-def test_present_file_that_differs_is_downloaded_again(server, tmp_path):
+def test_present_file_that_differs_is_refused_unless_overwrite(server, tmp_path):
     download(server.url, tmp_path)
     best = tmp_path / f"{PREFIX}-Best.weights.h5"
-    best.write_bytes(b"not the release file")
+    best.write_bytes(b"the user's own training")
     server.requests.clear()
-    results = dict(download(server.url, tmp_path))
+    with pytest.raises(UserError, match=rf"already holds {PREFIX}-Best.weights.h5, different from the release's: "
+                                        r"your own run .*--overwrite"):
+        download(server.url, tmp_path)
+    assert best.read_bytes() == b"the user's own training"
+    assert [name for name, _ in server.requests] == [downloads.MANIFEST_NAME]
+
+    results = dict(downloads.download_model(PREFIX, str(tmp_path), server.url, timeout=5.0, overwrite=True,
+                                            progress=downloads.Progress(io.StringIO())))
     assert results[best.name] == "downloaded"
     assert server.fetched(best.name) == [None]
     assert_complete(tmp_path, server)
@@ -346,11 +353,11 @@ def test_make_manifest_round_trip(tmp_path, capsys):
     assert len(os.listdir(weights)) == 5
 
 
-def test_cli_requires_a_dataset_unless_making_a_manifest(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        download_weights.main([])
-    assert exit_info.value.code == 2
-    assert "--dataset" in capsys.readouterr().err
+def test_without_url_the_originals_github_release_is_the_source(tmp_path, monkeypatch):
+    monkeypatch.delenv(downloads.RELEASE_URL_ENV, raising=False)
+    monkeypatch.setenv("SNAPSHOT_GITHUB_API", "http://127.0.0.1:9/unreachable")
+    with pytest.raises(UserError, match="cannot reach the GitHub API at http://127.0.0.1:9/unreachable"):
+        download_weights.main(["--weights_dir", str(tmp_path)])
 
 
 def test_entry_script_failure_is_one_error_line_without_traceback(tmp_path):

@@ -7,15 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_failure, member_predictions, run_script
+from conftest import assert_clean_failure, member_predictions, run_script
 from snapshot_ensembles import ensemble, prediction, training
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.original_release import RELEASE_DATA
 
 PREFIX = "WRN-CIFAR10-10-1"
 MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
-UPSTREAM = os.path.join(REPO, "..", "shared", "upstream")
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +109,15 @@ def test_m_selects_the_first_snapshots(weights_dir, cifar10_dir):
     assert len(result["member_accuracy"]) == 2
 
 
-@pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason="../shared/upstream is not beside the repository")
 @pytest.mark.parametrize("name", ["Ensemble weights {}.json", "Ensemble-weights-{}.json"])
 def test_reads_the_originals_weight_files(weights_dir, cifar10_dir, name):
+    os.remove(os.path.join(weights_dir, f"{PREFIX}-run.json"))  # a release folder has no training record
     for i in range(3, 6):  # five snapshots, as in the original release
         shutil.copy(os.path.join(weights_dir, f"{PREFIX}-1.weights.h5"), os.path.join(weights_dir, f"{PREFIX}-{i}.weights.h5"))
-    shutil.copy(os.path.join(UPSTREAM, "Ensemble-weights-WRN-CIFAR10-16-4.json"),
+    shutil.copy(os.path.join(RELEASE_DATA, "Ensemble-weights-WRN-CIFAR10-16-4.json"),
                 os.path.join(weights_dir, name.format(PREFIX)))
     result = predict(weights_dir, cifar10_dir, "--optimize", "0")
-    raw = json.loads(open(os.path.join(UPSTREAM, "Ensemble-weights-WRN-CIFAR10-16-4.json")).read())["best_weights"]
+    raw = json.loads(open(os.path.join(RELEASE_DATA, "Ensemble-weights-WRN-CIFAR10-16-4.json")).read())["best_weights"]
     np.testing.assert_allclose(result["weights"], np.array(raw) / sum(raw))
 
 

@@ -142,7 +142,8 @@ def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir,
         training.train("cifar10", flags(cifar10_dir, weights))
     model, history = training.train("cifar10", flags(cifar10_dir, weights, "--no_resume", "--nb_epoch", "1",
                                                      "--M", "1"))
-    assert "discarded the state of the unfinished run" in capsys.readouterr().out
+    assert f"Starting over: removed the files of the earlier run of {WRN_PREFIX} in {weights}: " \
+           f"{WRN_PREFIX}-state.weights.h5" in capsys.readouterr().out
     assert len(history["loss"]) == 1 and not os.path.exists(state_file)
 
 
@@ -173,3 +174,43 @@ def test_a_run_saved_before_a_flag_existed_resumes_with_that_flag_off(tmp_path):
         check_same_run(saved, dict(saved, mixed_precision=True), "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--bn_momentum 0.99 \\(now 0.9\\)"):
         check_same_run(saved, dict(saved, bn_momentum=0.9), "an unfinished run", str(tmp_path))
+
+
+def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_dir, tmp_path, monkeypatch):
+    """Loss scaling skips overflowing float16 steps; the schedule and the resume check still count them.
+
+    float16 is forced on this CPU (as on a GPU), with a loss scale that overflows at the start and,
+    growing after every 2 finite steps, again and again after.
+    """
+    import keras
+
+    import snapshot
+    from snapshot_ensembles import modeling
+    from snapshot_ensembles.schedule import cosine_annealing_lr
+
+    class OverflowingLossScale(snapshot.StepCountingLossScaleOptimizer):
+        def __init__(self, inner_optimizer):
+            super().__init__(inner_optimizer, initial_scale=2.0 ** 24, dynamic_growth_steps=2)
+
+    monkeypatch.setattr(modeling, "accelerator_present", lambda: True)  # mixed precision picks float16
+    monkeypatch.setattr(snapshot, "StepCountingLossScaleOptimizer", OverflowingLossScale)
+    steps, extra = 7, ["--schedule", "batch", "--batch_size", "32", "--mixed_precision"]
+    try:
+        model, reference = training.train("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra))
+        with monkeypatch.context() as patch:
+            interrupt_after_epoch(patch, 3)
+            with pytest.raises(KeyboardInterrupt):
+                training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
+        resumed_model, resumed = training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    for trained in (model, resumed_model):
+        assert isinstance(trained.optimizer, OverflowingLossScale)
+        assert trained.optimizer.iterations.numpy() == 6 * steps
+        # Down from 2^24, halved at every overflow and doubled after every 2 finite steps: it overflowed
+        # at the start and again and again after.
+        assert trained.optimizer.dynamic_scale.numpy() <= 2.0 ** 16
+    # Every epoch ends where the cosine of the global step says: the cycles end with their snapshot epochs.
+    expected = [cosine_annealing_lr(epoch * steps, 2 * steps, 0.1) for epoch in range(1, 7)]
+    np.testing.assert_allclose(reference["learning_rate"], expected, rtol=1e-6)
+    assert_same_run(tmp_path / "w", tmp_path / "reference", cifar10_dir)

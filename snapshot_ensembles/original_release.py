@@ -1,0 +1,349 @@
+"""The original project's release on GitHub: find its weight files, download, verify, convert, record.
+
+The original (titu1994/Snapshot-Ensembles, Keras 1.1.1 on Theano) published `WRN-CIFAR10-16-4-Best.h5`,
+`-1.h5` ... `-5.h5` and the same for CIFAR-100 as release assets. They are found through GitHub's REST
+API (`GET {api}/repos/{owner}/{name}/releases`: every asset's `name`, `size`, `browser_download_url`
+and, where GitHub computed one, `digest`), so no tag or URL is guessed. `keras.utils.get_file`
+downloads each into the Keras cache (progress bar, reuse of a cached copy whose hash matches, SHA-256
+check against the digest). What it lacks is done here: the size check and the check of a copy
+without digest, deleting a copy that fails them (get_file keeps it), one error line per failure,
+the record of what was installed, and the conversion into `{prefix}-Best.weights.h5`, `-1.weights.h5`
+... in the weights folder; the Keras 1 files stay in the cache. The original's ensemble weights ship
+with this package (release_data/) and are written beside the converted files.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from snapshot_ensembles import naming
+from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import atomic_path, sha256_of, write_json
+
+DEFAULT_GITHUB_API = "https://api.github.com"
+GITHUB_API_ENV = "SNAPSHOT_GITHUB_API"
+DEFAULT_GITHUB_REPO = "titu1994/Snapshot-Ensembles"
+GITHUB_REPO_ENV = "SNAPSHOT_GITHUB_REPO"
+TOKEN_ENV = "GITHUB_TOKEN"
+RELEASE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release_data")
+MAX_API_BYTES = 16 << 20  # a page of 100 releases with their assets is well below this
+
+
+def github_api(flag=None):
+    api = (flag or os.environ.get(GITHUB_API_ENV) or DEFAULT_GITHUB_API).rstrip("/")
+    parsed = urllib.parse.urlparse(api)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"--github_api {api!r} is not an https:// URL (for example {DEFAULT_GITHUB_API})")
+    check_transport(api)
+    return api
+
+
+def github_repo(flag=None):
+    repo = flag or os.environ.get(GITHUB_REPO_ENV) or DEFAULT_GITHUB_REPO
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+", repo):
+        raise UserError(f"--github_repo {repo!r} is not of the form OWNER/NAME (for example {DEFAULT_GITHUB_REPO})")
+    return repo
+
+
+def record_path(weights_dir, prefix):
+    """What download_weights.py installed for `prefix`: each file's name, URL, size and SHA-256."""
+    return os.path.join(weights_dir, f"{prefix}-release.json")
+
+
+def shipped_ensemble_weights(prefix):
+    """Path of the original's ensemble-weight JSON for `prefix` in release_data/, or None."""
+    path = os.path.join(RELEASE_DATA, os.path.basename(naming.ensemble_json_path("", prefix)))
+    return path if os.path.isfile(path) else None
+
+
+def install_ensemble_weights(weights_dir, prefix, overwrite=False):
+    """Copy the original's ensemble weights for `prefix` into `weights_dir`; returns a note or None.
+
+    A different file already there (weights the user fitted with --optimize 1) is kept unless `overwrite`.
+    """
+    shipped = shipped_ensemble_weights(prefix)
+    if shipped is None:
+        return None
+    target = naming.ensemble_json_path(weights_dir, prefix)
+    with open(shipped, "rb") as fh:
+        data = fh.read()
+    if os.path.isfile(target):
+        with open(target, "rb") as fh:
+            if fh.read() == data:
+                return None
+        if not overwrite:
+            return (f"kept {target}, which differs from the original's ensemble weights (fitted with "
+                    "--optimize 1?); --overwrite replaces it")
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return f"wrote {target} (the original's ensemble weights)"
+
+
+# ----------------------------------------------------------------------------- the GitHub API
+
+
+@dataclasses.dataclass
+class Asset:
+    name: str
+    url: str
+    size: int
+    sha256: str | None  # from GitHub's `digest`, when it has one
+
+
+@dataclasses.dataclass
+class Release:
+    tag: str
+    page: str
+    assets: list
+
+
+def list_releases(api, repo, timeout):
+    """The repository's published releases, newest first, with their assets."""
+    url = f"{api}/repos/{repo}/releases?per_page=100"
+    check_transport(url)
+    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
+               "User-Agent": "download_weights.py (Snapshot Ensembles for Keras 3)"}
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(SafeRedirects)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            body = response.read(MAX_API_BYTES + 1)
+    except urllib.error.HTTPError as err:
+        err.close()
+        raise UserError(_http_error_message(err, url, repo, bool(token))) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = error_reason(err.reason if isinstance(err, urllib.error.URLError) else err)
+        raise UserError(f"cannot reach the GitHub API at {api} ({reason}). {_by_hand(repo)}") from None
+    try:
+        return _parse_releases(json.loads(body[:MAX_API_BYTES]))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"unexpected answer from {url}: {err}. Check --github_api (or ${GITHUB_API_ENV})") from None
+
+
+def _http_error_message(err, url, repo, has_token):
+    if err.code in (403, 429) and err.headers.get("X-RateLimit-Remaining") == "0":
+        reset = err.headers.get("X-RateLimit-Reset", "")
+        when = ""
+        if reset.isdigit():
+            when = datetime.datetime.fromtimestamp(int(reset), datetime.timezone.utc).strftime(" at %H:%M UTC")
+        remedy = ("the limit of the token in GITHUB_TOKEN is used up too: wait" if has_token else
+                  "set GITHUB_TOKEN to a GitHub access token (a token without any scope will do) for a "
+                  "higher limit, or wait")
+        return f"GitHub API rate limit exceeded (HTTP {err.code} from {url}); it resets{when}: {remedy}"
+    if err.code == 401:
+        return f"GitHub refused the token in GITHUB_TOKEN (HTTP 401 from {url}): renew it or unset GITHUB_TOKEN"
+    if err.code == 404:
+        return (f"GitHub has no repository {repo} ({url} answered 404): check --github_repo "
+                f"(or ${GITHUB_REPO_ENV}); the original is {DEFAULT_GITHUB_REPO}")
+    return f"{url} answered HTTP {err.code} {err.reason}. {_by_hand(repo)}"
+
+
+def _by_hand(repo):
+    return (f"Without network: download the .h5 files from https://github.com/{repo}/releases by hand, put "
+            "them into the weights folder and run `python convert_weights.py` with the same --dataset and model "
+            "flags")
+
+
+def _parse_releases(obj):
+    if not isinstance(obj, list):
+        raise ValueError("expected a list of releases")
+    releases = []
+    for item in obj:
+        if not isinstance(item, dict) or not isinstance(item.get("assets"), list):
+            raise ValueError("a release without an 'assets' list")
+        if item.get("draft"):
+            continue
+        assets = []
+        for asset in item["assets"]:
+            name, size, url = asset.get("name"), asset.get("size"), asset.get("browser_download_url")
+            if not (isinstance(name, str) and isinstance(url, str) and isinstance(size, int)
+                    and not isinstance(size, bool) and size >= 0):
+                raise ValueError(f"an asset without a valid name, size and browser_download_url: {asset!r:.200}")
+            digest = asset.get("digest")
+            match = re.fullmatch(r"sha256:([0-9a-fA-F]{64})", digest) if isinstance(digest, str) else None
+            assets.append(Asset(name, url, size, match.group(1).lower() if match else None))
+        releases.append(Release(str(item.get("tag_name", "")), str(item.get("html_url", "")), assets))
+    return releases
+
+
+def release_members(releases, prefix, repo):
+    """(release, [Best, 1, ..., M] assets) of the newest release holding `prefix`'s weight files.
+
+    M is the original's member count when its ensemble weights ship with us (5 for WRN-16-4), else the
+    highest snapshot number present; a missing file is an error naming it.
+    """
+    pattern = re.compile(re.escape(prefix) + r"-(Best|\d+)\.h5")
+    for release in releases:
+        found = {match.group(1): asset for asset in release.assets if (match := pattern.fullmatch(asset.name))}
+        if not found:
+            continue
+        count = _shipped_member_count(prefix)
+        if count is None:
+            count = 1 + max((int(tag) for tag in found if tag != "Best"), default=0)
+        tags = ["Best"] + [str(i) for i in range(1, count)]
+        missing = [f"{prefix}-{tag}.h5" for tag in tags if tag not in found]
+        if missing:
+            raise UserError(f"the release {release.tag or release.page} of {repo} lacks {', '.join(missing)} "
+                            f"(it holds {', '.join(sorted(a.name for a in release.assets)) or 'no files'})")
+        return release, [found[tag] for tag in tags]
+    member = re.compile(r"(.+)-(?:Best|\d+)\.h5")
+    held = sorted({m.group(1) for r in releases for a in r.assets if (m := member.fullmatch(a.name))})
+    raise UserError(f"no release of {repo} holds weight files of {prefix} ({prefix}-Best.h5 ...); its releases "
+                    f"hold: {', '.join(held) or 'no weight files'}. The original published WRN-16-4 only "
+                    "(--model wrn --wrn_N 2 --wrn_k 4, --dataset cifar10 or cifar100)")
+
+
+def _shipped_member_count(prefix):
+    shipped = shipped_ensemble_weights(prefix)
+    if shipped is None:
+        return None
+    with open(shipped) as fh:
+        return len(json.load(fh)["best_weights"])
+
+
+# ----------------------------------------------------------------------------- the weights folder
+
+
+def read_record(weights_dir, prefix):
+    """{Keras 3 file name: record entry} of an earlier install; {} when there is none or it is unreadable."""
+    try:
+        with open(record_path(weights_dir, prefix)) as fh:
+            files = json.load(fh)["files"]
+        return {entry["converted_to"]: entry for entry in files}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def own_run_files(weights_dir, prefix, record):
+    """Files of `prefix` in `weights_dir` that an earlier install did not write: the user's own run."""
+    records = [path(weights_dir, prefix) for path in (naming.run_info_path, naming.history_path, naming.state_path)]
+    members = [path for path in naming.member_files(weights_dir, prefix).values()
+               if (entry := record.get(os.path.basename(path))) is None
+               or sha256_of(path) != entry.get("converted_sha256")]
+    return sorted([path for path in records if os.path.isfile(path)] + members)
+
+
+def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
+    """Download, verify and convert the original release's files of `prefix` into `weights_dir`.
+
+    `args` carries the model flags. Returns the lines to print.
+    """
+    api, repo = github_api(api), github_repo(repo)
+    record = read_record(weights_dir, prefix)
+    own = own_run_files(weights_dir, prefix, record)
+    if own and not overwrite:
+        shown = ", ".join(os.path.basename(p) for p in own[:4]) + (" ..." if len(own) > 4 else "")
+        raise UserError(f"{weights_dir} holds a run of {prefix} that is not the release's ({shown}): the release "
+                        "would replace it. Use another --weights_dir, or pass --overwrite to replace that run")
+    release, assets = release_members(list_releases(api, repo, timeout), prefix, repo)
+    for asset in assets:
+        check_transport(asset.url)
+
+    lines = []
+    targets = [naming.best_path(weights_dir, prefix)]
+    targets += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, len(assets))]
+    if all(_installed(record, asset, target) for asset, target in zip(assets, targets)):
+        lines.append(f"{prefix}: the {len(assets)} release files are already converted in {weights_dir} and "
+                     "unchanged in the release; nothing to download")
+    else:
+        folder = download_folder(repo, release.tag)
+        sources = [_download(asset, folder, repo) for asset in assets]
+        for asset, (_, sha) in zip(assets, sources):
+            previous = next((e for e in record.values() if e.get("name") == asset.name), None)
+            if previous and previous.get("sha256") != sha:
+                lines.append(f"{asset.name} changed in the release since the last download "
+                             f"(SHA-256 {previous.get('sha256')} -> {sha})")
+        lines += _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo)
+        entries = [{"name": asset.name, "url": asset.url, "size": asset.size, "sha256": sha,
+                    "converted_to": os.path.basename(target), "converted_sha256": sha256_of(target)}
+                   for asset, (_, sha), target in zip(assets, sources, targets)]
+        write_json(record_path(weights_dir, prefix), {"repository": repo, "release": release.tag,
+                                                      "release_page": release.page, "files": entries})
+        lines.append(f"recorded the sources in {record_path(weights_dir, prefix)}")
+    for path in own:  # with --overwrite: the replaced run's record, state, history and extra snapshots
+        if path not in targets and os.path.exists(path):
+            try:
+                os.remove(path)
+                lines.append(f"removed {path} (of the replaced run)")
+            except OSError as err:
+                lines.append(f"could not remove {path} ({error_reason(err)}) of the replaced run: delete it by hand")
+    note = install_ensemble_weights(weights_dir, prefix, overwrite)
+    if note:
+        lines.append(note)
+    return lines
+
+
+def _safe(text):
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def _installed(record, asset, target):
+    """Whether `target` is the unchanged conversion of the unchanged `asset` (per the record)."""
+    entry = record.get(os.path.basename(target))
+    return (entry is not None and os.path.isfile(target) and entry.get("name") == asset.name
+            and entry.get("url") == asset.url and entry.get("size") == asset.size
+            and (asset.sha256 is None or entry.get("sha256") == asset.sha256)
+            and sha256_of(target) == entry.get("converted_sha256"))
+
+
+def download_folder(repo, tag):
+    """Where the Keras 1 files go: the Keras cache ($KERAS_HOME, else ~/.keras), one folder per release."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "snapshot-ensembles", repo.replace("/", "+"), _safe(tag) or "release")
+
+
+def _download(asset, folder, repo):
+    """(path, SHA-256) of a verified copy of `asset` in `folder`."""
+    from keras.utils import get_file
+
+    cached = os.path.join(folder, asset.name)
+    # get_file reuses a cached copy that matches the digest; without a digest it would reuse any copy.
+    stale = asset.sha256 is None and os.path.isfile(cached) and os.path.getsize(cached) != asset.size
+    try:
+        path = get_file(fname=asset.name, origin=asset.url, file_hash=asset.sha256, hash_algorithm="sha256",
+                        cache_subdir=os.path.abspath(folder), force_download=stale)
+    except ValueError:  # get_file's hash check failed after the download, and it keeps the file
+        _remove(cached)
+        raise UserError(f"checksum mismatch for {asset.url}: its SHA-256 is not {asset.sha256}, the digest GitHub "
+                        "lists; the download was deleted, run again to retry") from None
+    except Exception as err:  # get_file turns every URL failure into a bare Exception
+        raise UserError(f"cannot download {asset.url} ({err}). {_by_hand(repo)}") from None
+    size = os.path.getsize(path)
+    if size != asset.size:
+        _remove(path)
+        raise UserError(f"size mismatch for {asset.url}: got {size} bytes, GitHub lists {asset.size}; the "
+                        "download was deleted, run again to retry")
+    digest = sha256_of(path)
+    print(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
+    return path, digest
+
+
+def _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo):
+    from snapshot_ensembles.legacy import convert_files
+    from snapshot_ensembles.modeling import build_model, describe_network
+
+    try:
+        os.makedirs(weights_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the weights folder {weights_dir}: {error_reason(err)}") from None
+    label, hint = describe_network(args, nb_classes)
+    model = build_model(args, nb_classes)
+    labels = [f"{asset.name} of the release of {repo}" for asset in assets]
+    convert_files(model, [path for path, _ in sources], targets, model_label=label,
+                  hint=f"it is not a Keras 1 weight file of this network ({hint})", labels=labels)
+    return [f"wrote {target} (from {asset.name}, {label})" for asset, target in zip(assets, targets)]
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

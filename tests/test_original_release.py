@@ -1,0 +1,333 @@
+"""download_weights.py against a loopback server that answers like GitHub's releases API.
+
+The server lists the original's release (assets with name, size, browser_download_url and digest),
+redirects each browser_download_url to a second path that serves the bytes, as GitHub does, and
+serves Keras 1.1.1 files of the original WRN-16-4 written by tests/keras1_reference.py.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+from conftest import assert_clean_failure, run_script
+
+import download_weights
+import keras1_reference
+from snapshot_ensembles import original_release, prediction
+from snapshot_ensembles.errors import UserError
+
+REPO = original_release.DEFAULT_GITHUB_REPO
+TAG = "v1.0"
+MEMBERS = ["Best", "1", "2", "3", "4", "5"]
+PREFIXES = {"cifar10": ("WRN-CIFAR10-16-4", 10), "cifar100": ("WRN-CIFAR100-16-4", 100)}
+
+
+def keras1_wrn_16_4(path, nb_classes, seed):
+    order = keras1_reference.fill_weights(keras1_reference.original_wrn(N=2, k=4, nb_classes=nb_classes), seed=seed)
+    keras1_reference.write_keras1_file(path, order)
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@pytest.fixture(scope="module")
+def release_assets(tmp_path_factory):
+    """{asset name: bytes}: the original's twelve WRN-16-4 files, Keras 1 format, distinct weights."""
+    folder = tmp_path_factory.mktemp("keras1")
+    assets = {}
+    for dataset, (prefix, nb_classes) in PREFIXES.items():
+        for seed, member in enumerate(MEMBERS):
+            name = f"{prefix}-{member}.h5"
+            assets[name] = keras1_wrn_16_4(str(folder / name), nb_classes, seed)
+    return assets
+
+
+class GitHub:
+    """What the fake GitHub serves and what it saw; tests change it between runs."""
+
+    def __init__(self, assets):
+        self.files = dict(assets)
+        self.listed = {name: len(data) for name, data in assets.items()}  # the sizes the API announces
+        self.digests = {name: "sha256:" + hashlib.sha256(data).hexdigest() for name, data in assets.items()}
+        self.rate_limited = False
+        self.raw_answer = None  # bytes served instead of the releases JSON
+        self.download_urls = {}  # name -> browser_download_url other than the default
+        self.requests = []  # (path, Authorization header)
+
+    def releases(self):
+        assets = []
+        for name in self.listed:
+            url = self.download_urls.get(name, f"{self.url}/{REPO}/releases/download/{TAG}/{name}")
+            asset = {"name": name, "size": self.listed[name], "browser_download_url": url}
+            if name in self.digests:
+                asset["digest"] = self.digests[name]
+            assets.append(asset)
+        return [{"tag_name": TAG, "html_url": f"{self.url}/{REPO}/releases/tag/{TAG}", "draft": False,
+                 "assets": assets}]
+
+
+class GitHubHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        state = self.server.state
+        state.requests.append((self.path, self.headers.get("Authorization")))
+        path = urllib.parse.urlsplit(self.path).path
+        if path == f"/repos/{REPO}/releases":
+            if state.rate_limited:
+                reset = str(int(time.time()) + 600)
+                self._send(403, b'{"message": "API rate limit exceeded"}',
+                           {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
+            else:
+                body = state.raw_answer if state.raw_answer is not None else json.dumps(state.releases()).encode()
+                self._send(200, body, {"Content-Type": "application/json"})
+        elif path.startswith(f"/{REPO}/releases/download/{TAG}/"):
+            self._send(302, b"", {"Location": f"{state.url}/objects/{path.rsplit('/', 1)[1]}"})
+        elif path.startswith("/objects/") and path[len("/objects/"):] in state.files:
+            self._send(200, state.files[path[len("/objects/"):]], {"Content-Type": "application/octet-stream"})
+        else:
+            self._send(404, b'{"message": "Not Found"}', {})
+
+    def _send(self, status, body, headers):
+        self.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def github(release_assets):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GitHubHandler)
+    httpd.state = GitHub(release_assets)
+    httpd.state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd.state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def api_env(github, monkeypatch):
+    monkeypatch.setenv(original_release.GITHUB_API_ENV, github.url)
+    monkeypatch.delenv(original_release.TOKEN_ENV, raising=False)
+    return github
+
+
+def download(weights_dir, *flags):
+    download_weights.main(["--weights_dir", str(weights_dir), *flags])
+
+
+def asset_requests(github):
+    return [path for path, _ in github.requests if path.startswith("/objects/")]
+
+
+def shipped_weights(prefix):
+    with open(original_release.shipped_ensemble_weights(prefix)) as fh:
+        weights = np.asarray(json.load(fh)["best_weights"])
+    return weights / weights.sum()
+
+
+# --- the whole path: download with no model flags, then predict -------------------------------
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_download_then_predict_with_the_originals_ensemble_weights(github, tmp_path, dataset, request):
+    prefix, _ = PREFIXES[dataset]
+    data_dir, sha = request.getfixturevalue(f"{dataset}_dir")
+    weights = tmp_path / "weights"
+    flags = [] if dataset == "cifar10" else ["--dataset", "cifar100"]
+    env = {original_release.GITHUB_API_ENV: github.url, original_release.TOKEN_ENV: "token-123",
+           "KERAS_HOME": str(tmp_path / "keras_home")}
+
+    result = run_script("download_weights.py", *flags, "--weights_dir", weights, env=env)
+    assert result.returncode == 0, result.stderr
+    assert github.requests[0] == (f"/repos/{REPO}/releases?per_page=100", "Bearer token-123")
+    for member in MEMBERS:
+        digest = hashlib.sha256(github.files[f"{prefix}-{member}.h5"]).hexdigest()
+        assert f"{prefix}-{member}.h5: {len(github.files[f'{prefix}-{member}.h5'])} bytes, SHA-256 {digest}" \
+            in result.stdout
+    expected_files = {f"{prefix}-{m}.weights.h5" for m in MEMBERS} | {
+        f"Ensemble-weights-{prefix}.json", f"{prefix}-release.json"}
+    assert set(os.listdir(weights)) == expected_files  # no Keras 1 file, no partial
+    with open(original_release.shipped_ensemble_weights(prefix), "rb") as fh:
+        assert (weights / f"Ensemble-weights-{prefix}.json").read_bytes() == fh.read()
+    record = json.loads((weights / f"{prefix}-release.json").read_text())
+    assert [(e["name"], e["url"], e["size"], e["sha256"]) for e in record["files"]] == [
+        (f"{prefix}-{m}.h5", f"{github.url}/{REPO}/releases/download/{TAG}/{prefix}-{m}.h5",
+         len(github.files[f"{prefix}-{m}.h5"]), hashlib.sha256(github.files[f"{prefix}-{m}.h5"]).hexdigest())
+        for m in MEMBERS]
+
+    script = "predict_cifar_10.py" if dataset == "cifar10" else "predict_cifar_100.py"
+    data_flags = ["--weights_dir", weights, "--data_dir", data_dir, "--data_sha256", sha]
+    result = run_script(script, "--optimize", "0", *data_flags)
+    assert result.returncode == 0, result.stderr
+    assert f"ensemble {prefix} with 6 members (Best, snapshots 1..5)" in result.stdout
+    assert f"weighted ensemble (saved in Ensemble-weights-{prefix}.json)" in result.stdout
+    assert "  weights [" + ", ".join(f"{w:.4f}" for w in shipped_weights(prefix)) + "]" in result.stdout
+    assert "Accuracy : " in result.stdout
+
+    argv = [str(flag) for flag in data_flags]
+    equal = prediction.predict(dataset, ["--optimize", "-1", *argv])
+    assert equal["networks_run"] == []  # every member came from the cache of the run above
+    fitted = prediction.predict(dataset, ["--optimize", "1", *argv])
+    assert len(fitted["weights"]) == 6 and abs(sum(fitted["weights"]) - 1) < 1e-6
+
+
+def test_a_second_run_downloads_nothing_and_a_changed_release_file_is_noticed(api_env, tmp_path, capsys,
+                                                                             tmp_path_factory):
+    prefix, _ = PREFIXES["cifar10"]
+    download(tmp_path)
+    capsys.readouterr()
+    api_env.requests.clear()
+
+    download(tmp_path)
+    assert "already converted" in capsys.readouterr().out
+    assert asset_requests(api_env) == []
+
+    name = f"{prefix}-3.h5"
+    before = (tmp_path / f"{prefix}-3.weights.h5").read_bytes()
+    api_env.files[name] = keras1_wrn_16_4(str(tmp_path_factory.mktemp("new") / name), 10, seed=99)
+    api_env.listed[name] = len(api_env.files[name])
+    api_env.digests[name] = "sha256:" + hashlib.sha256(api_env.files[name]).hexdigest()
+    download(tmp_path)
+    assert f"{name} changed in the release since the last download" in capsys.readouterr().out
+    assert (tmp_path / f"{prefix}-3.weights.h5").read_bytes() != before
+
+
+def test_assets_without_digest_are_checked_by_size(api_env, tmp_path, capsys):
+    api_env.digests.clear()
+    download(tmp_path)
+    assert "GitHub's digest" not in capsys.readouterr().out
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")]) == 6
+
+
+# --- failures: one error line, nothing under a final name ------------------------------------
+
+def assert_nothing_installed(weights_dir):
+    assert not os.path.exists(weights_dir) or os.listdir(weights_dir) == []
+
+
+def test_no_network_says_where_the_files_are_and_how_to_convert_by_hand(tmp_path, monkeypatch):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_script("download_weights.py", "--weights_dir", tmp_path / "weights",
+                        env={original_release.GITHUB_API_ENV: f"http://127.0.0.1:{port}"})
+    line = assert_clean_failure(result, "cannot reach the GitHub API", f"https://github.com/{REPO}/releases",
+                                "python convert_weights.py")
+    assert result.returncode == 2, line
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_rate_limit_says_so_and_names_github_token(api_env, tmp_path):
+    api_env.rate_limited = True
+    with pytest.raises(UserError, match=r"GitHub API rate limit exceeded \(HTTP 403 .*resets at \d\d:\d\d UTC: "
+                                        r"set GITHUB_TOKEN"):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_asset_missing_from_the_release_is_named(api_env, tmp_path):
+    del api_env.listed["WRN-CIFAR10-16-4-3.h5"]
+    with pytest.raises(UserError, match=r"the release v1.0 of titu1994/Snapshot-Ensembles lacks WRN-CIFAR10-16-4-3.h5"):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_model_the_release_does_not_hold_is_refused(api_env, tmp_path):
+    with pytest.raises(UserError, match=r"no release of .* holds weight files of WRN-CIFAR10-28-10 .* "
+                                        r"WRN-CIFAR10-16-4, WRN-CIFAR100-16-4"):
+        download(tmp_path / "weights", "--wrn_N", "4", "--wrn_k", "10")
+
+
+@pytest.mark.parametrize("fault", ["size", "digest"])
+def test_size_or_digest_mismatch_deletes_the_download(api_env, tmp_path, fault):
+    name = "WRN-CIFAR10-16-4-2.h5"
+    if fault == "size":
+        api_env.listed[name] += 1
+        api_env.digests.pop(name)
+        message = rf"size mismatch for .*{name}: got \d+ bytes, GitHub lists"
+    else:
+        api_env.digests[name] = "sha256:" + "0" * 64
+        message = rf"checksum mismatch for .*{name}"
+    with pytest.raises(UserError, match=message):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+    cache = original_release.download_folder(REPO, TAG)
+    assert name not in os.listdir(cache)
+
+
+@pytest.mark.parametrize("content", ["cifar100-network", "not-hdf5"])
+def test_file_that_is_not_a_keras1_file_of_this_network_is_refused(api_env, tmp_path, content):
+    name = "WRN-CIFAR10-16-4-4.h5"
+    if content == "cifar100-network":
+        api_env.files[name] = api_env.files["WRN-CIFAR100-16-4-4.h5"]
+        message = (r"WRN-CIFAR10-16-4-4.h5 of the release .*: layer \d+ with weights: dense_1 .* "
+                   r"not a Keras 1 weight file")
+    else:
+        api_env.files[name] = b"<html>not a weight file</html>"
+        message = r"WRN-CIFAR10-16-4-4.h5 of the release .* cannot be read as an HDF5 file"
+    api_env.listed[name] = len(api_env.files[name])
+    api_env.digests[name] = "sha256:" + hashlib.sha256(api_env.files[name]).hexdigest()
+    with pytest.raises(UserError, match=message):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_a_folder_holding_the_users_own_run_is_refused_unless_overwrite(api_env, tmp_path, capsys):
+    prefix, _ = PREFIXES["cifar10"]
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    own = {f"{prefix}-run.json": b'{"val_split": 0.1}', f"{prefix}-Best.weights.h5": b"my own training",
+           f"{prefix}-6.weights.h5": b"my sixth snapshot"}
+    for name, data in own.items():
+        (weights / name).write_bytes(data)
+
+    with pytest.raises(UserError, match=rf"holds a run of {prefix} that is not the release's .*--overwrite"):
+        download(weights)
+    assert {name: (weights / name).read_bytes() for name in own} == own
+    assert api_env.requests == []  # refused before asking GitHub anything
+
+    download(weights, "--overwrite")
+    out = capsys.readouterr().out
+    assert f"removed {weights / f'{prefix}-run.json'}" in out
+    assert sorted(os.listdir(weights)) == sorted({f"{prefix}-{m}.weights.h5" for m in MEMBERS} | {
+        f"Ensemble-weights-{prefix}.json", f"{prefix}-release.json"})
+
+
+def test_ensemble_weights_the_user_fitted_are_kept(api_env, tmp_path, capsys):
+    prefix, _ = PREFIXES["cifar10"]
+    download(tmp_path)
+    fitted = b'{"best_weights": [0, 0.2, 0.2, 0.2, 0.2, 0.2]}'
+    (tmp_path / f"Ensemble-weights-{prefix}.json").write_bytes(fitted)
+    download(tmp_path)
+    assert "kept" in capsys.readouterr().out
+    assert (tmp_path / f"Ensemble-weights-{prefix}.json").read_bytes() == fitted
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"not json", "unexpected answer from"),
+    (b'{"message": "Moved"}', "expected a list of releases"),
+    (b'[{"tag_name": "v1"}]', "a release without an 'assets' list"),
+    (b'[{"assets": [{"name": "x.h5", "size": "12", "browser_download_url": "https://x"}]}]', "an asset without"),
+], ids=["not-json", "not-a-list", "no-assets", "size-type"])
+def test_unexpected_api_answer_is_one_clear_error(api_env, tmp_path, answer, message):
+    api_env.raw_answer = answer
+    with pytest.raises(UserError, match=message):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_asset_url_on_plain_http_to_a_remote_host_is_refused(api_env, tmp_path):
+    api_env.download_urls["WRN-CIFAR10-16-4-Best.h5"] = "http://example.com/WRN-CIFAR10-16-4-Best.h5"
+    with pytest.raises(UserError, match="refusing plain http:// to example.com"):
+        download(tmp_path / "weights")
+    assert asset_requests(api_env) == []

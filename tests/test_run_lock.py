@@ -1,0 +1,80 @@
+"""One run per (weights folder, prefix), enforced by an OS lock; SIGTERM stops a run like Ctrl-C."""
+
+import signal
+
+import pytest
+
+from conftest import assert_clean_failure, run_script, start_script, wait_until
+from snapshot_ensembles import run_lock, run_state
+
+PREFIX = "WRN-CIFAR10-10-1"
+WRN = ["--wrn_N", "1", "--wrn_k", "1"]
+
+
+def flags(cifar10_dir, weights, *extra, nb_epoch=6):
+    data_dir, sha = cifar10_dir
+    return [*WRN, "--nb_epoch", str(nb_epoch), "--M", "3", "--data_dir", data_dir, "--data_sha256", sha,
+            "--weights_dir", str(weights), *extra]
+
+
+def state_epoch(weights):
+    state = run_state.read_state(run_state.state_path(str(weights), PREFIX))
+    return state.epoch if state else 0
+
+
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_killed_run_leaves_no_lock(
+        cifar10_dir, tmp_path):
+    weights = tmp_path / "w"
+    first = start_script("train_cifar_10.py", *flags(cifar10_dir, weights, nb_epoch=60), log_path=tmp_path / "1.log")
+    try:
+        wait_until(lambda: state_epoch(weights) >= 1, first)
+        for other in (["--alpha_zero", "0.02"], ["--no_resume"]):  # other flags, or one that would discard its state
+            second = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, *other, nb_epoch=60))
+            line = assert_clean_failure(second, f"{weights} is in use", f"process {first.pid} ",
+                                        f"is training {PREFIX}", "--weights_dir")
+            assert second.returncode == 2, line
+            assert first.poll() is None  # the first run goes on
+        assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).flags["alpha_zero"] == 0.1
+        assert run_lock.running_process(str(weights), PREFIX).startswith(f"process {first.pid} ")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel released the killed run's lock: nothing is stale, and the next run gets past it to the
+    # usual check of the unfinished run's flags.
+    assert run_lock.running_process(str(weights), PREFIX) is None
+    after = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "0.02", nb_epoch=60))
+    assert_clean_failure(after, "unfinished run", "--alpha_zero 0.1 (now 0.02)")
+    assert after.returncode == 2
+
+
+def test_the_lock_is_exclusive_even_within_one_process_and_released_after(tmp_path):
+    with run_lock.hold_run_lock(str(tmp_path), PREFIX):
+        with pytest.raises(run_lock.RunInProgress, match=r"in use: process \d+ \(started "):
+            with run_lock.hold_run_lock(str(tmp_path), PREFIX):
+                pass
+        with run_lock.hold_run_lock(str(tmp_path), "WRN-CIFAR10-16-4"):  # another prefix is another run
+            pass
+    assert run_lock.running_process(str(tmp_path), PREFIX) is None
+    assert sorted(tmp_path.iterdir()) == []  # a run that ends removes its lock file
+    with run_lock.hold_run_lock(str(tmp_path), PREFIX):
+        pass
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_the_same_command_resumes(cifar10_dir, tmp_path):
+    weights = tmp_path / "w"
+    argv = flags(cifar10_dir, weights)
+    run = start_script("train_cifar_10.py", *argv, log_path=tmp_path / "run.log")
+    try:
+        wait_until(lambda: state_epoch(weights) >= 1, run)
+    finally:
+        run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130
+    log = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in log, log
+    assert [line for line in log.splitlines() if "interrupted" in line] == [
+        "interrupted (SIGTERM): files written before the interruption are complete and kept."]
+    stopped_at = state_epoch(weights)
+    assert 1 <= stopped_at < 6
+    resumed = run_script("train_cifar_10.py", *argv)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {PREFIX} after epoch {stopped_at} of 6" in resumed.stdout
