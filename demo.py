@@ -27,8 +27,8 @@ def build_parser():
     parser.add_argument("--bn_momentum", type=cli.unit_interval, default=0.9,
                         help="BatchNormalization momentum; below Keras's 0.99 because an epoch here is only "
                              "21 steps (default: %(default)s)")
-    parser.add_argument("--wrn_N", type=cli.positive_int, default=1, help="WRN blocks per group (default: %(default)s)")
-    parser.add_argument("--wrn_k", type=cli.positive_int, default=1, help="WRN width (default: %(default)s)")
+    parser.add_argument("--wrn_N", type=cli.model_size, default=1, help="WRN blocks per group (default: %(default)s)")
+    parser.add_argument("--wrn_k", type=cli.model_size, default=1, help="WRN width (default: %(default)s)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=16, help="(default: %(default)s)")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0, help="(default: %(default)s)")
     parser.add_argument("--weights_dir", default=os.path.join("weights", "demo"),
@@ -81,7 +81,7 @@ def main(argv=None):
     training.train(DEMO_DATASET, common_flags(args, snapshot_dir) + train_flags + ["--M", str(args.M)], data=data)
     print("\n== Ensemble prediction (fitted weights, then equal weights) ==")
     report = prediction.predict(DEMO_DATASET, common_flags(args, snapshot_dir) + ["--optimize", "1"], data=data)
-    equal = prediction.predict(DEMO_DATASET, common_flags(args, snapshot_dir) + ["--optimize", "-1"], data=data)
+    prediction.predict(DEMO_DATASET, common_flags(args, snapshot_dir) + ["--optimize", "-1"], data=data)
 
     baseline = None
     if not args.no_baseline:
@@ -90,19 +90,45 @@ def main(argv=None):
         model, _ = training.train(DEMO_DATASET, common_flags(args, baseline_dir) + train_flags + ["--M", "1"],
                                   data=data)
         prefix = naming.model_prefix(DEMO_DATASET, "wrn", args.wrn_N, args.wrn_k)
-        baseline = training.test_accuracy(model, data, training.evaluation_batch_size(args),
-                                          prediction.recorded_standardization(baseline_dir, prefix))
+        baseline = training.test_probabilities(model, data, training.evaluation_batch_size(args),
+                                               prediction.recorded_standardization(baseline_dir, prefix))
 
-    snapshots = report["member_accuracy"][1:]
-    rows = [("best single snapshot", max(snapshots)), ("equal-weight snapshot ensemble", equal["accuracy"]),
-            ("fitted snapshot ensemble", report["accuracy"])]
-    if baseline is not None:
-        rows.append(("baseline (one cycle, same epochs)", baseline))
-    print(f"\n== Summary: test accuracy on {len(data.y_test)} held-out digits (seed {args.seed}) ==")
-    for label, value in rows:
-        print(f"  {label:<36} {value * 100:6.2f} %")
-    summary = {label: round(value, 6) for label, value in rows}
-    return summary
+    result = summary_evaluation(report, data.y_test, args.seed)
+    rows = summary_rows(result, baseline, data.y_test)
+    print(f"\n== Summary: {len(data.y_test)} held-out test digits (seed {args.seed}) ==")
+    print(f"  {'':<44}{'accuracy':>10}{'NLL':>9}{'ECE':>9}")
+    for label, scores in rows.items():
+        print(f"  {label:<44}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.ece:9.4f}")
+    gain = result.gain
+    print(f"  fitted ensemble minus {result.member_labels[result.best_member]}, paired bootstrap 95 % interval "
+          f"({result.resamples} resamples): accuracy {prediction.format_interval(gain['accuracy'], 100, 2)} points, "
+          f"NLL {prediction.format_interval(gain['nll'])}")
+    if "nll_calibrated" in gain:
+        print(f"  the same, both with their temperature: NLL {prediction.format_interval(gain['nll_calibrated'])}")
+    return {"rows": {label: scores.to_dict() for label, scores in rows.items()},
+            "gain": {name: interval.to_dict() for name, interval in gain.items()}}
+
+
+def summary_evaluation(report, labels, seed):
+    """The fitted ensemble's evaluation against the most accurate snapshot (the Best checkpoint left out)."""
+    from snapshot_ensembles import evaluation
+
+    first = report["evaluation"]
+    best_snapshot = 1 + max(range(len(first.members) - 1), key=lambda i: first.members[1 + i].accuracy)
+    return evaluation.evaluate(report["member_probabilities"], labels, first.member_labels, first.weights,
+                               first.temperature, report["member_temperatures"], best_member=best_snapshot,
+                               seed=seed)
+
+
+def summary_rows(result, baseline_probs, labels):
+    from snapshot_ensembles import metrics
+
+    rows = {f"best single snapshot ({result.member_labels[result.best_member]})": result.members[result.best_member],
+            "equal-weight ensemble": result.equal, "fitted ensemble": result.weighted,
+            f"fitted ensemble + temperature {result.temperature:.3f}": result.weighted_calibrated}
+    if baseline_probs is not None:
+        rows["baseline (one cycle, same epochs)"] = metrics.score(baseline_probs, labels)
+    return rows
 
 
 if __name__ == "__main__":

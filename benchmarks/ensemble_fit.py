@@ -16,7 +16,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from snapshot_ensembles import ensemble  # noqa: E402
+from snapshot_ensembles import ensemble, metrics  # noqa: E402
 
 
 def synthetic_members(n_samples, n_classes, n_members, seed):
@@ -65,11 +65,11 @@ def main():
           f"{args.num_tests} restarts each")
     for index, probs in enumerate(members):
         name = "Best" if index == 0 else f"snapshot {index}"
-        print(f"  {name:<11}  accuracy {ensemble.accuracy(probs, labels):.4f}  "
-              f"log-loss {ensemble.log_loss(probs, labels):.5f}")
+        print(f"  {name:<11}  accuracy {metrics.accuracy(probs, labels):.4f}  "
+              f"log-loss {metrics.log_loss(probs, labels):.5f}")
     equal = ensemble.weighted_average(members, np.ones(args.members))
-    print(f"  equal weights  accuracy {ensemble.accuracy(equal, labels):.4f}  "
-          f"log-loss {ensemble.log_loss(equal, labels):.5f}")
+    print(f"  equal weights  accuracy {metrics.accuracy(equal, labels):.4f}  "
+          f"log-loss {metrics.log_loss(equal, labels):.5f}")
     del equal
 
     results = {}

@@ -15,13 +15,11 @@ import time
 import numpy as np
 import scipy.optimize
 
+from snapshot_ensembles import metrics
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
+from snapshot_ensembles.metrics import LOG_LOSS_EPS
 from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
-
-# scikit-learn's historical clipping constant: a member that gives the true class probability 0
-# costs -log(1e-15) ~ 34.5 nats instead of an infinite loss.
-LOG_LOSS_EPS = 1e-15
 
 
 @dataclasses.dataclass
@@ -45,21 +43,8 @@ def weighted_average(member_probs, weights):
     return total
 
 
-def accuracy(probs, labels):
-    """Fraction of samples whose most probable class is the label."""
-    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
-
-
-def log_loss(probs, labels, eps=LOG_LOSS_EPS):
-    """Mean negative log-probability of the true class, clipped to [eps, 1 - eps] as in
-    scikit-learn's log_loss (for rows that are probability distributions it equals it)."""
-    labels = np.asarray(labels)
-    true_class = np.asarray(probs)[np.arange(len(labels)), labels].astype(np.float64)
-    return float(-np.mean(np.log(np.clip(true_class, eps, 1 - eps))))
-
-
 def ensemble_size_curve(member_probs, labels):
-    """[(m, accuracy)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
+    """[(m, Scores)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
 
     member_probs[0] is the Best checkpoint and takes no part; "last m" is snapshots M-m+1..M,
     so each step adds the next older snapshot to the latest, usually strongest, ones.
@@ -69,20 +54,8 @@ def ensemble_size_curve(member_probs, labels):
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
     for m in range(1, len(snapshots) + 1):
         running_sum += np.asarray(snapshots[-m], dtype=np.float32)
-        # argmax of the sum is argmax of the mean: no need to divide by m.
-        curve.append((m, accuracy(running_sum, labels)))
+        curve.append((m, metrics.score(running_sum / np.float32(m), labels)))
     return curve
-
-
-def agreement_matrix(member_probs):
-    """(M, M) fraction of samples on which members i and j predict the same class."""
-    predictions = np.stack([np.argmax(probs, axis=1) for probs in member_probs])
-    n_members = len(predictions)
-    agreement = np.ones((n_members, n_members))
-    for i in range(n_members):
-        for j in range(i + 1, n_members):
-            agreement[i, j] = agreement[j, i] = np.mean(predictions[i] == predictions[j])
-    return agreement
 
 
 # --------------------------------------------------------------------------- fitting
@@ -253,20 +226,11 @@ def read_ensemble_weights(path, n_members, member_files=None):
     the members in order, is checked against the files the weights were fitted for, where the JSON
     records them (ours do, the original's do not).
     """
-    remedy = (
-        "Rerun the prediction script with --optimize 1 to fit and save new weights, "
-        "or with --optimize -1 to use equal weights."
-    )
-    try:
-        with open(path) as fh:
-            content = json.load(fh)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"Cannot read the ensemble weights file {path}: {error}. {remedy}") from None
-
+    content = _load_ensemble_json(path)
     if not isinstance(content, dict) or "best_weights" not in content:
         raise UserError(
             f"The ensemble weights file {path} has no 'best_weights' entry "
-            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}"
+            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {_REMEDY}"
         )
     raw = content["best_weights"]
     # bool is an int subclass in Python: reject `true` explicitly.
@@ -275,7 +239,7 @@ def read_ensemble_weights(path, n_members, member_files=None):
     ):
         raise UserError(
             f"The 'best_weights' entry of {path} must be a list of numbers, got {json.dumps(raw)}. "
-            f"{remedy}"
+            f"{_REMEDY}"
         )
     if len(raw) != n_members:
         # A file fitted for another --M is the usual cause: say which --M it was fitted for.
@@ -286,7 +250,7 @@ def read_ensemble_weights(path, n_members, member_files=None):
         raise UserError(
             f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
             f"{n_members} members ({_members_text(n_members)}: the best checkpoint, then each "
-            f"snapshot, one weight each).{file_m} {remedy}"
+            f"snapshot, one weight each).{file_m} {_REMEDY}"
         )
     fitted_for = content.get("member_sha256")
     if member_files is not None and isinstance(fitted_for, list) and len(fitted_for) == n_members:
@@ -294,16 +258,16 @@ def read_ensemble_weights(path, n_members, member_files=None):
         if changed:
             raise UserError(
                 f"The ensemble weights in {path} were fitted for other weight files: {', '.join(changed)} "
-                f"changed since (trained again or replaced). {remedy}"
+                f"changed since (trained again or replaced). {_REMEDY}"
             )
     weights = np.array([_as_float(w) for w in raw])
     if not all(math.isfinite(w) and w >= 0 for w in weights):
         shown = json.dumps(raw) if len(json.dumps(raw)) < 200 else json.dumps(raw)[:200] + "..."
         raise UserError(
-            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {remedy}"
+            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {_REMEDY}"
         )
     if not weights.any():
-        raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
+        raise UserError(f"The ensemble weights in {path} are all 0. {_REMEDY}")
     weights /= weights.max()  # first, so that the sum of weights near the float maximum cannot overflow
     return weights / weights.sum()
 
@@ -314,6 +278,42 @@ def _as_float(value):
         return float(value)
     except OverflowError:
         return math.inf
+
+
+_REMEDY = ("Rerun the prediction script with --optimize 1 to fit and save new weights, "
+           "or with --optimize -1 to use equal weights.")
+
+
+def _load_ensemble_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"Cannot read the ensemble weights file {path}: {error}. {_REMEDY}") from None
+
+
+def read_temperatures(path, n_members):
+    """(temperature of the weighted ensemble, [one per member]) saved beside `best_weights`; None for
+    each one absent (files written before temperature scaling, the original's files)."""
+    content = _load_ensemble_json(path)
+    content = content if isinstance(content, dict) else {}
+    temperature = content.get("temperature")
+    if temperature is not None and not _is_temperature(temperature):
+        raise UserError(f"The 'temperature' in {path} must be a finite number > 0, got {json.dumps(temperature)}. "
+                        f"{_REMEDY}")
+    member_temperatures = content.get("member_temperatures")
+    if member_temperatures is not None and not (
+            isinstance(member_temperatures, list) and len(member_temperatures) == n_members
+            and all(_is_temperature(t) for t in member_temperatures)):
+        raise UserError(f"The 'member_temperatures' in {path} must be {n_members} finite numbers > 0 (one per "
+                        f"member), got {json.dumps(member_temperatures)}. {_REMEDY}")
+    return (None if temperature is None else float(temperature),
+            None if member_temperatures is None else [float(t) for t in member_temperatures])
+
+
+def _is_temperature(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(_as_float(value))
+            and value > 0)
 
 
 def _members_text(n_members):

@@ -13,9 +13,10 @@ import sys
 
 import numpy as np
 
-from snapshot_ensembles import cli, ensemble, naming
+from snapshot_ensembles import cli, ensemble, evaluation, metrics, naming
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, atomic_path, read_json_record, sha256_of, sha256_of_arrays
+from snapshot_ensembles.files import (FileWriteError, atomic_path, read_json_record, sha256_of, sha256_of_arrays,
+                                  write_json)
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
 
 CACHE_FOLDER = ".prediction-cache"
@@ -39,8 +40,14 @@ def build_parser(dataset, prog=None):
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the fit's restarts (default: %(default)s)")
     parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                        help="save the ensemble-size curve and the members' agreement matrix "
-                             "(default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
+                        help="save the ensemble-size curve, the members' agreement matrix and a reliability "
+                             "diagram (default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
+    parser.add_argument("--report", metavar="PATH.json", default=None,
+                        help="write every figure of the report (scores, temperatures, bootstrap intervals, "
+                             "diversity, reliability bins) to this JSON file")
+    parser.add_argument("--export", metavar="PATH.keras", default=None,
+                        help="save the ensemble in use (its members, weights and temperature) as one Keras model "
+                             "that keras.saving.load_model reads without this project")
     parser.add_argument("--weights_dir", default="weights", help="folder of the weight files (default: %(default)s)")
     cli.add_data_flags(parser)
     return parser
@@ -115,7 +122,8 @@ def find_members(weights_dir, prefix, m, dataset, args):
 
 
 def saved_ensemble_weights(args, prefix, members):
-    """(path, weights) of the saved ensemble JSON; (None, None) when this mode does without it.
+    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON; None for each
+    when this mode does without it (the temperatures are None too in a file saved without them).
 
     --optimize 0 needs it to match the members; --optimize 1 replaces it and never reads it; --optimize -1
     shows it beside the equal weights only when it matches, and otherwise says why it left it out.
@@ -126,15 +134,16 @@ def saved_ensemble_weights(args, prefix, members):
                         f"Ensemble-weights-{prefix}.json: run with --optimize 1 first to fit and save them, "
                         "or use --optimize -1 for equal weights")
     if args.optimize == 1 or path is None:
-        return None, None
+        return None, None, (None, None)
     member_files = [(os.path.basename(m.path), m.sha256) for m in members]
     try:
-        return path, ensemble.read_ensemble_weights(path, len(members), member_files)
+        return (path, ensemble.read_ensemble_weights(path, len(members), member_files),
+                ensemble.read_temperatures(path, len(members)))
     except UserError as err:
         if args.optimize == 0:
             raise
         print(f"note: the saved ensemble weights are not shown: {err}")
-        return None, None
+        return None, None, (None, None)
 
 
 def array_fingerprint(*arrays):
@@ -271,10 +280,12 @@ def fitting_split(dataset, data, weights_dir, prefix):
     info_path = naming.run_info_path(weights_dir, prefix)
     info = training_record(weights_dir, prefix)
     try:
-        val_split, seed = float(info.get("val_split", 0.0)), int(info.get("seed", 0))
-    except (ValueError, TypeError) as err:
-        raise UserError(f"cannot read the training record {info_path} ({err}); delete it to fit on the "
-                        "training set instead of the validation split") from None
+        val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
+        if not 0 <= val_split < 1 or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"val_split {info.get('val_split')!r} or seed {str(seed)[:40]} out of range")
+    except (ValueError, TypeError, OverflowError, AttributeError) as err:
+        raise UserError(f"cannot read the training record {info_path} ({str(err)[:200]}); delete it to fit on "
+                        "the training set instead of the validation split") from None
     if val_split > 0:
         _, val_idx = split_validation(data.x_train, data.y_train, val_split, seed)
         if "nb_val" in info and info["nb_val"] != len(val_idx):
@@ -285,29 +296,163 @@ def fitting_split(dataset, data, weights_dir, prefix):
     return data.x_train, data.y_train, "training set (no validation split was recorded)", False
 
 
-def format_row(label, acc, loss=None):
-    loss_text = "" if loss is None else f"   log-loss {loss:.4f}"
-    return f"  {label:<40} accuracy {acc * 100:6.2f} %{loss_text}"
+def check_output_paths(args, prefix, members):
+    """--report and --export: the right suffix, an existing folder, and none of the run's own files."""
+    own = {os.path.realpath(path) for path in [m.path for m in members]
+           + ensemble.ensemble_json_candidates(args.weights_dir, prefix)
+           + [naming.run_info_path(args.weights_dir, prefix), naming.history_path(args.weights_dir, prefix)]}
+    for flag, path, suffix in (("--report", args.report, ".json"), ("--export", args.export, ".keras")):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not path.endswith(suffix) or os.path.basename(path) == suffix:
+            raise UserError(f"{flag} {path}: the file name must end in {suffix}")
+        if not os.path.isdir(folder):
+            raise UserError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{flag} {path}: cannot write to the folder {folder}; choose another path")
+        if os.path.isdir(path) or os.path.realpath(path) in own:
+            raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
 
 
-def plot_report(path, curve, agreement, best_single, member_labels):
+@dataclasses.dataclass
+class SplitFit:
+    """The weights and temperatures fitted on the fit split (never the test set)."""
+
+    weights: ensemble.FitResult
+    temperature: metrics.TemperatureFit  # of the weighted ensemble
+    member_temperatures: list  # a TemperatureFit per member
+    split_name: str
+    samples: int
+    best_excluded: bool  # the Best checkpoint was chosen on this split and takes no part in the weights
+
+
+def fit_on_split(args, dataset, data, prefix, members, cache, predictor):
+    x_fit, y_fit, split_name, best_chosen_on_fit_split = fitting_split(dataset, data, args.weights_dir, prefix)
+    fit_key = f"fit-{array_fingerprint(x_fit, y_fit)}"
+    fit_probs = [cache.probabilities(m, fit_key, x_fit, predictor) for m in members]
+    if best_chosen_on_fit_split:
+        # The Best checkpoint is the epoch that scored highest on these very images, out of nb_epoch
+        # tries: its log-loss here is biased low, and a fit trusts it for that reason alone (measured
+        # on the demo: it took up to 100 % of the weight while scoring below the snapshots on test).
+        fitted = ensemble.fit_weights(fit_probs[1:], y_fit, num_tests=args.num_tests, seed=args.seed)
+        fitted = dataclasses.replace(fitted, weights=np.concatenate([[0.0], fitted.weights]))
+    else:
+        fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
+    temperature = metrics.fit_temperature(ensemble.weighted_average(fit_probs, fitted.weights), y_fit)
+    member_temperatures = [metrics.fit_temperature(probs, y_fit) for probs in fit_probs]
+    return SplitFit(fitted, temperature, member_temperatures, split_name, int(len(y_fit)), best_chosen_on_fit_split)
+
+
+HEADER = f"{'':<42}{'accuracy':>10}{'NLL':>9}{'Brier':>9}{'ECE':>9}"
+
+
+def format_row(label, scores):
+    return (f"  {label:<40}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.brier:9.4f}"
+            f"{scores.ece:9.4f}")
+
+
+def format_interval(interval, scale=1.0, digits=4):
+    return (f"{interval.estimate * scale:+.{digits}f} [{interval.low * scale:+.{digits}f}, "
+            f"{interval.high * scale:+.{digits}f}]")
+
+
+def print_evaluation(result, fit, weights_file):
+    """The report of `result` (an EnsembleEvaluation); `fit` is the SplitFit of --optimize 1, else None and
+    the weights come from `weights_file`."""
+    print("Members:" + HEADER[len("Members:"):])
+    for label, scores in zip(result.member_labels, result.members):
+        print(format_row(label, scores))
+    best_label = result.member_labels[result.best_member]
+    print("Ensembles:")
+    print(format_row(f"single best member ({best_label})", result.members[result.best_member]))
+    if result.best_member_calibrated is not None:
+        print(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
+    print(format_row("equal-weight ensemble", result.equal))
+    if result.weighted is not None:
+        source = "fitted" if fit is not None else f"saved in {weights_file}"
+        print(format_row(f"weighted ensemble ({source})", result.weighted))
+        if result.weighted_calibrated is not None:
+            print(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))
+        print("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]")
+    if fit is not None:
+        print_fit(fit)
+    elif result.weighted is not None and result.temperature is None:
+        print("  no temperature saved with these weights (fitted before temperature scaling): --optimize 1 fits one")
+    print(f"Gain of the {result.compared}{'' if result.compared == 'weighted' else '-weight'} ensemble over the "
+          f"single best member (paired bootstrap over test images, {result.resamples} resamples, 95 % interval):")
+    print(f"  accuracy {format_interval(result.gain['accuracy'], 100, 2)} points   "
+          f"NLL {format_interval(result.gain['nll'])}")
+    if "nll_calibrated" in result.gain:
+        print(f"  NLL, both with their temperature {format_interval(result.gain['nll_calibrated'])}")
+    report = result.to_dict()["diversity"]
+    print(f"Diversity of the members: mean pairwise disagreement {report['mean_disagreement'] * 100:.2f} %, "
+          f"mean KL divergence {report['mean_kl']:.4f} nats")
+    print("Ensemble size (equal weights, last m snapshots):")
+    for m, scores in result.curve:
+        print(format_row(f"m={m}:", scores))
+
+
+def print_fit(fit):
+    spread = max(fit.weights.restart_log_losses) - min(fit.weights.restart_log_losses)
+    print(f"  fitted on the {fit.split_name}, {fit.samples} images: log-loss {fit.weights.log_loss:.6f}, "
+          f"{len(fit.weights.restart_log_losses)} restarts agree to {spread:.1e}, {fit.weights.seconds:.2f} s")
+    if fit.best_excluded:
+        print("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
+    t = fit.temperature
+    print(f"  temperature fitted on the same images: {t.temperature:.4f} (NLL there {t.nll_before:.4f} -> "
+          f"{t.nll_after:.4f})")
+    if t.at_bound or any(member.at_bound for member in fit.member_temperatures):
+        low, high = metrics.TEMPERATURE_BOUNDS
+        print(f"  warning: a temperature reached the end of its range [{low:g}, {high:g}]: the fit split's "
+              "predictions are (nearly) all right and confident, as on a training set, so it cannot tell how "
+              "overconfident the test predictions are; record a validation split (--val_split) in training")
+
+
+def save_fit(args, prefix, members, fit, result):
+    path = naming.ensemble_json_path(args.weights_dir, prefix)
+    ensemble.write_ensemble_weights(
+        path, fit.weights.weights, members=[os.path.basename(m.path) for m in members],
+        member_sha256=[m.sha256 for m in members], fit_split=fit.split_name,
+        best_excluded_from_fit=fit.best_excluded, fit_samples=fit.samples, fit_log_loss=fit.weights.log_loss,
+        restart_log_losses=fit.weights.restart_log_losses, num_tests=args.num_tests,
+        temperature=fit.temperature.temperature,
+        member_temperatures=[t.temperature for t in fit.member_temperatures],
+        test_accuracy=result.weighted.accuracy, test_log_loss=result.weighted.nll)
+    print(f"  ensemble weights and temperatures saved to {path}")
+
+
+def plot_report(path, result):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    sizes, accs = zip(*curve)
-    left.plot(sizes, [a * 100 for a in accs], marker="o", label="equal-weight ensemble of the last m snapshots")
-    left.axhline(best_single * 100, color="grey", linestyle="--", label="best single member")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
+    sizes = [m for m, _ in result.curve]
+    left.plot(sizes, [s.accuracy * 100 for _, s in result.curve], marker="o",
+              label="equal-weight ensemble of the last m snapshots")
+    left.axhline(result.members[result.best_member].accuracy * 100, color="grey", linestyle="--",
+                 label="best single member")
     left.set(xlabel="m (snapshots in the ensemble)", ylabel="test accuracy (%)", title="Ensemble size")
-    left.set_xticks(list(sizes))
+    left.set_xticks(sizes)
     left.legend(loc="lower right", fontsize=8)
-    image = right.imshow(agreement, vmin=min(0.5, float(np.min(agreement))), vmax=1.0, cmap="viridis")
-    right.set_xticks(range(len(member_labels)), member_labels, rotation=45, fontsize=8)
-    right.set_yticks(range(len(member_labels)), member_labels, fontsize=8)
-    right.set_title("Agreement of members' predictions (test set)")
-    fig.colorbar(image, ax=right, fraction=0.046)
+    agreement = 1.0 - result.disagreement
+    image = middle.imshow(agreement, vmin=min(0.5, float(np.min(agreement))), vmax=1.0, cmap="viridis")
+    member_labels = result.member_labels
+    middle.set_xticks(range(len(member_labels)), member_labels, rotation=45, fontsize=8)
+    middle.set_yticks(range(len(member_labels)), member_labels, fontsize=8)
+    middle.set_title("Agreement of members' predictions (test set)")
+    fig.colorbar(image, ax=middle, fraction=0.046)
+    names = {"best_member": f"best member ({member_labels[result.best_member]})",
+             "ensemble": f"{result.compared} ensemble", "ensemble_calibrated": f"{result.compared} ensemble + temperature"}
+    right.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for key, bins in result.reliability.items():
+        filled = bins.counts > 0
+        right.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", label=f"{names[key]}, ECE {bins.ece():.3f}")
+    right.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+              title=f"Reliability ({len(bins.counts)} equal-width bins, test set)")
+    right.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -320,7 +465,8 @@ def predict(dataset, argv=None, prog=None, data=None):
     cli.check_model_flags(args)
     prefix = prefix_for(dataset, args)
     members = find_members(args.weights_dir, prefix, args.M, dataset, args)
-    saved_json, saved_weights = saved_ensemble_weights(args, prefix, members)  # before any network runs
+    check_output_paths(args, prefix, members)
+    saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(args, prefix, members)  # before any network
 
     if data is None:
         from snapshot_ensembles.data import load_cifar
@@ -330,82 +476,84 @@ def predict(dataset, argv=None, prog=None, data=None):
     predictor = MemberPredictor(args, dataset)
     test_key = f"test-{array_fingerprint(data.x_test, data.y_test)}"
     test_probs = [cache.probabilities(m, test_key, data.x_test, predictor) for m in members]
-    labels = [m.label for m in members]
+    fit = fit_on_split(args, dataset, data, prefix, members, cache, predictor) if args.optimize == 1 else None
 
-    fitted = None
-    if args.optimize == 1:
-        x_fit, y_fit, fit_name, best_chosen_on_fit_split = fitting_split(dataset, data, args.weights_dir, prefix)
-        fit_key = f"fit-{array_fingerprint(x_fit, y_fit)}"
-        fit_probs = [cache.probabilities(m, fit_key, x_fit, predictor) for m in members]
-        if best_chosen_on_fit_split:
-            # The Best checkpoint is the epoch that scored highest on these very images, out of nb_epoch
-            # tries: its log-loss here is biased low, and a fit trusts it for that reason alone (measured
-            # on the demo: it took up to 100 % of the weight while scoring below the snapshots on test).
-            fitted = ensemble.fit_weights(fit_probs[1:], y_fit, num_tests=args.num_tests, seed=args.seed)
-            fitted = dataclasses.replace(fitted, weights=np.concatenate([[0.0], fitted.weights]))
-        else:
-            fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
-        del fit_probs
-
-    equal = np.full(len(members), 1.0 / len(members))
-    member_acc = [ensemble.accuracy(p, data.y_test) for p in test_probs]
-    equal_probs = ensemble.weighted_average(test_probs, equal)
-    # The weighted row shows the fitted weights, else the saved ones (also beside --optimize -1).
-    weights = fitted.weights if fitted is not None else saved_weights
-    weights_source = "fitted" if fitted is not None else f"saved in {os.path.basename(saved_json or '')}"
-    weighted_probs = ensemble.weighted_average(test_probs, weights) if weights is not None else None
+    # The weighted rows show the fitted weights, else the saved ones (also beside --optimize -1).
+    if fit is not None:
+        weights, temperature = fit.weights.weights, fit.temperature.temperature
+        member_temperatures = [t.temperature for t in fit.member_temperatures]
+    else:
+        weights, (temperature, member_temperatures) = saved_weights, saved_temperatures
+    result = evaluation.evaluate(test_probs, data.y_test, [m.label for m in members], weights, temperature,
+                                 member_temperatures, use_weights=args.optimize != -1, seed=args.seed)
 
     print(f"{naming.dataset_title(dataset)} test set: {len(data.y_test)} images; ensemble {prefix} with "
           f"{len(members)} members (Best, snapshots 1..{len(members) - 1})")
-    needed = len(members) * (2 if fitted is not None else 1)
+    needed = len(members) * (2 if fit is not None else 1)
     print(f"  member predictions computed: {len(cache.computed)} of {needed} (the rest came from the cache "
           f"in {cache.folder})")
-    print("Members:")
-    for label, acc, probs in zip(labels, member_acc, test_probs):
-        print(format_row(label, acc, ensemble.log_loss(probs, data.y_test)))
-    best_index = int(np.argmax(member_acc))
-    print("Ensembles:")
-    print(format_row(f"single best member ({labels[best_index]})", member_acc[best_index]))
-    print(format_row("equal-weight ensemble", ensemble.accuracy(equal_probs, data.y_test),
-                     ensemble.log_loss(equal_probs, data.y_test)))
-    if weighted_probs is not None:
-        print(format_row(f"weighted ensemble ({weights_source})", ensemble.accuracy(weighted_probs, data.y_test),
-                         ensemble.log_loss(weighted_probs, data.y_test)))
-        print("  weights [" + ", ".join(f"{w:.4f}" for w in weights) + "]")
-    if fitted is not None:
-        spread = max(fitted.restart_log_losses) - min(fitted.restart_log_losses)
-        print(f"  fitted on the {fit_name}, {len(y_fit)} images: log-loss {fitted.log_loss:.6f}, "
-              f"{args.num_tests} restarts agree to {spread:.1e}, {fitted.seconds:.2f} s")
-        if best_chosen_on_fit_split:
-            print("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
-    curve = ensemble.ensemble_size_curve(test_probs, data.y_test)
-    print("Ensemble size (equal weights, last m snapshots):")
-    print("  " + "  ".join(f"m={m}: {acc * 100:.2f} %" for m, acc in curve))
-
-    if fitted is not None:
-        path = naming.ensemble_json_path(args.weights_dir, prefix)
-        ensemble.write_ensemble_weights(
-            path, fitted.weights, members=[os.path.basename(m.path) for m in members],
-            member_sha256=[m.sha256 for m in members], fit_split=fit_name,
-            best_excluded_from_fit=best_chosen_on_fit_split, fit_samples=int(len(y_fit)), fit_log_loss=fitted.log_loss,
-            restart_log_losses=fitted.restart_log_losses, num_tests=args.num_tests,
-            test_accuracy=ensemble.accuracy(weighted_probs, data.y_test),
-            test_log_loss=ensemble.log_loss(weighted_probs, data.y_test))
-        print(f"  ensemble weights saved to {path}")
-    chosen = equal_probs if args.optimize == -1 else weighted_probs
-    accuracy = ensemble.accuracy(chosen, data.y_test) * 100
+    print_evaluation(result, fit, os.path.basename(saved_json or ""))
+    if fit is not None:
+        save_fit(args, prefix, members, fit, result)
+    # The temperature keeps each image's most probable class: the accuracy is the ensemble's before it.
+    accuracy = (result.weighted if result.compared == "weighted" else result.equal).accuracy
     print(f"Ensemble with {MODES[args.optimize]}:")
-    print("Accuracy : ", accuracy)
-    print("Error : ", 100 - accuracy)
+    print("Accuracy : ", accuracy * 100)
+    print("Error : ", 100 - accuracy * 100)
+    write_outputs(args, dataset, prefix, members, result)
+    return {"prefix": prefix, "member_accuracy": [s.accuracy for s in result.members],
+            "equal_accuracy": result.equal.accuracy,
+            "weighted_accuracy": None if result.weighted is None else result.weighted.accuracy,
+            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy,
+            "temperature": temperature if args.optimize != -1 else None, "member_temperatures": member_temperatures,
+            "evaluation": result,
+            "member_probabilities": test_probs, "probabilities": result.probabilities,
+            "networks_run": list(cache.computed)}
 
+
+def write_outputs(args, dataset, prefix, members, result):
+    """--plot, --report and --export, each written whole or not at all."""
     if args.plot is not None:
         plot_path = args.plot or naming.plot_path(args.weights_dir, prefix)
-        plot_report(plot_path, curve, ensemble.agreement_matrix(test_probs), member_acc[best_index], labels)
+        plot_report(plot_path, result)
         print(f"plot saved to {plot_path}")
-    return {"prefix": prefix, "member_accuracy": member_acc, "equal_accuracy": ensemble.accuracy(equal_probs, data.y_test),
-            "weighted_accuracy": None if weighted_probs is None else ensemble.accuracy(weighted_probs, data.y_test),
-            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy / 100,
-            "curve": curve, "networks_run": list(cache.computed)}
+    if args.report is not None:
+        write_json(args.report, {"dataset": dataset, "ensemble": prefix, "mode": MODES[args.optimize],
+                                 "member_files": [os.path.basename(m.path) for m in members], **result.to_dict()})
+        print(f"report saved to {args.report}")
+    if args.export is not None:
+        in_use = result.weights if result.compared == "weighted" else np.ones(len(members))
+        export_ensemble(args.export, args, dataset, members, in_use,
+                        result.temperature if result.compared == "weighted" else None)
+        print(f"ensemble model saved to {args.export} (load it with keras.saving.load_model)")
+
+
+def export_ensemble(path, args, dataset, members, weights, temperature):
+    """The members with a weight > 0, loaded one by one, saved as one Keras model (snapshot_ensembles.export)."""
+    import keras
+
+    from snapshot_ensembles import export
+    from snapshot_ensembles.modeling import build_model
+
+    set_precision(mixed=False)
+    kept = [(member, weight) for member, weight in zip(members, weights) if weight > 0]
+    models = []
+    for member, _ in kept:
+        model = build_model(args, nb_classes_of(dataset))
+        load_member_weights(model, member, args, dataset)
+        models.append(model)
+    # The members' input transform (snapshot_ensembles.pipeline._to_float) as a built-in layer.
+    standardization = recorded_standardization(args.weights_dir, prefix_for(dataset, args))
+    if standardization is None:
+        preprocessing = keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range")
+    else:
+        mean, std = standardization
+        preprocessing = keras.layers.Normalization(axis=-1, mean=mean, variance=[value ** 2 for value in std],
+                                                   name="per_channel_standardization")
+    model = export.ensemble_model(models, [w for _, w in kept], temperature,
+                                  names=[export.layer_name(member.label) for member, _ in kept],
+                                  preprocessing=preprocessing)
+    export.save_model(model, path)
 
 
 def main_for(dataset):

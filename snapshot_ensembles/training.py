@@ -154,12 +154,13 @@ def load_training_data(dataset, args, data=None):
     The splits also hold "standardization", --normalize channel's statistics of the training images
     (None otherwise), which every pipeline of the run applies.
     """
-    from snapshot_ensembles.data import load_cifar, split_validation
+    from snapshot_ensembles.data import check_validation_split, load_cifar, split_validation
     from snapshot_ensembles.pipeline import channel_statistics
 
     if data is None:
         data = load_cifar(dataset, args.data_dir, args.data_sha256)
     if args.val_split > 0:
+        check_validation_split(len(data.y_train), args.val_split, data.nb_classes)
         train_idx, val_idx = split_validation(data.x_train, data.y_train, args.val_split, args.seed)
         splits = dict(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx],
                       x_val=data.x_train[val_idx], y_val=data.y_train[val_idx])
@@ -180,8 +181,15 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
     from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
     from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 
+    from snapshot_ensembles.data import check_images, check_labels
+
     if distribution is None:
         distribution = distribute.Distribution("none", None)
+    nb_classes = model.output_shape[-1]
+    splits = dict(splits)
+    for part, name in (("train", "training split"), ("val", "validation split")):
+        splits[f"x_{part}"] = check_images(splits[f"x_{part}"], f"the {name}")
+        splits[f"y_{part}"] = check_labels(splits[f"y_{part}"], nb_classes, len(splits[f"x_{part}"]), f"the {name}")
     steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)  # of the global batch: replicas change nothing
     builder = SnapshotCallbackBuilder(args.nb_epoch, args.M, args.alpha_zero, schedule=args.schedule,
                                       steps_per_epoch=steps, weights_dir=args.weights_dir,
@@ -314,12 +322,17 @@ def evaluation_batch_size(args, distribution=None):
     return max(args.batch_size, EVALUATION_BATCH_SIZE)
 
 
-def test_accuracy(model, data, batch_size, standardization=None):
-    """Fraction of the test images that `model` classifies correctly (`standardization`: of its run)."""
+def test_probabilities(model, data, batch_size, standardization=None):
+    """`model`'s class probabilities for the test images (`standardization`: that of its run)."""
     from snapshot_ensembles.pipeline import images_dataset
 
-    probabilities = model.predict(images_dataset(data.x_test, batch_size, standardization), verbose=0)
-    return float(np.mean(np.argmax(probabilities, axis=1) == data.y_test))
+    return model.predict(images_dataset(data.x_test, batch_size, standardization), verbose=0)
+
+
+def test_accuracy(model, data, batch_size, standardization=None):
+    """Fraction of the test images that `model` classifies correctly."""
+    return float(np.mean(np.argmax(test_probabilities(model, data, batch_size, standardization), axis=1)
+                         == data.y_test))
 
 
 def load_completed_run(model, args, prefix):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from snapshot_ensembles import ensemble
+from snapshot_ensembles import ensemble, metrics
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
 
@@ -117,7 +117,7 @@ def test_fit_weights_lie_on_the_simplex_and_restarts_agree():
     assert result.seconds >= 0
     # The reported log-loss is that of the weighted ensemble itself.
     averaged = ensemble.weighted_average(members, result.weights)
-    assert ensemble.log_loss(averaged, labels) == pytest.approx(result.log_loss, abs=1e-6)
+    assert metrics.log_loss(averaged, labels) == pytest.approx(result.log_loss, abs=1e-6)
 
 
 def test_fit_is_seeded():
@@ -172,18 +172,6 @@ def test_weighted_average_rejects_unusable_weights(weights):
         ensemble.weighted_average(members, weights)
 
 
-def test_accuracy_and_log_loss():
-    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
-    labels = np.array([0, 2, 1, 0])
-    assert ensemble.accuracy(probs, labels) == 0.5
-    expected = -np.mean(np.log([0.7, 0.6, 0.4, 0.2]))
-    assert ensemble.log_loss(probs, labels) == pytest.approx(expected, rel=1e-12)
-    assert ensemble.log_loss(probs, labels) == pytest.approx(sklearn_log_loss(labels, probs), rel=1e-12)
-    # A true-class probability of 0 is clipped at eps instead of giving an infinite loss.
-    certain = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert ensemble.log_loss(certain, [1, 1]) == pytest.approx(-np.log(1e-15) / 2)
-
-
 def test_ensemble_size_curve_uses_the_last_snapshots():
     labels = np.array([0, 1, 2])
 
@@ -197,24 +185,14 @@ def test_ensemble_size_curve_uses_the_last_snapshots():
     snapshot_2 = votes(1, 1, 1, weight=0.5)
     snapshot_3 = votes(0, 2, 2)
     curve = ensemble.ensemble_size_curve([best, snapshot_1, snapshot_2, snapshot_3], labels)
+    assert [m for m, _ in curve] == [1, 2, 3]
     # m=1: snapshot 3 alone, right on samples 0 and 2 (snapshot 1 alone would be right on all).
     # m=2: snapshots 2-3 sum to [.85, .7, .45] on sample 0 (right) and [.45, .7, .85] on samples
     # 1 (wrong) and 2 (right). m=3: snapshot 1's confident votes make every sample right.
-    assert curve == [(1, pytest.approx(2 / 3)), (2, pytest.approx(2 / 3)), (3, 1.0)]
+    assert [scores.accuracy for _, scores in curve] == [pytest.approx(2 / 3), pytest.approx(2 / 3), 1.0]
+    # The other scores are those of the average of the last m snapshots.
+    assert curve[1][1] == metrics.score((snapshot_2 + snapshot_3) / 2, labels)
     assert ensemble.ensemble_size_curve([best], labels) == []
-
-
-def test_agreement_matrix():
-    def one_hot(classes):
-        return np.eye(3, dtype=np.float32)[classes]
-
-    members = [one_hot([0, 1, 2, 0]), one_hot([0, 1, 2, 1]), one_hot([2, 2, 2, 2])]
-    expected = np.array([
-        [1.0, 0.75, 0.25],
-        [0.75, 1.0, 0.25],
-        [0.25, 0.25, 1.0],
-    ])
-    np.testing.assert_allclose(ensemble.agreement_matrix(members), expected)
 
 
 # --------------------------------------------------------------------------- JSON files

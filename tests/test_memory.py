@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 
-from snapshot_ensembles import ensemble
+from snapshot_ensembles import ensemble, evaluation, metrics
 
 N_SAMPLES, N_CLASSES = 20000, 100
 MEMBER_BYTES = N_SAMPLES * N_CLASSES * 4  # one member's float32 probabilities: 8 MB
@@ -40,13 +40,13 @@ def peak_bytes(function, *args):
 
 
 def ensemble_report(members, labels):
-    """What the prediction flow computes from the members: equal and fitted ensembles, the size curve."""
-    equal = ensemble.weighted_average(members, np.ones(len(members)))
-    ensemble.accuracy(equal, labels), ensemble.log_loss(equal, labels)
+    """What the prediction flow computes from the members: the fitted weights and temperatures, then the
+    evaluation (every member's scores, equal and fitted ensembles, the size curve, bootstrap, diversity)."""
     fitted = ensemble.fit_weights(members, labels, num_tests=2)
-    ensemble.weighted_average(members, fitted.weights)
-    ensemble.ensemble_size_curve(members, labels)
-    ensemble.agreement_matrix(members)
+    temperature = metrics.fit_temperature(ensemble.weighted_average(members, fitted.weights), labels).temperature
+    member_temperatures = [metrics.fit_temperature(probs, labels).temperature for probs in members]
+    evaluation.evaluate(members, labels, [str(m) for m in range(len(members))], fitted.weights, temperature,
+                        member_temperatures, resamples=50)
 
 
 def test_ensemble_memory_does_not_grow_with_members_times_samples_times_classes(tmp_path):

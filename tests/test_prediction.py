@@ -153,6 +153,7 @@ def test_truncated_weight_file(weights_dir, cifar10_dir):
     ({"best_weights": [0.5, 0.5]}, "holds 2 weights"),
     ({"best_weights": [0.5, -0.1, 0.6]}, "non-negative"),
     ('{"best_weights": [0.5, NaN, 0.5]}', "finite"),
+    ('{"best_weights": [0.5, 1' + "0" * 400 + ', 0.5]}', "finite"),  # an integer too large for a float
     ({"weights": [1, 1, 1]}, "no 'best_weights'"),
     ("{not json", "Cannot read"),
 ])

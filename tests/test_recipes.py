@@ -238,6 +238,14 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
     unstandardised = model.predict(images_dataset(data.x_test, 64), verbose=0)
     assert np.abs(unstandardised - expected).max() > 1e-3
 
+    # The exported one-file ensemble standardises raw pixels as training did.
+    export_path = str(tmp_path / "ensemble.keras")
+    result = prediction.predict("cifar10", ["--model", "resnet", "--resnet_depth", "8", "--data_dir", data_dir,
+                                            "--data_sha256", sha, "--weights_dir", str(tmp_path), "--optimize", "-1",
+                                            "--export", export_path])
+    exported = keras.saving.load_model(export_path).predict(data.x_test.astype("float32"), verbose=0)
+    np.testing.assert_allclose(exported, result["probabilities"], rtol=0, atol=1e-5)
+
     with open(tmp_path / "ResNet-CIFAR10-8-run.json", "w") as fh:
         json.dump(dict(info, standardization=[[1, 2, 3], [0, 1, 1]]), fh)
     with pytest.raises(UserError, match="standardization .* not readable"):
