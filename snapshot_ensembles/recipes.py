@@ -58,9 +58,12 @@ def resolve(args):
 
 
 def flags_of_runs_before_recipes(saved_flags):
-    """The resolved values a run saved before the recipes existed trained with (it ran the original's)."""
-    model = saved_flags.get("model", "wrn")
-    values = recipe_values("original", model)
-    if "no_augment" in saved_flags:
-        values["augment"] = "none" if saved_flags["no_augment"] else "original"
-    return values
+    """The flags the recipes added, with the values a run saved before them trained with (the original's).
+
+    Such a record has --no_augment and no --augment; its other recipe flags were saved resolved already.
+    """
+    if "augment" in saved_flags or "no_augment" not in saved_flags:
+        return {}
+    original = recipe_values("original", saved_flags.get("model", "wrn"))
+    return {"weight_decay": original["weight_decay"], "normalize": original["normalize"],
+            "augment": "none" if saved_flags["no_augment"] else "original"}
