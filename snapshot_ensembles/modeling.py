@@ -54,8 +54,8 @@ def accelerator_present():
     return False
 
 
-def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """True/False from the CPU's feature flags (x86 avx512_bf16 / amx_bf16, Arm bf16); None if unknown."""
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags (x86 `flags`, Arm `Features` in /proc/cpuinfo); None when unreadable."""
     try:
         with open(cpuinfo) as fh:
             text = fh.read()
@@ -65,6 +65,12 @@ def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
     for line in text.splitlines():
         if line.split(":")[0].strip() in ("flags", "Features"):
             flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
+def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """True/False from the CPU's feature flags (x86 avx512_bf16 / amx_bf16, Arm bf16); None if unknown."""
+    flags = cpu_flags(cpuinfo)
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
 
 

@@ -85,7 +85,7 @@ def _describe(value):
 
 # Flags that later versions added, with the value that reproduces what runs saved before them did
 # (the recipes' flags: snapshot_ensembles.recipes.flags_of_runs_before_recipes).
-ADDED_FLAG_DEFAULTS = {"mixed_precision": False, "bn_momentum": 0.99}
+ADDED_FLAG_DEFAULTS = {"mixed_precision": False, "bn_momentum": 0.99, "deterministic": True}
 
 
 def check_same_run(saved_flags, flags, what, weights_dir):

@@ -61,6 +61,12 @@ def build_parser(dataset, prog=None):
     group.add_argument("--normalize", choices=recipes.NORMALIZATIONS, default=None,
                        help="recipe; unit: pixels / 255 (the original); channel: per-channel mean and standard "
                             "deviation of the training images (the paper); prediction reads it from the run record")
+    determinism = group.add_mutually_exclusive_group()
+    determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                             help="TensorFlow op determinism: the same seed and data give the same snapshots, "
+                                  "bit for bit (default)")
+    determinism.add_argument("--no_deterministic", dest="deterministic", action="store_false",
+                             help="let TensorFlow pick nondeterministic kernels (see README Performance)")
     group.add_argument("--mixed_precision", action="store_true",
                        help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
                             "weights stay float32, so snapshots load as usual")
@@ -107,11 +113,11 @@ def prepare_weights_dir(path):
                         "with --weights_dir or fix its permissions") from None
 
 
-def seed_everything(seed):
+def seed_everything(seed, deterministic=True):
     import keras
 
     keras.utils.set_random_seed(seed)  # Python, NumPy and the backend's own generator
-    if keras.backend.backend() == "tensorflow":
+    if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         # Same seed and data on the same machine give the same snapshots, bit for bit. (JAX on CPU is
@@ -385,7 +391,7 @@ def _train(dataset, args, prefix, task, chief, data):
     distribution.check_even_batches(args.batch_size, {"training set": len(splits["y_train"]),
                                                       "validation set": len(splits["y_val"]),
                                                       "test set": len(data.y_test)})
-    seed_everything(args.seed)
+    seed_everything(args.seed, args.deterministic)
     print(f"{naming.dataset_title(dataset)} from {data.source}: {len(splits['y_train'])} training images, "
           f"{len(splits['y_val'])} validation images" + ("" if args.val_split else " (the test set)"))
     if not args.val_split:
