@@ -179,7 +179,7 @@ def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
     dataset = data.load_cifar("cifar10", folder, "skip")
     with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
         fh.write(json.dumps(record).replace("Infinity", "1e999"))
-    with pytest.raises(UserError, match=f"cannot read the training record .*{PREFIX}-run.json"):
+    with pytest.raises(UserError, match=f"the training record .*{PREFIX}-run.json"):
         prediction.fitting_split("cifar10", dataset, str(tmp_path), PREFIX)
 
 
