@@ -22,24 +22,42 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text):
-    value = _parse(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+# The largest integer any flag takes: TensorFlow's int32 tensors, NumPy's seeds and C longs overflow above it.
+INT_FLAG_MAX = 2**31 - 1
+MODEL_SIZE_MAX = 1000  # per architecture flag: far beyond any published network, and still buildable
 
 
-def non_negative_int(text):
-    value = _parse(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def int_in_range(low, high=INT_FLAG_MAX):
+    """An argparse type: an integer from `low` to `high`."""
+
+    def parse(text):
+        value = _parse(int, text)
+        if value < low:
+            raise argparse.ArgumentTypeError(
+                f"must be {'a positive integer' if low == 1 else f'{low} or more'}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = int_in_range(1)
+non_negative_int = int_in_range(0)
+model_size = int_in_range(1, MODEL_SIZE_MAX)
 
 
 def positive_float(text):
     value = _parse(float, text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = _parse(float, text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
     return value
 
 
@@ -58,20 +76,37 @@ def _parse(kind, text):
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
 
 
-def add_model_flags(parser):
-    """The original's model flags, same names and defaults."""
+def sha256_or_skip(text):
+    """A SHA-256 checksum (64 hexadecimal digits, any case) or 'skip', as lower case."""
+    value = text.strip().lower()
+    if value != "skip" and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+        raise argparse.ArgumentTypeError(f"must be a SHA-256 checksum (64 hexadecimal digits) or 'skip', got {text!r}")
+    return value
+
+
+ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has release weights for them
+MODELS = ORIGINAL_MODELS + ("resnet",)
+
+
+def add_model_flags(parser, models=MODELS):
+    """The original's model flags, same names and defaults; `models` are the --model choices."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=("wrn", "dn"), default="wrn",
-                       help="wrn: Wide Residual Network, dn: DenseNet (default: %(default)s)")
-    group.add_argument("--wrn_N", type=positive_int, default=2,
+    group.add_argument("--model", choices=models, default="wrn",
+                       help="wrn: Wide Residual Network, dn: DenseNet" + (", resnet: the paper's CIFAR ResNet"
+                                                                         if "resnet" in models else "")
+                            + " (default: %(default)s)")
+    group.add_argument("--wrn_N", type=model_size, default=2,
                        help="WRN blocks per group; depth = 6N+4 (default: %(default)s)")
-    group.add_argument("--wrn_k", type=positive_int, default=4, help="WRN width factor (default: %(default)s)")
-    group.add_argument("--dn_depth", type=positive_int, default=40,
+    group.add_argument("--wrn_k", type=model_size, default=4, help="WRN width factor (default: %(default)s)")
+    group.add_argument("--dn_depth", type=model_size, default=40,
                        help="DenseNet depth, 3n+4 (default: %(default)s)")
-    group.add_argument("--dn_growth_rate", type=positive_int, default=12,
+    group.add_argument("--dn_growth_rate", type=model_size, default=12,
                        help="DenseNet growth rate (default: %(default)s)")
-    group.add_argument("--dn_blocks", type=positive_int, default=3,
+    group.add_argument("--dn_blocks", type=model_size, default=3,
                        help="DenseNet dense blocks; 1 reproduces the original scripts (default: %(default)s)")
+    if "resnet" in models:
+        group.add_argument("--resnet_depth", type=model_size, default=110,
+                           help="ResNet depth, 6n+2 (default: %(default)s)")
     return group
 
 
@@ -79,6 +114,9 @@ def check_model_flags(args):
     if args.model == "dn" and (args.dn_depth < 7 or (args.dn_depth - 4) % 3 != 0):
         raise UserError(f"--dn_depth {args.dn_depth} is not of the form 3n+4 with n >= 1 "
                         "(for example 40, 100, 190)")
+    if args.model == "resnet" and (args.resnet_depth < 8 or (args.resnet_depth - 2) % 6 != 0):
+        raise UserError(f"--resnet_depth {args.resnet_depth} is not of the form 6n+2 with n >= 1 "
+                        "(for example 20, 56, 110)")
 
 
 def add_data_flags(parser):
@@ -86,7 +124,7 @@ def add_data_flags(parser):
     group.add_argument("--data_dir", default=None,
                        help="folder with the official CIFAR python archive or its extracted folder "
                             "(default: the Keras cache ~/.keras/datasets, then Keras's download)")
-    group.add_argument("--data_sha256", default=None,
+    group.add_argument("--data_sha256", type=sha256_or_skip, default=None,
                        help="expected SHA-256 of the archive in --data_dir (default: the official "
                             "archive's checksum; 'skip' turns the check off)")
     return group

@@ -8,8 +8,10 @@ rebuild NumPy arrays, so a tampered file cannot run code.
 
 import dataclasses
 import io
+import math
 import os
 import pickle
+import posixpath
 import tarfile
 import zlib
 
@@ -49,9 +51,17 @@ CIFAR = {
 SKIP_CHECKSUM = "skip"
 
 
+# The largest file a CIFAR batch can be: CIFAR-100's training batch, 50,000 images of 3,072 bytes plus
+# labels and names, is 161 MB. Nothing larger is read, whatever an archive member claims to hold.
+MAX_BATCH_BYTES = 170_000_000
+IMAGE_SHAPE = (32, 32, 3)
+
+
 @dataclasses.dataclass
 class Dataset:
-    """Images as uint8 NHWC, labels as int32 class ids."""
+    """Images as uint8 NHWC 32x32x3, labels as 1-D int32 class ids; checked on construction, so that data
+    from CIFAR files, the demo or a library caller cannot be silently misread (see check_images, check_labels).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -59,6 +69,59 @@ class Dataset:
     y_test: np.ndarray
     nb_classes: int
     source: str
+
+    def __post_init__(self):
+        for part in ("train", "test"):
+            where = f"the {part}ing set of {self.source}" if part == "train" else f"the test set of {self.source}"
+            images = check_images(getattr(self, f"x_{part}"), where)
+            setattr(self, f"x_{part}", images)
+            setattr(self, f"y_{part}", check_labels(getattr(self, f"y_{part}"), self.nb_classes, len(images), where))
+
+
+def check_images(images, where):
+    """`images` as uint8 (n, 32, 32, 3), n >= 1; UserError saying what is wrong otherwise.
+
+    Values that are integers from 0 to 255 are taken exactly whatever their dtype; anything else (floats
+    scaled to [0, 1], 16-bit values) would wrap or truncate silently in a cast to uint8, so it is refused.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+        raise UserError(f"{where}: the images have shape {images.shape}, expected (n, 32, 32, 3) "
+                        "(height, width, RGB channels last)")
+    if len(images) == 0:
+        raise UserError(f"{where} holds no images")
+    return as_pixels(images, where)
+
+
+def as_pixels(values, where):
+    """`values` as uint8 when they are all integers from 0 to 255; UserError naming what they are otherwise."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind not in "iuf" or not (np.all(values >= 0) and np.all(values <= 255)
+                                               and np.all(np.mod(values, 1) == 0)):
+        found = (f"{values.dtype} values from {values.min()} to {values.max()}" if values.dtype.kind in "iuf"
+                 and values.size else f"{values.dtype} values")
+        raise UserError(f"{where}: the pixels are {found}, not 8-bit integers from 0 to 255 (scale images "
+                        "in [0, 1] by 255 and convert them to uint8)")
+    return values.astype(np.uint8)
+
+
+def check_labels(labels, nb_classes, nb_images, where):
+    """`labels` as a 1-D int32 array of class ids 0..nb_classes-1, one per image; UserError otherwise."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        hint = (": flatten them, for example y.ravel() (keras.datasets' load_data() returns labels of "
+                "shape (n, 1))" if labels.ndim == 2 and labels.shape[1:] == (1,) else "")
+        raise UserError(f"{where}: the labels have shape {labels.shape}, expected one class id per image, "
+                        f"a 1-D array of shape ({nb_images},){hint}")
+    if len(labels) != nb_images:
+        raise UserError(f"{where} has {len(labels)} labels for {nb_images} images")
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+        raise UserError(f"{where}: the labels are {labels.dtype}, not integer class ids")
+    if labels.size and (labels.min() < 0 or labels.max() >= nb_classes):
+        raise UserError(f"{where}: the labels run from {labels.min():g} to {labels.max():g}, outside the class "
+                        f"ids 0 to {nb_classes - 1}")
+    return labels.astype(np.int32)
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -84,15 +147,16 @@ def _unpickle_batch(raw, where, spec):
     if not isinstance(batch, dict):
         raise UserError(f"{where} is not a valid {spec.name} batch (expected a dict)")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    what = f"{where} (a {spec.name} batch)"
     try:
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch[spec.label_key], dtype=np.int64)
+        data = as_pixels(np.asarray(batch["data"]), what)
+        labels = np.asarray(batch[spec.label_key])
         images = data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1)
     except (KeyError, ValueError, TypeError) as err:
         raise UserError(f"{where} is not a valid {spec.name} batch (bad or missing field: {err})") from None
-    if len(labels) != len(images) or labels.min(initial=0) < 0 or labels.max(initial=0) >= spec.nb_classes:
-        raise UserError(f"{where} is not a valid {spec.name} batch (labels do not match the images)")
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    if len(images) == 0:
+        raise UserError(f"{where} is not a valid {spec.name} batch: it holds no images")
+    return np.ascontiguousarray(images), check_labels(labels, spec.nb_classes, len(images), what)
 
 
 def _join(parts):
@@ -102,7 +166,7 @@ def _join(parts):
 def read_archive(path, spec, expected_sha256=None):
     """Read the batches straight out of the .tar.gz (nothing is extracted to disk)."""
     expected = spec.sha256 if expected_sha256 is None else expected_sha256
-    if expected != SKIP_CHECKSUM:
+    if expected.lower() != SKIP_CHECKSUM:
         actual = sha256_of(path)
         if actual != expected.lower():
             raise UserError(
@@ -114,8 +178,9 @@ def read_archive(path, spec, expected_sha256=None):
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
-                if member.name in wanted and member.isfile():
-                    found[wanted[member.name]] = tar.extractfile(member).read()
+                name = posixpath.normpath(member.name).lstrip("/")  # "./cifar-10-batches-py/..." too
+                if name in wanted and member.isfile():
+                    found[wanted[name]] = _read_capped(tar.extractfile(member), f"{path}:{member.name}", spec)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise UserError(f"{path} is not a readable .tar.gz archive ({err}); download it again "
                         f"from {spec.url}") from None
@@ -125,13 +190,22 @@ def read_archive(path, spec, expected_sha256=None):
     return _split_batches(spec, {n: (raw, f"{path}:{spec.folder}/{n}") for n, raw in found.items()})
 
 
+def _read_capped(fh, where, spec):
+    """The content of a batch file, refused beyond MAX_BATCH_BYTES rather than read into memory."""
+    raw = fh.read(MAX_BATCH_BYTES + 1)
+    if len(raw) > MAX_BATCH_BYTES:
+        raise UserError(f"{where} is larger than any {spec.name} batch can be ({MAX_BATCH_BYTES:,} bytes): it is "
+                        f"not a file of the official archive {spec.archive}")
+    return raw
+
+
 def read_folder(folder, spec):
     batches = {}
     for name in spec.train_files + spec.test_files:
         path = os.path.join(folder, name)
         try:
             with open(path, "rb") as fh:
-                batches[name] = (fh.read(), path)
+                batches[name] = (_read_capped(fh, path, spec), path)
         except OSError as err:
             raise UserError(f"cannot read {path} ({err.strerror}); the folder {folder} must hold the "
                             f"extracted {spec.name} files: {', '.join(spec.train_files + spec.test_files)}")
@@ -204,6 +278,16 @@ def load_cifar(dataset, data_dir=None, expected_sha256=None, allow_download=True
         train, test = read_archive(path, spec, expected_sha256) if kind == "archive" else read_folder(path, spec)
         source = path
     return Dataset(train[0], train[1], test[0], test[1], spec.nb_classes, source)
+
+
+def check_validation_split(nb_images, fraction, nb_classes):
+    """UserError unless holding out `fraction` of `nb_images` leaves at least one image per class to train on."""
+    nb_train = nb_images - math.ceil(fraction * nb_images)  # scikit-learn rounds the held-out part up
+    if nb_train < nb_classes:
+        largest = math.floor((nb_images - nb_classes) / nb_images * 100) / 100
+        hint = f"use at most --val_split {largest:g}" if largest > 0 else "use --val_split 0 or more training images"
+        raise UserError(f"--val_split {fraction:g} leaves {max(nb_train, 0)} of the {nb_images} training images to "
+                        f"train on, fewer than the {nb_classes} classes: {hint}")
 
 
 def split_validation(x, y, fraction, seed):

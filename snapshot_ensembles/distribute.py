@@ -35,7 +35,7 @@ def add_flags(parser):
                             "MirroredStrategy, or JAX DataParallel); multiworker: several machines, "
                             "TensorFlow MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch_size "
                             "is the global batch (default: %(default)s)")
-    group.add_argument("--cpu_devices", type=cli.positive_int, default=None, metavar="N",
+    group.add_argument("--cpu_devices", type=cli.int_in_range(1, 256), default=None, metavar="N",
                        help="with --distribute mirrored: split the CPU into N devices and mirror over them, "
                             "to try or test data-parallel training on a machine without GPUs")
     return group
@@ -164,25 +164,43 @@ class Distribution:
         return f"Distributed training: {what}; global batch {batch_size}, {per_replica} per replica"
 
     def check_even_batches(self, batch_size, sizes):
-        """JAX DataParallel shards every batch over the devices, the last and partial one included.
+        """Every batch, the last and partial one of each data split included, must split evenly over the replicas.
 
-        `sizes` maps a data split's name to its number of images. (tf.distribute splits uneven batches.)
+        JAX DataParallel shards each batch evenly and fails on one that does not divide. Under tf.distribute
+        an uneven batch gives the replicas slices of different sizes, and the synchronised BatchNormalization
+        (prepare_model) then fails in its collective reduction ("Shape mismatch in the collective"). Both are
+        refused here, before training, with a --batch_size that works. `sizes` maps a data split's name to
+        its number of images.
         """
-        if self.backend != "jax" or self.replicas == 1:
-            return
         n = self.replicas
+        if self.mode == "none" or n == 1:
+            return
+        engine = ("JAX DataParallel" if self.backend == "jax" else
+                  "MirroredStrategy" if self.mode == "mirrored" else "MultiWorkerMirroredStrategy")
 
         def fits(batch):
             return batch % n == 0 and all(size % batch % n == 0 for size in sizes.values())
 
-        for name, size in sizes.items():
-            if size % batch_size % n:
-                candidates = [b for b in range(n, 4 * batch_size + n, n) if fits(b)]
-                hint = (f"for example --batch_size {min(candidates, key=lambda b: abs(b - batch_size))}" if candidates
-                        else f"a --batch_size that leaves every split a last batch of a multiple of {n} images")
-                raise UserError(f"JAX DataParallel splits every batch evenly over its {n} devices, but the last "
-                                f"batch of the {name} ({size} images, --batch_size {batch_size}) has "
-                                f"{size % batch_size}: use {hint}")
+        if batch_size % n:
+            problem = f"--batch_size {batch_size} does not divide by {n}"
+        else:
+            uneven = next(((name, size) for name, size in sizes.items() if size % batch_size % n), None)
+            if uneven is None:
+                return
+            name, size = uneven
+            problem = (f"the last batch of the {name} ({size} images, --batch_size {batch_size}) has "
+                       f"{size % batch_size}")
+        # A batch size that fits exists exactly when every split's size divides by n (then n itself fits).
+        indivisible = next(((name, size) for name, size in sizes.items() if size % n), None)
+        if indivisible is None:
+            candidates = [b for b in range(n, 4 * batch_size + n, n) if fits(b)]
+            hint = f"use for example --batch_size {min(candidates, key=lambda b: abs(b - batch_size))}"
+        else:
+            name, size = indivisible
+            hint = (f"no --batch_size can, since the {name} has {size} images, not a multiple of {n}: train on a "
+                    "number of devices that divides every split's size (CUDA_VISIBLE_DEVICES, --cpu_devices), or "
+                    "change the split sizes with --val_split")
+        raise UserError(f"{engine} splits every batch evenly over its {n} devices, but {problem}: {hint}")
 
     def lost_worker(self, err):
         """The WorkerLost error that `err`, raised by fit, means; None if it means something else."""
@@ -254,9 +272,6 @@ def _setup_jax(args):
         raise UserError(f"--cpu_devices {args.cpu_devices}: JAX had already started with {len(devices)} CPU "
                         f"device(s); set XLA_FLAGS=--xla_force_host_platform_device_count="
                         f"{args.cpu_devices} before starting Python")
-    if args.batch_size % len(devices):
-        raise UserError(f"--batch_size {args.batch_size} does not split evenly over the {len(devices)} devices of "
-                        f"JAX DataParallel: use a multiple of {len(devices)}")
     names = [f"{d.platform}:{d.id}" for d in devices]
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
     return Distribution("mirrored", "jax", devices=names)

@@ -28,9 +28,16 @@ def _batches(dataset, train_per_batch, test_size, seed):
     return spec, files
 
 
-def write_archive(folder, dataset="cifar10", train_per_batch=40, test_size=60, seed=0, extracted=False):
-    """Write `cifar-10-python.tar.gz` (or the extracted folder) into `folder`; returns (path, sha256)."""
+def write_archive(folder, dataset="cifar10", train_per_batch=40, test_size=60, seed=0, extracted=False,
+                  change=None, member_prefix=""):
+    """Write `cifar-10-python.tar.gz` (or the extracted folder) into `folder`; returns (path, sha256).
+
+    `change(files)` may alter the batches ({file name: pickled dict}) first; `member_prefix` starts every
+    archive member's name (for example "./").
+    """
     spec, files = _batches(dataset, train_per_batch, test_size, seed)
+    if change is not None:
+        change(files)
     os.makedirs(folder, exist_ok=True)
     if extracted:
         target = os.path.join(folder, spec.folder)
@@ -43,7 +50,7 @@ def write_archive(folder, dataset="cifar10", train_per_batch=40, test_size=60, s
     with tarfile.open(path, "w:gz") as tar:
         for name, batch in files.items():
             raw = pickle.dumps(batch, protocol=2)
-            info = tarfile.TarInfo(f"{spec.folder}/{name}")
+            info = tarfile.TarInfo(f"{member_prefix}{spec.folder}/{name}")
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     with open(path, "rb") as fh:

@@ -186,6 +186,25 @@ def test_bad_distribution_flags_give_one_clear_line(env, extra, fragments):
     assert_clean_failure(run_script("train_cifar_10.py", *extra, env=env), USER_ERROR, *fragments)
 
 
+@pytest.mark.parametrize("devices,batch,problem,hint", [
+    ("3", None, "--batch_size 128 does not divide by 3",  # the default batch
+     "no --batch_size can, since the training set has 200 images, not a multiple of 3"),
+    ("3", "6", "the last batch of the training set (200 images, --batch_size 6) has 2", "--cpu_devices"),
+    ("4", "6", "--batch_size 6 does not divide by 4", "use for example --batch_size 4"),
+])
+def test_mirrored_batches_that_do_not_split_over_the_devices_are_refused_up_front(cifar10_dir, tmp_path, devices,
+                                                                                 batch, problem, hint):
+    data_dir, sha = cifar10_dir
+    weights = tmp_path / "w"
+    result = run_script("train_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "2", "--M", "1",
+                        "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
+                        "--distribute", "mirrored", "--cpu_devices", devices, *(["--batch_size", batch] if batch else []))
+    line = assert_clean_failure(result, f"MirroredStrategy splits every batch evenly over its {devices} devices",
+                                problem, hint)
+    assert result.returncode == 2, line
+    assert not (weights / f"{PREFIX}-run.json").exists()
+
+
 def test_the_chief_is_the_chief_task_else_worker_zero():
     def task(cluster, task_type, index):
         return distribute.parse_tf_config(json.dumps({"cluster": cluster, "task": {"type": task_type,

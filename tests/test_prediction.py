@@ -193,6 +193,7 @@ def test_optimize_0_without_saved_weights_through_the_script(weights_dir, cifar1
     ({"best_weights": [0.5, 0.5]}, "holds 2 weights"),
     ({"best_weights": [0.5, -0.1, 0.6]}, "non-negative"),
     ('{"best_weights": [0.5, NaN, 0.5]}', "finite"),
+    ('{"best_weights": [0.5, 1' + "0" * 400 + ', 0.5]}', "finite"),  # an integer too large for a float
     ({"weights": [1, 1, 1]}, "no 'best_weights'"),
     ("{not json", "Cannot read"),
 ])

@@ -113,6 +113,8 @@ def interrupt_after_epoch(monkeypatch, epochs_done):
 @pytest.mark.parametrize("model_flags,extra,prefix", [
     # Batch mode: the schedule reads the optimizer's step counter, which the state must restore.
     (WRN, ["--schedule", "batch"], WRN_PREFIX),
+    # The paper's recipe: seeded crops and flips, Nesterov momentum, weight decay, standardised images.
+    (WRN, ["--recipe", "paper", "--alpha_zero", "0.01"], WRN_PREFIX),
     # DenseNet trains with dropout 0.2: its seed generators must continue where they were.
     pytest.param(["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"], ["--val_split", "0.2"],
                  "DenseNet-CIFAR10-7-4", marks=pytest.mark.slow),

@@ -11,6 +11,7 @@ import pytest
 from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.pipeline import images_dataset
 
@@ -190,3 +191,23 @@ def test_unwritable_weights_folder(tmp_path):
 def test_help_explains_resuming():
     text = " ".join(run_script("train_cifar_10.py", "--help").stdout.split())
     assert "--resume" in text and "--no_resume" in text and "last completed epoch" in text
+
+
+def test_no_deterministic_leaves_op_determinism_off_and_is_part_of_the_run(monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    from snapshot_ensembles.run_state import check_same_run, run_flags
+
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(True))
+    parser = training.build_parser("cifar10")
+    default, fast = parser.parse_args([]), parser.parse_args(["--no_deterministic"])
+    training.seed_everything(0, default.deterministic)
+    assert calls == [True]
+    training.seed_everything(0, fast.deterministic)
+    assert calls == [True]
+    # A run saved before the flag existed was deterministic: resuming it with --no_deterministic is refused.
+    saved = {name: value for name, value in run_flags(vars(default)).items() if name != "deterministic"}
+    check_same_run(saved, run_flags(vars(default)), "an unfinished run", str(tmp_path))
+    with pytest.raises(UserError, match="--deterministic on \\(now off\\)"):
+        check_same_run(saved, run_flags(vars(fast)), "an unfinished run", str(tmp_path))

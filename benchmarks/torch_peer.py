@@ -1,0 +1,215 @@
+"""The peer a user would pick instead of this suite: the same networks trained by a plain PyTorch loop.
+
+The networks mirror models/ layer for layer (bias use, pooling, BatchNormalization's epsilon and
+momentum, dropout, weight decay); `check_same_size` compares their parameter counts with the Keras
+model's. PyTorch runs channels_last (its fast CPU layout for convolutions), float32 or bfloat16
+under torch.autocast, with SGD and cross-entropy on the logits (Keras's softmax + cross-entropy).
+Imported by the benchmarks only when PyTorch is installed; the training peer runs in a process of
+its own (TrainerProcess).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from models.batch_norm import KERAS1_EPSILON  # noqa: E402
+from snapshot_ensembles.modeling import DEFAULT_DROPOUT  # noqa: E402
+
+TORCH_BN_MOMENTUM = 0.01  # PyTorch's momentum weighs the new batch: Keras's 0.99 is PyTorch's 0.01
+DENSENET_WEIGHT_DECAY = 1e-4  # models/dense_net.py: L2(1e-4) on every weight, gradient 2e-4 x w
+
+
+def _bn(channels):
+    return nn.BatchNorm2d(channels, eps=KERAS1_EPSILON, momentum=TORCH_BN_MOMENTUM)
+
+
+class ResidualBlock(nn.Module):
+    """models/wide_residual_net.residual_block: conv-BN-ReLU-(dropout)-conv-BN-ReLU + shortcut."""
+
+    def __init__(self, in_channels, filters, dropout):
+        super().__init__()
+        self.shortcut = nn.Conv2d(in_channels, filters, 1) if in_channels != filters else nn.Identity()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1), _bn(filters), nn.ReLU(),
+                                  *([nn.Dropout(dropout)] if dropout > 0 else []),
+                                  nn.Conv2d(filters, filters, 3, padding=1), _bn(filters), nn.ReLU())
+
+    def forward(self, x):
+        return self.shortcut(x) + self.body(x)
+
+
+def wide_residual_network(nb_classes, N, k, dropout=0.0):
+    """models/wide_residual_net.create_wide_residual_network, logits out."""
+    layers = [nn.Conv2d(3, 16, 3, padding=1), _bn(16), nn.ReLU()]
+    channels = 16
+    for group, width in enumerate((16 * k, 32 * k, 64 * k)):
+        if group > 0:
+            layers.append(nn.MaxPool2d(2))
+        for _ in range(N):
+            layers.append(ResidualBlock(channels, width, dropout))
+            channels = width
+    layers += [nn.AvgPool2d(8), nn.Flatten(), nn.Linear(channels, nb_classes)]
+    return nn.Sequential(*layers)
+
+
+def _bn_relu_conv(in_channels, filters, size, dropout):
+    return [_bn(in_channels), nn.ReLU(), nn.Conv2d(in_channels, filters, size, padding=size // 2, bias=False),
+            *([nn.Dropout(dropout)] if dropout else [])]
+
+
+class DenseLayer(nn.Module):
+    """models/dense_net.conv_block, concatenated to its input as dense_block does."""
+
+    def __init__(self, in_channels, growth_rate, dropout):
+        super().__init__()
+        self.body = nn.Sequential(*_bn_relu_conv(in_channels, growth_rate, 3, dropout))
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+def dense_net(nb_classes, depth, nb_dense_block, growth_rate, dropout=0.0, nb_filter=16):
+    """models/dense_net.create_dense_net, logits out (its L2 decay is the optimizer's weight_decay)."""
+    nb_layers = (depth - 4) // 3
+    layers = [nn.Conv2d(3, nb_filter, 3, padding=1, bias=False)]
+    for block in range(nb_dense_block):
+        for _ in range(nb_layers):
+            layers.append(DenseLayer(nb_filter, growth_rate, dropout))
+            nb_filter += growth_rate
+        if block < nb_dense_block - 1:
+            layers += [*_bn_relu_conv(nb_filter, nb_filter, 1, dropout), nn.AvgPool2d(2)]
+    layers += [_bn(nb_filter), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nb_filter, nb_classes)]
+    return nn.Sequential(*layers)
+
+
+def build(args, nb_classes, dropout=None):
+    """The PyTorch twin of modeling.build_model(args, nb_classes, dropout), and its weight decay."""
+    if dropout is None:
+        dropout = DEFAULT_DROPOUT[args.model]
+    if args.model == "wrn":
+        return wide_residual_network(nb_classes, args.wrn_N, args.wrn_k, dropout), 0.0
+    return (dense_net(nb_classes, args.dn_depth, args.dn_blocks, args.dn_growth_rate, dropout),
+            2 * DENSENET_WEIGHT_DECAY)
+
+
+def sizes(torch_model):
+    """(weights, BatchNormalization statistics) of a PyTorch network, counted as Keras counts them."""
+    weights = sum(p.numel() for p in torch_model.parameters())
+    statistics = sum(b.numel() for name, b in torch_model.named_buffers()
+                     if name.endswith(("running_mean", "running_var")))
+    return weights, statistics
+
+
+def check_same_size(torch_sizes, keras_model):
+    """Raise AssertionError unless both networks have as many weights and BatchNormalization statistics."""
+    keras_sizes = (sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights),
+                   sum(int(np.prod(w.shape)) for w in keras_model.non_trainable_weights))
+    assert tuple(torch_sizes) == keras_sizes, (
+        f"the PyTorch peer has {torch_sizes[0]:,} weights and {torch_sizes[1]:,} BatchNormalization statistics, "
+        f"the Keras network {keras_sizes[0]:,} and {keras_sizes[1]:,}: they are not the same network")
+
+
+class Trainer:
+    """A plain PyTorch training loop on one in-memory batch: SGD, cross-entropy, channels_last."""
+
+    def __init__(self, model, batch_size, learning_rate, weight_decay, bfloat16=False, seed=0):
+        torch.manual_seed(seed)
+        self.model = model.to(memory_format=torch.channels_last).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        self.bfloat16 = bfloat16
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(batch_size, 3, 32, 32, generator=generator).contiguous(
+            memory_format=torch.channels_last)
+        self.labels = torch.randint(0, model[-1].out_features, (batch_size,), generator=generator)
+
+    def step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
+            loss = nn.functional.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def timed_steps(self, count):
+        """Seconds of each of `count` steps."""
+        seconds = []
+        for _ in range(count):
+            start = time.perf_counter()
+            self.step()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+
+class Predictor:
+    """The peer's inference: eval mode, no autograd, channels_last, optionally bfloat16 autocast."""
+
+    def __init__(self, model, bfloat16=False):
+        self.model = model.to(memory_format=torch.channels_last).eval()
+        self.bfloat16 = bfloat16
+
+    @torch.inference_mode()
+    def predict(self, images, batch_size):
+        """Softmax probabilities of `images` (N, 32, 32, 3 float32 in [0, 1]), batch by batch."""
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # NHWC = channels_last
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
+                outputs.append(torch.softmax(self.model(batch).float(), dim=1))
+        return torch.cat(outputs).numpy()
+
+
+MODEL_FLAGS = ("model", "wrn_N", "wrn_k", "dn_depth", "dn_growth_rate", "dn_blocks", "dropout")
+
+
+class TrainerProcess:
+    """A Trainer in a process of its own, driven block by block from the benchmark.
+
+    TensorFlow's thread pools then never share a process with PyTorch's, so neither waits on the
+    other's idle threads. Its `sizes` are the network's, for check_same_size.
+    """
+
+    def __init__(self, args, batch_size, learning_rate, bfloat16=False, seed=0):
+        spec = {name: getattr(args, name) for name in MODEL_FLAGS}
+        spec.update(batch_size=batch_size, learning_rate=learning_rate, bfloat16=bfloat16, seed=seed)
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, KERAS_BACKEND="torch"))  # no TensorFlow in there
+        self.sizes = json.loads(self._reply())
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch peer process ended (exit {self.process.wait()})")
+        return line
+
+    def timed_steps(self, count):
+        self.process.stdin.write(f"{count}\n")
+        self.process.stdin.flush()
+        return json.loads(self._reply())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(spec):
+    """The TrainerProcess side: report the network's sizes, then time the blocks of steps asked for on stdin."""
+    args = argparse.Namespace(**{name: spec[name] for name in MODEL_FLAGS})
+    network, weight_decay = build(args, 10, spec["dropout"])
+    print(json.dumps(sizes(network)), flush=True)
+    trainer = Trainer(network, spec["batch_size"], spec["learning_rate"], weight_decay, spec["bfloat16"], spec["seed"])
+    for line in sys.stdin:
+        print(json.dumps(trainer.timed_steps(int(line))), flush=True)
+
+
+if __name__ == "__main__":
+    serve(json.loads(sys.argv[1]))
