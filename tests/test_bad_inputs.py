@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import data, training
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.errors import UserError
@@ -25,9 +25,7 @@ def train_script(data_dir, weights, *extra, sha="skip"):
 
 
 def assert_user_error(result, *fragments):
-    line = assert_clean_failure(result, *fragments)
-    assert result.returncode == 2, line
-    return line
+    return assert_clean_failure(result, USER_ERROR, *fragments)
 
 
 def archive_with(tmp_path, change=None, **kwargs):

@@ -199,9 +199,8 @@ def test_mirrored_batches_that_do_not_split_over_the_devices_are_refused_up_fron
     result = run_script("train_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "2", "--M", "1",
                         "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
                         "--distribute", "mirrored", "--cpu_devices", devices, *(["--batch_size", batch] if batch else []))
-    line = assert_clean_failure(result, f"MirroredStrategy splits every batch evenly over its {devices} devices",
-                                problem, hint)
-    assert result.returncode == 2, line
+    assert_clean_failure(result, USER_ERROR,
+                         f"MirroredStrategy splits every batch evenly over its {devices} devices", problem, hint)
     assert not (weights / f"{PREFIX}-run.json").exists()
 
 
