@@ -46,26 +46,27 @@ def test_the_documented_defaults_and_split_sizes():
 
 
 def summary_rows(stdout):
-    """The demo's summary table: label -> test accuracy in %."""
+    """The demo's summary table: label -> test accuracy in % (the columns are accuracy, NLL and ECE)."""
     summary = stdout[stdout.index("== Summary"):]
-    return {label.strip(): float(value) for label, value in re.findall(r"^  (.+?)\s+(\d+\.\d+) %$", summary, re.M)}
+    return {label.strip(): float(value)
+            for label, value in re.findall(r"^  (\S.*?)\s+(\d+\.\d+) %\s+\S+\s+\S+$", summary, re.M)}
 
 
 @pytest.mark.slow
 def test_the_full_demo_keeps_its_documented_claims(tmp_path):
     """README "Demo": the run fits in its 3-minute budget on 2 idle CPU cores (a measurement: a slow test, on a
     machine of its own; 88-92 s measured), every network learns the digits (94-98 % in the table), and the
-    ensembles land within a few of the 1,258 test images of the best single snapshot (at most 0.5 % in the
-    table's seeds), the fitted one of which is never more than 2 images below it."""
+    ensembles land within a few of the 1,258 test images of the best single snapshot (at most 0.2 % in the
+    table's seeds), the fitted one never more than 2 images below it."""
     start = time.monotonic()
     result = run_script("demo.py", "--weights_dir", tmp_path)
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(result.stdout)
-    assert sorted(rows) == ["baseline (one cycle, same epochs)", "best single snapshot",
-                            "equal-weight snapshot ensemble", "fitted snapshot ensemble"]
+    best = [value for label, value in rows.items() if label.startswith("best single snapshot (")]
+    assert len(best) == 1 and len(rows) == 5, rows
     assert min(rows.values()) > 90, rows
-    best = rows["best single snapshot"]
-    assert abs(rows["equal-weight snapshot ensemble"] - best) <= 1.0, rows
-    assert rows["fitted snapshot ensemble"] >= best - 2 * 100 / 1258 - 1e-9, rows
+    assert abs(rows["equal-weight ensemble"] - best[0]) <= 1.0, rows
+    assert rows["fitted ensemble"] >= best[0] - 2 * 100 / 1258 - 1e-9, rows
+    assert "baseline (one cycle, same epochs)" in rows
     assert seconds < 180, f"the demo took {seconds:.0f} s (README: 3 minutes on 2 cores)"
