@@ -62,7 +62,7 @@ def plot_path(weights_dir, prefix):
 
 def member_files(weights_dir, prefix):
     """{"Best" or snapshot number: path} of the ensemble member files of `prefix` present in `weights_dir`."""
-    pattern = re.compile(re.escape(prefix) + r"-(Best|\d+)\.weights\.h5$")
+    pattern = re.compile(re.escape(prefix) + r"-(Best|[1-9]\d*)\.weights\.h5$")
     names = os.listdir(weights_dir) if os.path.isdir(weights_dir) else []
     found = {}
     for name in names:

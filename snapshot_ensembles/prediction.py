@@ -7,6 +7,7 @@ switching `--optimize` mode reruns no network and a replaced weight file is pred
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -80,7 +81,7 @@ def snapshot_count(weights_dir, prefix, requested):
               "the ensemble has only the snapshots saved so far")
     if requested is not None:
         return requested
-    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= cli.INT_FLAG_MAX:
         return max(present, default=0)  # downloaded or converted weights: no run record
     count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
     unused = [i for i in present if i > count]
@@ -107,9 +108,14 @@ def run_progress(weights_dir, prefix):
 def find_members(weights_dir, prefix, m, dataset, args):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
     m = snapshot_count(weights_dir, prefix, m)
-    members = [Member("Best", naming.best_path(weights_dir, prefix))]
-    members += [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)]
-    missing = [member.path for member in members if not os.path.isfile(member.path)]
+    present = naming.member_files(weights_dir, prefix)
+    # Counted, not listed one by one: an --M of 2 billion must not build 2 billion paths.
+    nb_absent = m - sum(1 for key in present if key != "Best" and key <= m)
+    absent = list(itertools.islice((i for i in itertools.count(1) if i not in present), min(nb_absent, 3)))
+    missing = ([] if "Best" in present else [naming.best_path(weights_dir, prefix)])
+    missing += [naming.snapshot_path(weights_dir, prefix, i) for i in absent]
+    if nb_absent > len(absent):
+        missing.append(f"and {nb_absent - len(absent)} more snapshots")
     if m == 0 or missing:
         listed = ", ".join(missing) if missing else f"{prefix}-1.weights.h5 ... in {weights_dir}"
         script = "train_cifar_10.py" if dataset == "cifar10" else "train_cifar_100.py"
@@ -118,7 +124,8 @@ def find_members(weights_dir, prefix, m, dataset, args):
             f"{describe_architecture(args)} --weights_dir {weights_dir}`, or fetch the release weights with "
             f"`python download_weights.py --dataset {dataset} {describe_architecture(args)} "
             f"--weights_dir {weights_dir}` (and pass --M if you want fewer snapshots)")
-    return members
+    return ([Member("Best", naming.best_path(weights_dir, prefix))]
+            + [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)])
 
 
 def saved_ensemble_weights(args, prefix, members):
@@ -462,6 +469,7 @@ def plot_report(path, result):
 def predict(dataset, argv=None, prog=None, data=None):
     """Run the prediction flow; `data` lets the demo pass its own Dataset. Returns a summary dict."""
     args = build_parser(dataset, prog).parse_args(argv)
+    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
     cli.check_model_flags(args)
     prefix = prefix_for(dataset, args)
     members = find_members(args.weights_dir, prefix, args.M, dataset, args)
