@@ -67,6 +67,7 @@ def common_flags(args, weights_dir):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.load_tensorflow()
     from snapshot_ensembles import naming, prediction, training
 
     data = digits_dataset(args.seed)

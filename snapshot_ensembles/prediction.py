@@ -469,6 +469,7 @@ def plot_report(path, result):
 def predict(dataset, argv=None, prog=None, data=None):
     """Run the prediction flow; `data` lets the demo pass its own Dataset. Returns a summary dict."""
     args = build_parser(dataset, prog).parse_args(argv)
+    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
     cli.check_model_flags(args)
     prefix = prefix_for(dataset, args)
     members = find_members(args.weights_dir, prefix, args.M, dataset, args)

@@ -360,6 +360,7 @@ def train(dataset, argv=None, prog=None, data=None):
     that already completed with the same flags is not trained again: its final weights are loaded.
     """
     args = build_parser(dataset, prog).parse_args(argv)
+    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
     task = check_args(args)
     chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
     prefix = prefix_for(dataset, args)
