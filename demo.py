@@ -10,7 +10,7 @@ also trained for the same number of epochs with one ordinary cosine cycle, the p
 import os
 import sys
 
-from snapshot_ensembles import cli
+from snapshot_ensembles import cli, recipes
 
 DEMO_DATASET = "digits"
 TEST_FRACTION = 0.7  # 1,258 test digits: fewer training images make the task hard enough to ensemble
@@ -34,6 +34,9 @@ def build_parser():
     parser.add_argument("--weights_dir", default=os.path.join("weights", "demo"),
                         help="output folder (default: %(default)s)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the single-cycle baseline run")
+    parser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
+                        help="training recipe, as the training scripts' flag; the demo's own flags above "
+                             "(momentum, batch) still apply (default: %(default)s)")
     parser.add_argument("--mixed_precision", action="store_true",
                         help="train in bfloat16 on a CPU, float16 on a GPU (as the training scripts' flag)")
     return parser
@@ -64,13 +67,14 @@ def common_flags(args, weights_dir):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from snapshot_ensembles import prediction, training
+    cli.load_tensorflow()
+    from snapshot_ensembles import naming, prediction, training
 
     data = digits_dataset(args.seed)
     # Every demo run trains afresh (--no_resume).
     train_flags = ["--nb_epoch", str(args.nb_epoch), "--alpha_zero", str(args.alpha_zero), "--momentum",
                    str(args.momentum), "--bn_momentum", str(args.bn_momentum), "--batch_size", str(args.batch_size),
-                   "--val_split", str(VAL_FRACTION), "--seed", str(args.seed), "--no_resume"]
+                   "--val_split", str(VAL_FRACTION), "--seed", str(args.seed), "--recipe", args.recipe, "--no_resume"]
     if args.mixed_precision:
         train_flags.append("--mixed_precision")
     snapshot_dir = os.path.join(args.weights_dir, "snapshots")
@@ -86,7 +90,9 @@ def main(argv=None):
         baseline_dir = os.path.join(args.weights_dir, "baseline")
         model, _ = training.train(DEMO_DATASET, common_flags(args, baseline_dir) + train_flags + ["--M", "1"],
                                   data=data)
-        baseline = training.test_probabilities(model, data, training.evaluation_batch_size(args))
+        prefix = naming.model_prefix(DEMO_DATASET, "wrn", args.wrn_N, args.wrn_k)
+        baseline = training.test_probabilities(model, data, training.evaluation_batch_size(args),
+                                               prediction.recorded_standardization(baseline_dir, prefix))
 
     result = summary_evaluation(report, data.y_test, args.seed)
     rows = summary_rows(result, baseline, data.y_test)

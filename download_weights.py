@@ -7,7 +7,8 @@
 """
 
 from snapshot_ensembles import downloads, original_release
-from snapshot_ensembles.cli import ArgumentParser, add_model_flags, check_model_flags, positive_float, run_cli
+from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, positive_float,
+                                    run_cli)
 from snapshot_ensembles.modeling import nb_classes_of
 from snapshot_ensembles.naming import DATASETS, model_prefix
 
@@ -21,7 +22,7 @@ def build_parser():
                     "resumes when run again).")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
                         help="dataset the weights were trained on (default: %(default)s)")
-    add_model_flags(parser)
+    add_model_flags(parser, ORIGINAL_MODELS)
     parser.add_argument("--weights_dir", default="weights", help="where files go (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a run of the same model in --weights_dir that is not the release's "

@@ -9,7 +9,9 @@ The learning rate follows a cyclic cosine annealing,
     lr(t) = alpha_zero / 2 * (cos(pi * (t mod c) / c) + 1),
 
 per epoch (default, as the original) or per optimizer step (the paper's per-iteration annealing),
-and the weights at the end of each of the M cycles are saved as snapshots.
+and the weights at the end of each of the M cycles are saved as snapshots. For the paper's
+single-model baseline, schedule="multistep" (with one snapshot) divides the learning rate by 10 at 50 %
+and at 75 % of the epochs instead.
 """
 
 import math
@@ -19,13 +21,14 @@ import keras
 
 from snapshot_ensembles import run_state
 from snapshot_ensembles.files import save_weights
-from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_lr
+from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
-           "StepCosineScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard", "TrainingDiverged",
-           "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr", "check_snapshot_counts"]
+           "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
+           "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr",
+           "check_snapshot_counts"]
 
-SCHEDULE_MODES = ("epoch", "batch")
+SCHEDULE_MODES = ("epoch", "batch", "multistep")
 # Keras names the accuracy metric after the string it was compiled with.
 VALIDATION_ACCURACY_KEYS = ("val_accuracy", "val_acc", "val_categorical_accuracy",
                             "val_sparse_categorical_accuracy")
@@ -81,6 +84,18 @@ class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):
 
     def learning_rate_at(self, epoch, current_lr=None):
         return float(cosine_annealing_lr(epoch, self.cycle_epochs, self.alpha_zero))
+
+
+class MultiStepScheduler(keras.callbacks.LearningRateScheduler):
+    """The paper's single-model schedule, set at the start of every epoch: ÷10 at 50 % and 75 % of training."""
+
+    def __init__(self, nb_epochs, alpha_zero, verbose=0):
+        self.nb_epochs = nb_epochs
+        self.alpha_zero = alpha_zero
+        super().__init__(self.learning_rate_at, verbose=verbose)
+
+    def learning_rate_at(self, epoch, current_lr=None):
+        return float(multistep_lr(epoch, self.nb_epochs, self.alpha_zero))
 
 
 class StepCosineScheduler(keras.callbacks.Callback):
@@ -232,6 +247,8 @@ class SnapshotCallbackBuilder:
         check_snapshot_counts(nb_epochs, nb_snapshots)
         if schedule not in SCHEDULE_MODES:
             raise ValueError(f"schedule must be one of {SCHEDULE_MODES}, got {schedule!r}")
+        if schedule == "multistep" and nb_snapshots != 1:
+            raise ValueError(f"the multistep schedule trains one model: it takes one snapshot, not {nb_snapshots}")
         if not init_lr > 0:
             raise ValueError(f"the initial learning rate must be positive, got {init_lr!r}")
         self.T = nb_epochs
@@ -245,6 +262,8 @@ class SnapshotCallbackBuilder:
     def learning_rate_callback(self):
         if self.schedule == "epoch":
             return EpochCosineScheduler(self.T, self.M, self.alpha_zero)
+        if self.schedule == "multistep":
+            return MultiStepScheduler(self.T, self.alpha_zero)
         return StepCosineScheduler(self.T, self.M, self.alpha_zero, self.steps_per_epoch)
 
     def get_callbacks(self, model_prefix="Model"):

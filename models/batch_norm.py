@@ -1,4 +1,4 @@
-"""BatchNormalization with Keras 1.1.1's defaults, shared by both networks."""
+"""BatchNormalization with Keras 1.1.1's defaults (epsilon 1e-5, also Torch's), shared by the networks."""
 
 from keras import layers
 

@@ -4,6 +4,7 @@ Kept free of TensorFlow/Keras imports so that `--help` and flag errors answer at
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -54,6 +55,13 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    value = _parse(float, text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
+    return value
+
+
 def unit_interval(text, *, open_right=True):
     value = _parse(float, text)
     if not (0.0 <= value < 1.0 if open_right else 0.0 <= value <= 1.0):
@@ -77,11 +85,17 @@ def sha256_or_skip(text):
     return value
 
 
-def add_model_flags(parser):
-    """The original's model flags, same names and defaults."""
+ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has release weights for them
+MODELS = ORIGINAL_MODELS + ("resnet",)
+
+
+def add_model_flags(parser, models=MODELS):
+    """The original's model flags, same names and defaults; `models` are the --model choices."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=("wrn", "dn"), default="wrn",
-                       help="wrn: Wide Residual Network, dn: DenseNet (default: %(default)s)")
+    group.add_argument("--model", choices=models, default="wrn",
+                       help="wrn: Wide Residual Network, dn: DenseNet" + (", resnet: the paper's CIFAR ResNet"
+                                                                         if "resnet" in models else "")
+                            + " (default: %(default)s)")
     group.add_argument("--wrn_N", type=model_size, default=2,
                        help="WRN blocks per group; depth = 6N+4 (default: %(default)s)")
     group.add_argument("--wrn_k", type=model_size, default=4, help="WRN width factor (default: %(default)s)")
@@ -91,6 +105,9 @@ def add_model_flags(parser):
                        help="DenseNet growth rate (default: %(default)s)")
     group.add_argument("--dn_blocks", type=model_size, default=3,
                        help="DenseNet dense blocks; 1 reproduces the original scripts (default: %(default)s)")
+    if "resnet" in models:
+        group.add_argument("--resnet_depth", type=model_size, default=110,
+                           help="ResNet depth, 6n+2 (default: %(default)s)")
     return group
 
 
@@ -98,6 +115,9 @@ def check_model_flags(args):
     if args.model == "dn" and (args.dn_depth < 7 or (args.dn_depth - 4) % 3 != 0):
         raise UserError(f"--dn_depth {args.dn_depth} is not of the form 3n+4 with n >= 1 "
                         "(for example 40, 100, 190)")
+    if args.model == "resnet" and (args.resnet_depth < 8 or (args.resnet_depth - 2) % 6 != 0):
+        raise UserError(f"--resnet_depth {args.resnet_depth} is not of the form 6n+2 with n >= 1 "
+                        "(for example 20, 56, 110)")
 
 
 def add_data_flags(parser):
@@ -120,6 +140,26 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
+
+
+def load_tensorflow():
+    """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
+    the messages users need. A Python error of the import still shows: it is raised after stderr is back.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.suppress(ImportError):  # TensorFlow-free backends: Keras says what is missing
+                import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def run_cli(main, argv=None):

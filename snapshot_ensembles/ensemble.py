@@ -35,7 +35,7 @@ class FitResult:
 
 def weighted_average(member_probs, weights):
     """The (n, C) float32 average of the members, weighted by `weights` / sum(weights)."""
-    weights = _normalised_weights(weights, len(member_probs))
+    weights = normalised_weights(weights, len(member_probs))
     total = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
     # One member at a time, in float32: memory stays at two (n, C) float32 arrays whatever M is.
     for probs, weight in zip(member_probs, weights):
@@ -193,7 +193,7 @@ def _check_num_tests(num_tests):
         raise UserError(f"--num_tests must be at least 1, got {num_tests}.")
 
 
-def _normalised_weights(weights, n_members):
+def normalised_weights(weights, n_members):
     weights = np.asarray(weights, dtype=np.float64).ravel()
     if len(weights) != n_members:
         raise ValueError(f"{len(weights)} weights for {n_members} members")

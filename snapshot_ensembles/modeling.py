@@ -1,21 +1,24 @@
 """Building the networks of models/ from the scripts' flags (shared by training and prediction)."""
 
+from snapshot_ensembles import recipes
 from snapshot_ensembles.naming import DATASETS, model_prefix
 
 INPUT_SHAPE = (32, 32, 3)
-DEFAULT_BATCH_SIZE = {"wrn": 128, "dn": 64}
-DEFAULT_DROPOUT = {"wrn": 0.0, "dn": 0.2}
+DEFAULT_DROPOUT = recipes.ORIGINAL["dropout"]  # of the built network when no dropout is given (prediction)
 DEFAULT_BN_MOMENTUM = 0.99  # Keras's, and Keras 1's that the original trained with
 
 
 def prefix_for(dataset, args):
-    return model_prefix(dataset, args.model, args.wrn_N, args.wrn_k, args.dn_depth, args.dn_growth_rate)
+    return model_prefix(dataset, args.model, args.wrn_N, args.wrn_k, args.dn_depth, args.dn_growth_rate,
+                        args.resnet_depth)
 
 
 def describe_architecture(args):
     """The model flags that determine the weight shapes, as the user would type them."""
     if args.model == "wrn":
         return f"--model wrn --wrn_N {args.wrn_N} --wrn_k {args.wrn_k}"
+    if args.model == "resnet":
+        return f"--model resnet --resnet_depth {args.resnet_depth}"
     return f"--model dn --dn_depth {args.dn_depth} --dn_growth_rate {args.dn_growth_rate} --dn_blocks {args.dn_blocks}"
 
 
@@ -93,21 +96,40 @@ def set_precision(mixed):
 
 
 def build_model(args, nb_classes, dropout=None, input_shape=INPUT_SHAPE, verbose=0):
-    """The network the flags describe; `args.bn_momentum`, when set, replaces BatchNormalization's momentum."""
-    from models import create_dense_net, create_wide_residual_network
+    """The network the flags describe; `args.bn_momentum` and `args.weight_decay`, when set (training),
+    replace BatchNormalization's momentum and the weights' penalties."""
+    from models import create_dense_net, create_resnet, create_wide_residual_network
 
     if dropout is None:
         dropout = DEFAULT_DROPOUT[args.model]
     if args.model == "wrn":
         model = create_wide_residual_network(input_shape, nb_classes=nb_classes, N=args.wrn_N, k=args.wrn_k,
                                              dropout=dropout, verbose=verbose)
+    elif args.model == "resnet":
+        model = create_resnet(input_shape, nb_classes=nb_classes, depth=args.resnet_depth, verbose=verbose)
     else:
         model = create_dense_net(nb_classes, input_shape, depth=args.dn_depth, nb_dense_block=args.dn_blocks,
                                  growth_rate=args.dn_growth_rate, dropout_rate=dropout or None, verbose=verbose)
     bn_momentum = getattr(args, "bn_momentum", None)  # training only: inference never reads it
     if bn_momentum is not None:
         set_batch_norm_momentum(model, bn_momentum)
+    weight_decay = getattr(args, "weight_decay", None)
+    if weight_decay is not None:
+        set_weight_decay(model, weight_decay)
     return model
+
+
+def set_weight_decay(model, weight_decay):
+    """Penalise every trainable weight with weight_decay / 2 x sum(w^2) in the training loss; 0 removes it.
+
+    That is the gradient weight_decay x w of the paper's Torch SGD on every parameter (BatchNormalization
+    and biases included). It replaces the penalties the builder attached: the DenseNet's L2(1e-4) on
+    every weight is weight_decay 2e-4, the same penalty. Before the model is first trained.
+    """
+    import keras
+
+    for variable in model.trainable_variables:
+        variable.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
 def set_batch_norm_momentum(model, momentum):

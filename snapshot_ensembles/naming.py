@@ -12,13 +12,15 @@ def dataset_title(dataset):
     return DATASETS[dataset][2]
 
 
-def model_prefix(dataset, model, wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12):
-    """`WRN-CIFAR10-16-4`, `DenseNet-CIFAR100-40-12`, ..."""
+def model_prefix(dataset, model, wrn_N=2, wrn_k=4, dn_depth=40, dn_growth_rate=12, resnet_depth=110):
+    """`WRN-CIFAR10-16-4`, `DenseNet-CIFAR100-40-12`, `ResNet-CIFAR10-110`, ..."""
     tag = DATASETS[dataset][0]
     if model == "wrn":
         return f"WRN-{tag}-{6 * wrn_N + 4}-{wrn_k}"
     if model == "dn":
         return f"DenseNet-{tag}-{dn_depth}-{dn_growth_rate}"
+    if model == "resnet":
+        return f"ResNet-{tag}-{resnet_depth}"
     raise ValueError(f"unknown model {model!r}")
 
 
@@ -60,7 +62,7 @@ def plot_path(weights_dir, prefix):
 
 def member_files(weights_dir, prefix):
     """{"Best" or snapshot number: path} of the ensemble member files of `prefix` present in `weights_dir`."""
-    pattern = re.compile(re.escape(prefix) + r"-(Best|\d+)\.weights\.h5$")
+    pattern = re.compile(re.escape(prefix) + r"-(Best|[1-9]\d*)\.weights\.h5$")
     names = os.listdir(weights_dir) if os.path.isdir(weights_dir) else []
     found = {}
     for name in names:

@@ -14,6 +14,7 @@ import tensorflow as tf
 # The original's ImageDataGenerator(rotation_range=15, width_shift_range=5/32, height_shift_range=5/32)
 ROTATION_DEGREES = 15.0
 SHIFT_FRACTION = 5.0 / 32.0
+CROP_PADDING = 4  # the paper's: zero-pad 4 pixels on each side, crop back to the image size
 
 
 def steps_per_epoch(nb_samples, batch_size):
@@ -45,12 +46,63 @@ def random_rotate_shift(images, seed, rotation_degrees=ROTATION_DEGREES, shift_f
         interpolation="NEAREST", fill_mode="NEAREST")
 
 
-def _to_float(images):
-    return tf.cast(images, tf.float32) / 255.0  # the original scaled pixels to [0, 1]
+def random_crop_flip(images, seed, padding=CROP_PADDING):
+    """Zero-pad `padding` pixels on each side, take a random crop of the original size, mirror half.
+
+    The paper's CIFAR augmentation (fb.resnet.torch: RandomCrop(32, 4) and HorizontalFlip(0.5), on
+    standardised images, so the padding is the mean colour). One gather for the whole batch: each
+    output pixel reads its source row and column, the column reversed for a mirrored image.
+    """
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    top = tf.random.stateless_uniform([batch], seeds[0], 0, 2 * padding + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([batch], seeds[1], 0, 2 * padding + 1, dtype=tf.int32)
+    mirrored = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
+    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    rows = top[:, None] + tf.range(height)[None, :]
+    columns = tf.where(mirrored[:, None], tf.range(width - 1, -1, -1)[None, :], tf.range(width)[None, :])
+    columns = left[:, None] + columns
+    crops = tf.gather(padded, rows, axis=1, batch_dims=1)  # batch, height, padded width, channels
+    return tf.gather(crops, columns, axis=2, batch_dims=1)
 
 
-def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment=True):
-    """Batches for epochs initial_epoch..nb_epoch-1, steps_per_epoch(len(x), batch_size) per epoch."""
+AUGMENTATIONS = {"original": random_rotate_shift, "paper": random_crop_flip, "none": None}
+
+
+def channel_statistics(x, chunk=1024):
+    """Per-channel mean and standard deviation of uint8 images, in pixel units (0..255): the paper's
+    standardisation constants, computed on the training images.
+
+    Integer sums over chunks of images: exact, and no float copy of the whole training set.
+    """
+    x = np.asarray(x, np.uint8)
+    channels = x.shape[-1]
+    sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
+    for start in range(0, len(x), chunk):
+        pixels = x[start:start + chunk].reshape(-1, channels).astype(np.int64)
+        sums += pixels.sum(axis=0)
+        squares += (pixels * pixels).sum(axis=0)
+    count = x.size // channels
+    mean = sums / count
+    return mean.tolist(), np.sqrt(squares / count - mean ** 2).tolist()
+
+
+def _to_float(images, standardization=None):
+    """Pixels in [0, 1], as the original scaled them; or, with `standardization` = (mean, std) per
+    channel in pixel units, standardised as the paper did."""
+    images = tf.cast(images, tf.float32)
+    if standardization is None:
+        return images / 255.0
+    mean, std = (tf.constant(values, tf.float32) for values in standardization)
+    return (images - mean) / std
+
+
+def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment="original", standardization=None):
+    """Batches for epochs initial_epoch..nb_epoch-1, steps_per_epoch(len(x), batch_size) per epoch.
+
+    `augment` names one of AUGMENTATIONS; `standardization` is that of _to_float.
+    """
     x = tf.convert_to_tensor(np.asarray(x, np.uint8))
     y = tf.convert_to_tensor(np.asarray(y, np.int32))
     nb_samples = int(x.shape[0])
@@ -62,10 +114,12 @@ def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment=Tr
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
         return batches.map(lambda index, batch: (epoch * steps + index, batch))
 
+    augmentation = AUGMENTATIONS[augment]
+
     def load_batch(global_step, indices):
-        images = _to_float(tf.gather(x, indices))
-        if augment:
-            images = random_rotate_shift(images, tf.stack([seed, global_step]))
+        images = _to_float(tf.gather(x, indices), standardization)
+        if augmentation is not None:
+            images = augmentation(images, tf.stack([seed, global_step]))
         return images, tf.gather(y, indices)
 
     dataset = tf.data.Dataset.range(initial_epoch, nb_epoch).flat_map(epoch_batches)
@@ -73,14 +127,15 @@ def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment=Tr
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_dataset(x, y, batch_size):
+def evaluation_dataset(x, y, batch_size, standardization=None):
     """Unaugmented, in order: for validation and prediction."""
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.uint8), np.asarray(y, np.int32)))
-    dataset = dataset.batch(batch_size).map(lambda images, labels: (_to_float(images), labels),
+    dataset = dataset.batch(batch_size).map(lambda images, labels: (_to_float(images, standardization), labels),
                                             num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def images_dataset(x, batch_size):
+def images_dataset(x, batch_size, standardization=None):
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, np.uint8)).batch(batch_size)
-    return dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(lambda images: _to_float(images, standardization),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

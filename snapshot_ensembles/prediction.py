@@ -7,6 +7,7 @@ switching `--optimize` mode reruns no network and a replaced weight file is pred
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -80,7 +81,7 @@ def snapshot_count(weights_dir, prefix, requested):
               "the ensemble has only the snapshots saved so far")
     if requested is not None:
         return requested
-    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= cli.INT_FLAG_MAX:
         return max(present, default=0)  # downloaded or converted weights: no run record
     count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
     unused = [i for i in present if i > count]
@@ -107,9 +108,14 @@ def run_progress(weights_dir, prefix):
 def find_members(weights_dir, prefix, m, dataset, args):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
     m = snapshot_count(weights_dir, prefix, m)
-    members = [Member("Best", naming.best_path(weights_dir, prefix))]
-    members += [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)]
-    missing = [member.path for member in members if not os.path.isfile(member.path)]
+    present = naming.member_files(weights_dir, prefix)
+    # Counted, not listed one by one: an --M of 2 billion must not build 2 billion paths.
+    nb_absent = m - sum(1 for key in present if key != "Best" and key <= m)
+    absent = list(itertools.islice((i for i in itertools.count(1) if i not in present), min(nb_absent, 3)))
+    missing = ([] if "Best" in present else [naming.best_path(weights_dir, prefix)])
+    missing += [naming.snapshot_path(weights_dir, prefix, i) for i in absent]
+    if nb_absent > len(absent):
+        missing.append(f"and {nb_absent - len(absent)} more snapshots")
     if m == 0 or missing:
         listed = ", ".join(missing) if missing else f"{prefix}-1.weights.h5 ... in {weights_dir}"
         script = "train_cifar_10.py" if dataset == "cifar10" else "train_cifar_100.py"
@@ -118,7 +124,8 @@ def find_members(weights_dir, prefix, m, dataset, args):
             f"{describe_architecture(args)} --weights_dir {weights_dir}`, or fetch the release weights with "
             f"`python download_weights.py --dataset {dataset} {describe_architecture(args)} "
             f"--weights_dir {weights_dir}` (and pass --M if you want fewer snapshots)")
-    return members
+    return ([Member("Best", naming.best_path(weights_dir, prefix))]
+            + [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)])
 
 
 def saved_ensemble_weights(args, prefix, members):
@@ -219,7 +226,8 @@ class MemberPredictor:
             set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
             self.model = build_model(self.args, nb_classes_of(self.dataset))
         load_member_weights(self.model, member, self.args, self.dataset)
-        return self.model.predict(images_dataset(images, self.args.batch_size), verbose=0)
+        standardization = recorded_standardization(self.args.weights_dir, prefix_for(self.dataset, self.args))
+        return self.model.predict(images_dataset(images, self.args.batch_size, standardization), verbose=0)
 
 
 def load_member_weights(model, member, args, dataset):
@@ -236,6 +244,37 @@ def load_member_weights(model, member, args, dataset):
                         "file; train it again or download the release weights again") from None
 
 
+def training_record(weights_dir, prefix):
+    """The run record training wrote beside the weights ({} when there is none, as for release weights)."""
+    info_path = naming.run_info_path(weights_dir, prefix)
+    if not os.path.isfile(info_path):
+        return {}
+    try:
+        with open(info_path) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the training record {info_path} ({err}): restore it from the training "
+                        "run, or delete it if the weights were trained without --normalize channel") from None
+    if not isinstance(info, dict):
+        raise UserError(f"the training record {info_path} is not a JSON object: restore it from the training run")
+    return info
+
+
+def recorded_standardization(weights_dir, prefix):
+    """The per-channel (mean, std) the run was trained with (--normalize channel), else None."""
+    standardization = training_record(weights_dir, prefix).get("standardization")
+    if standardization is None:
+        return None
+    try:
+        mean, std = ([float(value) for value in values] for values in standardization)
+        if len(mean) != len(std) or not all(value > 0 for value in std):
+            raise ValueError("one positive standard deviation per channel expected")
+    except (ValueError, TypeError) as err:
+        raise UserError(f"the standardization in {naming.run_info_path(weights_dir, prefix)} is not readable "
+                        f"({err}): restore the file from the training run") from None
+    return mean, std
+
+
 def fitting_split(dataset, data, weights_dir, prefix):
     """Images and labels to fit the ensemble weights on, the split's name, and whether the Best
     checkpoint was chosen on that same split.
@@ -246,17 +285,14 @@ def fitting_split(dataset, data, weights_dir, prefix):
     from snapshot_ensembles.data import split_validation
 
     info_path = naming.run_info_path(weights_dir, prefix)
-    val_split, seed = 0.0, 0
-    if os.path.isfile(info_path):
-        try:
-            with open(info_path) as fh:
-                info = json.load(fh)
-            val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
-            if not 0 <= val_split < 1 or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-                raise ValueError(f"val_split {info.get('val_split')!r} or seed {str(seed)[:40]} out of range")
-        except (OSError, ValueError, TypeError, OverflowError, AttributeError) as err:
-            raise UserError(f"cannot read the training record {info_path} ({str(err)[:200]}); delete it to fit on "
-                            "the training set instead of the validation split") from None
+    info = training_record(weights_dir, prefix)
+    try:
+        val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
+        if not 0 <= val_split < 1 or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"val_split {info.get('val_split')!r} or seed {str(seed)[:40]} out of range")
+    except (ValueError, TypeError, OverflowError, AttributeError) as err:
+        raise UserError(f"cannot read the training record {info_path} ({str(err)[:200]}); delete it to fit on "
+                        "the training set instead of the validation split") from None
     if val_split > 0:
         _, val_idx = split_validation(data.x_train, data.y_train, val_split, seed)
         if "nb_val" in info and info["nb_val"] != len(val_idx):
@@ -433,6 +469,7 @@ def plot_report(path, result):
 def predict(dataset, argv=None, prog=None, data=None):
     """Run the prediction flow; `data` lets the demo pass its own Dataset. Returns a summary dict."""
     args = build_parser(dataset, prog).parse_args(argv)
+    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
     cli.check_model_flags(args)
     prefix = prefix_for(dataset, args)
     members = find_members(args.weights_dir, prefix, args.M, dataset, args)
@@ -513,9 +550,17 @@ def export_ensemble(path, args, dataset, members, weights, temperature):
         model = build_model(args, nb_classes_of(dataset))
         load_member_weights(model, member, args, dataset)
         models.append(model)
+    # The members' input transform (snapshot_ensembles.pipeline._to_float) as a built-in layer.
+    standardization = recorded_standardization(args.weights_dir, prefix_for(dataset, args))
+    if standardization is None:
+        preprocessing = keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range")
+    else:
+        mean, std = standardization
+        preprocessing = keras.layers.Normalization(axis=-1, mean=mean, variance=[value ** 2 for value in std],
+                                                   name="per_channel_standardization")
     model = export.ensemble_model(models, [w for _, w in kept], temperature,
                                   names=[export.layer_name(member.label) for member, _ in kept],
-                                  preprocessing=keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range"))
+                                  preprocessing=preprocessing)
     export.save_model(model, path)
 
 

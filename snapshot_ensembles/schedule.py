@@ -8,6 +8,17 @@ def cosine_annealing_lr(t, cycle_length, alpha_zero):
     return alpha_zero / 2 * (math.cos(math.pi * (t % cycle_length) / cycle_length) + 1)
 
 
+def multistep_lr(epoch, nb_epochs, alpha_zero):
+    """The paper's single-model baseline: alpha_zero, divided by 10 at 50 % and again at 75 % of training.
+
+    As the paper's Torch code (train.lua, multistep) decides it on the one-based epoch e: ÷10 from
+    e >= T/2, ÷100 from e >= 3T/4; `epoch` is zero-based.
+    """
+    one_based = epoch + 1
+    decays = (one_based >= 0.5 * nb_epochs) + (one_based >= 0.75 * nb_epochs)
+    return alpha_zero * 0.1 ** decays
+
+
 def check_snapshot_counts(nb_epochs, nb_snapshots):
     """Raise ValueError unless nb_epochs splits into nb_snapshots whole cycles."""
     if isinstance(nb_snapshots, bool) or not isinstance(nb_snapshots, int) or nb_snapshots < 1:

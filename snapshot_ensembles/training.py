@@ -6,11 +6,10 @@ import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, distribute, naming, run_lock, run_state
+from snapshot_ensembles import cli, distribute, naming, recipes, run_lock, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files, write_json
-from snapshot_ensembles.modeling import (DEFAULT_BATCH_SIZE, DEFAULT_BN_MOMENTUM, DEFAULT_DROPOUT, build_model,
-                                        prefix_for, set_precision)
+from snapshot_ensembles.modeling import DEFAULT_BN_MOMENTUM, build_model, prefix_for, set_precision
 from snapshot_ensembles.schedule import check_snapshot_counts
 
 
@@ -24,27 +23,44 @@ def build_parser(dataset, prog=None):
     parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.1,
                         help="initial (peak) learning rate of every cycle (default: %(default)s)")
     cli.add_model_flags(parser)
-    group = parser.add_argument_group("training")
+    group = parser.add_argument_group("training (the flags marked 'recipe' default to the --recipe's value)")
+    group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
+                       help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
+                            "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
+                            "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
+                            "crops and flips on per-channel standardised images, per-step annealing, weight decay "
+                            "5e-4 (wrn) or 1e-4 (dn, resnet), no dropout (default: %(default)s)")
     group.add_argument("--batch_size", type=cli.positive_int, default=None,
-                       help="default: 128 for wrn, 64 for dn (the original's); the global batch, split over "
-                            "the devices with --distribute")
-    group.add_argument("--dropout", type=cli.unit_interval, default=None, help="default: 0.0 for wrn, 0.2 for dn")
-    group.add_argument("--momentum", type=cli.unit_interval, default=0.0,
-                       help="SGD momentum; the original used plain SGD (default: %(default)s)")
-    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum > 0)")
+                       help="recipe; the global batch, split over the devices with --distribute")
+    group.add_argument("--dropout", type=cli.unit_interval, default=None, help="recipe; dropout rate")
+    group.add_argument("--momentum", type=cli.unit_interval, default=None, help="recipe; SGD momentum")
+    nesterov = group.add_mutually_exclusive_group()
+    nesterov.add_argument("--nesterov", action="store_true", default=None,
+                          help="recipe; Nesterov momentum (needs --momentum > 0)")
+    nesterov.add_argument("--no_nesterov", dest="nesterov", action="store_false", help="plain momentum")
+    group.add_argument("--weight_decay", type=cli.non_negative_float, default=None,
+                       help="recipe; as the paper's Torch SGD counts it: WD x w added to every weight's "
+                            "gradient, i.e. WD / 2 x sum(w^2) in the training loss, on every weight")
     group.add_argument("--bn_momentum", type=cli.unit_interval, default=DEFAULT_BN_MOMENTUM,
                        help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
                             "original's 0.99; lower it when an epoch has few steps, so that the statistics "
                             "saved with a snapshot are those of its weights (default: %(default)s)")
-    group.add_argument("--schedule", choices=("epoch", "batch"), default="epoch",
-                       help="anneal the learning rate per epoch (the original) or per step (the paper) "
-                            "(default: %(default)s)")
+    group.add_argument("--schedule", choices=("epoch", "batch", "multistep"), default=None,
+                       help="recipe; anneal the learning rate per epoch (the original) or per step (the paper); "
+                            "multistep: the paper's single-model baseline with --M 1, the learning rate divided "
+                            "by 10 at 50 %% and 75 %% of the epochs")
     group.add_argument("--val_split", type=cli.unit_interval, default=0.0,
                        help="fraction of the training set held out for checkpoint selection and ensemble "
                             "weighting; 0 validates on the test set as the original did (optimistic) "
                             "(default: %(default)s)")
     group.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--no_augment", action="store_true", help="train without the random rotations and shifts")
+    group.add_argument("--augment", choices=recipes.AUGMENTATIONS, default=None,
+                       help="recipe; original: random rotations (15 degrees) and shifts (5/32), as the original's "
+                            "ImageDataGenerator; paper: 4-pixel zero padding, random 32x32 crop, horizontal flip")
+    group.add_argument("--no_augment", action="store_true", help="the same as --augment none")
+    group.add_argument("--normalize", choices=recipes.NORMALIZATIONS, default=None,
+                       help="recipe; unit: pixels / 255 (the original); channel: per-channel mean and standard "
+                            "deviation of the training images (the paper); prediction reads it from the run record")
     determinism = group.add_mutually_exclusive_group()
     determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
                              help="TensorFlow op determinism: the same seed and data give the same snapshots, "
@@ -79,10 +95,9 @@ def check_args(args):
         check_snapshot_counts(args.nb_epoch, args.M)
     except ValueError as err:
         raise UserError(f"--nb_epoch {args.nb_epoch} --M {args.M}: {err}") from None
-    if args.nesterov and args.momentum == 0:
-        raise UserError("--nesterov needs a momentum: add for example --momentum 0.9")
-    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.model]
-    args.dropout = DEFAULT_DROPOUT[args.model] if args.dropout is None else args.dropout
+    recipes.resolve(args)
+    if args.schedule == "multistep" and args.M != 1:
+        raise UserError(f"--schedule multistep is the single-model baseline: use --M 1 (not {args.M})")
     return distribute.check_flags(args)
 
 
@@ -140,8 +155,13 @@ def compile_model(model, args, steps_per_epoch=None):
 
 
 def load_training_data(dataset, args, data=None):
-    """Train / validation / test arrays; validation is the test set when --val_split is 0."""
+    """Train / validation / test arrays; validation is the test set when --val_split is 0.
+
+    The splits also hold "standardization", --normalize channel's statistics of the training images
+    (None otherwise), which every pipeline of the run applies.
+    """
     from snapshot_ensembles.data import check_validation_split, load_cifar, split_validation
+    from snapshot_ensembles.pipeline import channel_statistics
 
     if data is None:
         data = load_cifar(dataset, args.data_dir, args.data_sha256)
@@ -152,6 +172,7 @@ def load_training_data(dataset, args, data=None):
                       x_val=data.x_train[val_idx], y_val=data.y_train[val_idx])
     else:
         splits = dict(x_train=data.x_train, y_train=data.y_train, x_val=data.x_test, y_val=data.y_test)
+    splits["standardization"] = channel_statistics(splits["x_train"]) if args.normalize == "channel" else None
     return data, splits
 
 
@@ -196,9 +217,10 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
                                     save_enabled=distribution.is_chief)
     # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
     callbacks = [NonFiniteLossGuard(), best, schedule, snapshots, *extra_callbacks, checkpoint]
-    train_data = training_dataset(splits["x_train"], splits["y_train"], args.batch_size, args.seed,
-                                  initial_epoch, args.nb_epoch, augment=not args.no_augment)
-    val_data = evaluation_dataset(splits["x_val"], splits["y_val"], evaluation_batch_size(args, distribution))
+    train_data = training_dataset(splits["x_train"], splits["y_train"], args.batch_size, args.seed, initial_epoch,
+                                  args.nb_epoch, augment=args.augment, standardization=splits["standardization"])
+    val_data = evaluation_dataset(splits["x_val"], splits["y_val"], evaluation_batch_size(args, distribution),
+                                  standardization=splits["standardization"])
     try:
         model.fit(train_data, epochs=args.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
                   validation_data=val_data, shuffle=False, callbacks=callbacks,
@@ -306,16 +328,17 @@ def evaluation_batch_size(args, distribution=None):
     return max(args.batch_size, EVALUATION_BATCH_SIZE)
 
 
-def test_probabilities(model, data, batch_size):
-    """`model`'s class probabilities for the test images."""
+def test_probabilities(model, data, batch_size, standardization=None):
+    """`model`'s class probabilities for the test images (`standardization`: that of its run)."""
     from snapshot_ensembles.pipeline import images_dataset
 
-    return model.predict(images_dataset(data.x_test, batch_size), verbose=0)
+    return model.predict(images_dataset(data.x_test, batch_size, standardization), verbose=0)
 
 
-def test_accuracy(model, data, batch_size):
+def test_accuracy(model, data, batch_size, standardization=None):
     """Fraction of the test images that `model` classifies correctly."""
-    return float(np.mean(np.argmax(test_probabilities(model, data, batch_size), axis=1) == data.y_test))
+    return float(np.mean(np.argmax(test_probabilities(model, data, batch_size, standardization), axis=1)
+                         == data.y_test))
 
 
 def load_completed_run(model, args, prefix):
@@ -337,6 +360,7 @@ def train(dataset, argv=None, prog=None, data=None):
     that already completed with the same flags is not trained again: its final weights are loaded.
     """
     args = build_parser(dataset, prog).parse_args(argv)
+    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
     task = check_args(args)
     chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
     prefix = prefix_for(dataset, args)
@@ -395,7 +419,7 @@ def _train(dataset, args, prefix, task, chief, data):
     else:
         run_info = {"dataset": dataset, "prefix": prefix, "args": vars(args), "val_split": args.val_split,
                     "seed": args.seed, "nb_train": int(len(splits["y_train"])), "nb_val": int(len(splits["y_val"])),
-                    "status": "running"}
+                    "standardization": splits["standardization"], "status": "running"}
         if resume_from is not None:
             run_info["resumed_after_epoch"] = resume_from.epoch
         if chief:
@@ -411,7 +435,7 @@ def _train(dataset, args, prefix, task, chief, data):
                        dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
             os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
 
-    accuracy = test_accuracy(model, data, evaluation_batch_size(args, distribution)) * 100
+    accuracy = test_accuracy(model, data, evaluation_batch_size(args, distribution), splits["standardization"]) * 100
     print(f"Final model on the test set ({len(data.y_test)} images):")
     print("Accuracy : ", accuracy)
     print("Error : ", 100 - accuracy)

@@ -55,3 +55,18 @@ def write_archive(folder, dataset="cifar10", train_per_batch=40, test_size=60, s
             tar.addfile(info, io.BytesIO(raw))
     with open(path, "rb") as fh:
         return path, hashlib.sha256(fh.read()).hexdigest()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_code_running_batch(folder, marker):
+    """An extracted CIFAR-10 folder in `folder` whose data_batch_3 runs `touch marker` if unpickled."""
+    write_archive(folder, "cifar10", train_per_batch=2, test_size=2, extracted=True)
+    with open(os.path.join(folder, "cifar-10-batches-py", "data_batch_3"), "wb") as fh:
+        pickle.dump({b"data": _RunsCode(str(marker)), b"labels": [0]}, fh, protocol=2)

@@ -6,6 +6,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The original project's ensemble-weight files (WRN-16-4 on CIFAR-10 and CIFAR-100), shipped with the package.
+RELEASE_DATA = os.path.join(REPO, "snapshot_ensembles", "release_data")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,16 +34,29 @@ def cifar100_dir(tmp_path_factory):
     return str(folder), sha
 
 
-def run_script(script, *args, env=None, timeout=600):
+def run_script(script, *args, env=None, timeout=600, python_args=(), **popen_kwargs):
     """Run an entry script as a user would; returns the CompletedProcess (text)."""
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout, **popen_kwargs)
 
 
-def assert_clean_failure(result, *fragments):
-    """Non-zero exit, exactly one error line on stderr naming the problem, no traceback."""
-    assert result.returncode != 0, result.stdout + result.stderr
+def patched(code):
+    """python_args that run `code` first, then the entry script as __main__: a fault or a switch that only a
+    test sets, in the real script's process."""
+    runner = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    return ("-c", code + "\n" + runner)
+
+
+# The documented exit codes (README "Reliability"): a usage or input error the user can fix, a failure
+# of the environment during a run (disk full, divergence, a lost worker), an interruption by Ctrl-C.
+USER_ERROR, RUN_FAILURE, INTERRUPTED = 2, 1, 130
+
+
+def assert_clean_failure(result, exit_code, *fragments):
+    """The documented exit code, exactly one error line on stderr naming the problem, no traceback."""
+    assert exit_code in (USER_ERROR, RUN_FAILURE, INTERRUPTED), exit_code
+    assert result.returncode == exit_code, (result.returncode, result.stdout[-2000:] + result.stderr[-3000:])
     assert "Traceback" not in result.stderr, result.stderr
     # Our messages start with "error:" (or argparse's "<script>: error:"); TensorFlow's own start-up
     # log lines (E0000 ... CUDA error: ...) are not ours and are ignored.

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_failure, run_script, start_script, wait_until
+from conftest import REPO, USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
 from snapshot_ensembles import run_state
 
 PREFIX = "WRN-CIFAR10-10-1"
@@ -28,7 +28,10 @@ BACKENDS = ["tensorflow", "jax", "torch"]
 
 def need(backend):
     if backend != "tensorflow" and importlib.util.find_spec(backend) is None:
-        pytest.skip(f"the {backend} backend is not installed: pip install -r requirements-backends.txt")
+        message = f"the {backend} backend is not installed: pip install -r requirements-backends.txt"
+        if os.environ.get("SNAPSHOT_TESTS_REQUIRE_ALL_BACKENDS"):  # set by CI, which installs them
+            pytest.fail(message)
+        pytest.skip(message)
     return {"KERAS_BACKEND": backend}
 
 
@@ -121,6 +124,30 @@ def test_killed_run_resumes_to_the_uninterrupted_result(backend, trained, cifar1
         np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-4, err_msg=name)
 
 
+def weight_arrays(weights):
+    """Every array of every member's weight file, by file and dataset path."""
+    import h5py
+
+    arrays = {}
+    for name in MEMBERS:
+        with h5py.File(os.path.join(weights, f"{PREFIX}-{name}.weights.h5"), "r") as fh:
+            fh.visititems(lambda path, item: arrays.__setitem__((name, path), item[()])
+                          if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_same_seed_gives_bit_identical_snapshots_on_a_cpu(backend, trained, cifar10_dir, tmp_path):
+    """README "Backends": bit for bit on TensorFlow and on JAX on a CPU (PyTorch is seeded, not deterministic)."""
+    first = trained(backend)
+    result = run_script("train_cifar_10.py", *RUN, *data_flags(cifar10_dir, tmp_path / "again"), env=need(backend))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, got = weight_arrays(first), weight_arrays(tmp_path / "again")
+    assert sorted(got) == sorted(expected) and len(expected) > 3 * 20
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
 def test_jax_data_parallel_over_two_cpu_devices_trains_the_single_device_run(trained, cifar10_dir, tmp_path):
     reference = trained("jax")
     weights = tmp_path / "dp"
@@ -129,11 +156,14 @@ def test_jax_data_parallel_over_two_cpu_devices_trains_the_single_device_run(tra
     assert result.returncode == 0, result.stderr[-3000:]
     assert "JAX DataParallel over 2 device(s) (cpu:0, cpu:1); global batch 50, 25 per replica" in result.stdout
     np.testing.assert_array_equal(history(weights)["learning_rate"], history(reference)["learning_rate"])
-    np.testing.assert_allclose(history(weights)["loss"], history(reference)["loss"], rtol=1e-2)
+    # Float32 rounding only (tests/test_distribute.py): the first epoch's loss agrees to 1e-4 (measured 3e-6),
+    # then the differences grow with every step (measured 1e-3 on the loss and 2e-3 on the probabilities).
+    np.testing.assert_allclose(history(weights)["loss"][0], history(reference)["loss"][0], rtol=1e-4)
+    np.testing.assert_allclose(history(weights)["loss"], history(reference)["loss"], rtol=5e-3)
     got = predictions_on("jax", weights, cifar10_dir)  # one device: the sharded weights load as usual
     expected = predictions_on("jax", reference, cifar10_dir)
     for name in MEMBERS:
-        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=2e-2, err_msg=name)
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-2, err_msg=name)
 
 
 @pytest.mark.parametrize("backend,extra,env,fragments", [
@@ -147,7 +177,7 @@ def test_jax_data_parallel_over_two_cpu_devices_trains_the_single_device_run(tra
 def test_distribution_the_backend_lacks_gives_one_clear_line(backend, extra, env, fragments, cifar10_dir, tmp_path):
     result = run_script("train_cifar_10.py", *WRN, "--nb_epoch", "2", "--M", "2", *extra,
                         *data_flags(cifar10_dir, tmp_path / "w"), env=dict(need(backend), **env))
-    assert_clean_failure(result, *fragments)
+    assert_clean_failure(result, USER_ERROR, *fragments)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import data, training
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.errors import UserError
@@ -25,9 +25,7 @@ def train_script(data_dir, weights, *extra, sha="skip"):
 
 
 def assert_user_error(result, *fragments):
-    line = assert_clean_failure(result, *fragments)
-    assert result.returncode == 2, line
-    return line
+    return assert_clean_failure(result, USER_ERROR, *fragments)
 
 
 def archive_with(tmp_path, change=None, **kwargs):
@@ -179,5 +177,16 @@ def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
     dataset = data.load_cifar("cifar10", folder, "skip")
     with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
         fh.write(json.dumps(record).replace("Infinity", "1e999"))
-    with pytest.raises(UserError, match=f"cannot read the training record .*{PREFIX}-run.json"):
+    with pytest.raises(UserError, match=f"the training record .*{PREFIX}-run.json"):
         prediction.fitting_split("cifar10", dataset, str(tmp_path), PREFIX)
+
+
+def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--M", "2147483647",
+                        "--weights_dir", tmp_path, timeout=120)
+    assert_user_error(result, f"{PREFIX}-Best.weights.h5", f"{PREFIX}-3.weights.h5", "and 2147483644 more snapshots")
+    with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
+        json.dump({"status": "complete", "args": {"M": 10**100}}, fh)  # not a count a run can have recorded
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path, timeout=120)
+    line = assert_user_error(result, "missing ensemble member files", f"{PREFIX}-Best.weights.h5")
+    assert "more snapshots" not in line

@@ -7,7 +7,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from scipy import signal
 
 import convert_weights
@@ -149,9 +149,11 @@ def conv_model(input_shape, filters):
     return keras.Model(inputs, keras.layers.Conv2D(filters, 3, padding="same")(inputs))
 
 
-@pytest.mark.parametrize("backend, scipy_op", [("theano", signal.convolve2d), ("tensorflow", signal.correlate2d)])
-def test_kernel_conversion_matches_the_backends_arithmetic(tmp_path, backend, scipy_op):
-    """Theano convolved (flipped kernel), TensorFlow cross-correlates: compare with scipy on a tiny input."""
+@pytest.mark.parametrize("backend, scipy_op, other_op", [("theano", signal.convolve2d, signal.correlate2d),
+                                                         ("tensorflow", signal.correlate2d, signal.convolve2d)])
+def test_kernel_conversion_matches_the_backends_arithmetic(tmp_path, backend, scipy_op, other_op):
+    """Theano convolved (flipped kernel), TensorFlow cross-correlates: compare with scipy on a tiny input,
+    and check that the other backend's arithmetic would have been told apart."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(1, 5, 6, 2)).astype("float32")
     kernel = rng.normal(size=(3, 2, 3, 3)).astype("float32")  # Theano "th": (filters, in, rows, cols)
@@ -163,16 +165,13 @@ def test_kernel_conversion_matches_the_backends_arithmetic(tmp_path, backend, sc
     model = conv_model((5, 6, 2), 3)
     convert_legacy_weights(model, read_legacy_weights(path), backend=backend)
 
-    expected = np.stack([sum(scipy_op(x[0, :, :, c], kernel[f, c], mode="same") for c in range(2)) + bias[f]
+    def reference(op):
+        return np.stack([sum(op(x[0, :, :, c], kernel[f, c], mode="same") for c in range(2)) + bias[f]
                          for f in range(3)], axis=-1)
-    np.testing.assert_allclose(model.predict(x, verbose=0)[0], expected, atol=1e-5)
 
-
-def test_flipping_matters():
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(5, 6)).astype("float32")
-    kernel = rng.normal(size=(3, 3)).astype("float32")
-    assert not np.allclose(signal.convolve2d(x, kernel, mode="same"), signal.correlate2d(x, kernel, mode="same"))
+    converted = model.predict(x, verbose=0)[0]
+    np.testing.assert_allclose(converted, reference(scipy_op), atol=1e-5)
+    assert np.abs(converted - reference(other_op)).max() > 0.1  # a conversion that skipped the flip would fail
 
 
 def test_dense_after_flattening_a_feature_map_gets_its_rows_reordered(tmp_path):
@@ -310,7 +309,8 @@ def test_cli_converts_every_release_file_and_refuses_to_overwrite(tmp_path):
         restored.load_weights(str(tmp_path / f"WRN-CIFAR10-10-1-{name}.weights.h5"))
         assert_same_predictions(model, restored)
 
-    assert_clean_failure(run_script("convert_weights.py", *flags), "already exist", "pass --overwrite to replace")
+    assert_clean_failure(run_script("convert_weights.py", *flags), USER_ERROR, "already exist",
+                         "pass --overwrite to replace")
 
 
 def test_cli_mismatch_is_one_error_line(tmp_path, capsys):

@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_fixtures import write_archive
+from cifar_fixtures import write_archive, write_code_running_batch
 from snapshot_ensembles import data
 from snapshot_ensembles.errors import UserError
 
@@ -63,15 +63,8 @@ def test_corrupted_archive_is_a_clear_error(tmp_path):
 
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
-    write_archive(str(tmp_path), "cifar10", train_per_batch=2, test_size=2, extracted=True)
     marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as fh:
-        pickle.dump({b"data": Exploit(), b"labels": [0]}, fh, protocol=2)
+    write_code_running_batch(str(tmp_path), marker)
     with pytest.raises(UserError, match="refusing to load .*system"):
         data.load_cifar("cifar10", str(tmp_path))
     assert not marker.exists()

@@ -3,6 +3,12 @@
 Both must train the run of a single device: the same snapshots (up to float summation order: the
 gradients and the synchronised batch statistics are summed over the replicas), the same
 learning-rate trace, and weight files that load into a single-device model.
+
+The tolerances are what float32 rounding explains, measured on this test's run (AMD EPYC, 2 cores):
+the first epoch's mean loss agrees to 2e-5 (relative); rounding differences then grow with every
+step, to 5e-4 on the fourth epoch's loss and 1.2e-3 on a snapshot's probabilities. The same run with
+each replica normalising its own half batch (BatchNormalization not synchronised) is off by 7e-4
+already in the first epoch and by 4e-3 to 8e-3 later: test_unsynchronised_... shows that it fails.
 """
 
 import json
@@ -17,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_failure, member_predictions, run_script
+from conftest import REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member_predictions, patched, run_script
 from snapshot_ensembles import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -26,6 +32,9 @@ PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]
 # Two cycles of two epochs; batch 50 splits the 200 training images into 4 steps of 25 per replica.
 RUN = ["--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "4", "--M", "2", "--batch_size", "50"]
+FIRST_EPOCH_LOSS_RTOL = 1e-4
+LOSS_RTOL = 2e-3
+PROBABILITY_ATOL = 5e-3
 
 
 def flags(cifar10_dir, weights, *extra):
@@ -58,12 +67,14 @@ def assert_same_run_as(weights, reference, cifar10_dir):
     np.testing.assert_allclose(expected["learning_rate"], [0.1, 0.05, 0.1, 0.05], atol=1e-7)
     np.testing.assert_array_equal(got["learning_rate"], expected["learning_rate"])
     assert len(got["loss"]) == 4
-    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-2)
+    np.testing.assert_allclose(got["loss"][0], expected["loss"][0], rtol=FIRST_EPOCH_LOSS_RTOL)
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(got["val_loss"], expected["val_loss"], rtol=LOSS_RTOL)
     x = load_cifar("cifar10", *cifar10_dir).x_test
     got = member_predictions(str(weights), PREFIX, MEMBERS, x)  # a plain single-device model
     expected = member_predictions(reference, PREFIX, MEMBERS, x)
     for name in MEMBERS:
-        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=2e-2, err_msg=name)
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=PROBABILITY_ATOL, err_msg=name)
 
 
 def test_mirrored_over_two_cpu_devices_trains_the_single_device_run(single_device, cifar10_dir, tmp_path):
@@ -80,6 +91,25 @@ def test_mirrored_over_two_cpu_devices_trains_the_single_device_run(single_devic
                            "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert "Ensemble with equal weights:" in predicted.stdout and "Accuracy : " in predicted.stdout
+
+
+# train_cifar_10.py with BatchNormalization left unsynchronised under --distribute: each replica normalises
+# with the statistics of its own slice of the batch.
+UNSYNCHRONISED = """
+from snapshot_ensembles import distribute
+distribute.Distribution.prepare_model = lambda self, model: model
+"""
+
+
+def test_unsynchronised_batch_normalization_would_fail_the_comparison(single_device, cifar10_dir, tmp_path):
+    weights = tmp_path / "unsynchronised"
+    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--distribute", "mirrored",
+                                                    "--cpu_devices", "2"), python_args=patched(UNSYNCHRONISED))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first_epoch = history(weights)["loss"][0] / history(single_device)["loss"][0] - 1
+    assert abs(first_epoch) > 3 * FIRST_EPOCH_LOSS_RTOL, first_epoch
+    with pytest.raises(AssertionError):
+        assert_same_run_as(str(weights), single_device, cifar10_dir)
 
 
 def free_ports(count):
@@ -153,7 +183,7 @@ def test_two_workers_on_loopback_train_the_single_device_run(single_device, cifa
     ({}, ["--distribute", "mirrored", "--cpu_devices", "0"], ["--cpu_devices", "positive integer"]),
 ])
 def test_bad_distribution_flags_give_one_clear_line(env, extra, fragments):
-    assert_clean_failure(run_script("train_cifar_10.py", *extra, env=env), *fragments)
+    assert_clean_failure(run_script("train_cifar_10.py", *extra, env=env), USER_ERROR, *fragments)
 
 
 @pytest.mark.parametrize("devices,batch,problem,hint", [
@@ -169,9 +199,8 @@ def test_mirrored_batches_that_do_not_split_over_the_devices_are_refused_up_fron
     result = run_script("train_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "2", "--M", "1",
                         "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
                         "--distribute", "mirrored", "--cpu_devices", devices, *(["--batch_size", batch] if batch else []))
-    line = assert_clean_failure(result, f"MirroredStrategy splits every batch evenly over its {devices} devices",
-                                problem, hint)
-    assert result.returncode == 2, line
+    assert_clean_failure(result, USER_ERROR,
+                         f"MirroredStrategy splits every batch evenly over its {devices} devices", problem, hint)
     assert not (weights / f"{PREFIX}-run.json").exists()
 
 
@@ -191,13 +220,33 @@ def test_the_chief_is_the_chief_task_else_worker_zero():
     assert distribute.is_chief(None)  # a run on one machine writes its files
 
 
-def test_devices_are_where_a_run_is_not_what_it_trains():
-    """A run started on one device resumes on several, and the other way round: --batch_size is global."""
+@pytest.mark.slow
+@pytest.mark.parametrize("started_on,resumed_on", [([], ["--distribute", "mirrored", "--cpu_devices", "2"]),
+                                                   (["--distribute", "mirrored", "--cpu_devices", "2"], [])],
+                         ids=["one-then-two-devices", "two-devices-then-one"])
+def test_a_run_resumes_on_more_or_fewer_devices_than_it_started_on(single_device, cifar10_dir, tmp_path,
+                                                                  started_on, resumed_on):
+    from conftest import start_script, wait_until
     from snapshot_ensembles import run_state
 
-    flags_one = {"M": 2, "distribute": "none", "cpu_devices": None}
-    flags_two = {"M": 2, "distribute": "mirrored", "cpu_devices": 2}
-    assert run_state.run_flags(flags_one) == run_state.run_flags(flags_two) == {"M": 2}
+    weights = tmp_path / "w"
+
+    def epochs_done():
+        state = run_state.read_state(run_state.state_path(str(weights), PREFIX))
+        return state.epoch if state else 0
+
+    run = start_script("train_cifar_10.py", *flags(cifar10_dir, weights, *started_on), log_path=tmp_path / "run.log")
+    try:
+        wait_until(lambda: epochs_done() >= 1, run)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    killed_at = epochs_done()
+    assert 1 <= killed_at < 4
+    resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, *resumed_on))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {PREFIX} after epoch {killed_at} of 4" in resumed.stdout
+    assert_same_run_as(str(weights), single_device, cifar10_dir)
 
 
 @pytest.mark.slow
@@ -225,13 +274,13 @@ def test_multi_worker_run_survives_a_dead_chief_and_resumes_from_shared_state(si
     (_, _), (other_rc, other_log) = wait_all(workers, timeout=120)
     killed_at = epochs_done()
     assert 1 <= killed_at < 4
-    assert other_rc == 1, other_log[-3000:]
+    assert other_rc == RUN_FAILURE, other_log[-3000:]
     assert "Traceback" not in other_log, other_log[-3000:]
     assert "error: lost contact with another worker of the cluster" in other_log
 
     # The chief has a state, the other worker none (separate disks): both refuse, neither waits forever.
     for returncode, log in wait_all(start_workers(argv, free_ports(2), tmp_path, "disagree")):
-        assert returncode == 2, log[-3000:]
+        assert returncode == USER_ERROR, log[-3000:]
         assert "error: the workers disagree about where the run" in log and "Traceback" not in log
 
     # The same state for both, as on shared storage: the run resumes and ends as on one device.

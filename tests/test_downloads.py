@@ -7,18 +7,16 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import urllib.parse
 
 import pytest
 
 import download_weights
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import downloads
 from snapshot_ensembles.errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "WRN-CIFAR10-16-4"  # what `--dataset cifar10 --model wrn --wrn_N 2 --wrn_k 4` names
 OTHER_PREFIX = "DenseNet-CIFAR100-40-12"
 
@@ -360,15 +358,33 @@ def test_without_url_the_originals_github_release_is_the_source(tmp_path, monkey
         download_weights.main(["--weights_dir", str(tmp_path)])
 
 
-def test_entry_script_failure_is_one_error_line_without_traceback(tmp_path):
+def test_entry_script_offline_is_one_error_line_and_exit_2(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run(
-        [sys.executable, "download_weights.py", "--dataset", "cifar10", "--url", f"http://127.0.0.1:{port}/x",
-         "--weights_dir", str(tmp_path / "weights")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "cannot reach" in lines[0]
+    result = run_script("download_weights.py", "--dataset", "cifar10", "--url", f"http://127.0.0.1:{port}/x",
+                        "--weights_dir", tmp_path / "weights")
+    assert_clean_failure(result, USER_ERROR, "cannot reach")
+    assert result.stderr.strip().splitlines()[0].startswith("error: ")
+    assert not (tmp_path / "weights").exists() or os.listdir(tmp_path / "weights") == []
+
+
+@pytest.mark.parametrize("breakage,fragments", [
+    ("missing", ["not found", "404"]),
+    ("short", ["size mismatch", f"{PREFIX}-Best.weights.h5"]),
+    ("checksum", ["checksum mismatch", f"{PREFIX}-Best.weights.h5"]),
+])
+def test_entry_script_download_failures_name_the_file_and_exit_2(server, tmp_path, breakage, fragments):
+    name = f"{PREFIX}-Best.weights.h5"
+    if breakage == "missing":
+        del server.files[name]
+    elif breakage == "short":
+        server.files[name] = server.files[name][:1000]
+    else:
+        server.manifest["files"][0]["sha256"] = "0" * 64
+    weights = tmp_path / "weights"
+    result = run_script("download_weights.py", "--dataset", "cifar10", "--wrn_N", "2", "--wrn_k", "4",
+                        "--url", server.url, "--weights_dir", weights)
+    line = assert_clean_failure(result, USER_ERROR, *fragments)
+    assert name in line
+    assert not (weights / name).exists()  # nothing under a final name

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import ensemble, export, metrics, prediction
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -102,8 +102,7 @@ def test_bad_report_and_export_paths_are_refused_before_any_work(weights_dir, ci
              (["--report", own_json], "one of the ensemble's own files")]
     for flags, fragment in cases:
         result = run_script("predict_cifar_10.py", *base, *flags)
-        assert_clean_failure(result, fragment)
-        assert result.returncode == 2
+        assert_clean_failure(result, USER_ERROR, fragment)
     assert open(own_json).read() == before
 
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, start_script, wait_until
+from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, wait_until
 from snapshot import EpochCosineScheduler
 from snapshot_ensembles import cli, files, run_state, training
 from snapshot_ensembles.modeling import build_model
@@ -27,8 +27,8 @@ WRN = ["--wrn_N", "1", "--wrn_k", "1"]
 
 # Runs an entry script whose HDF5 writes of one file (named in SLOW_WRITE_TARGET) hang before the
 # file is closed, after touching SLOW_WRITE_MARKER: the test then kills or interrupts it mid-write.
-SLOW_WRITE_BOOT = """
-import os, runpy, sys, time
+SLOW_WRITE = """
+import os, time
 import h5py
 close = h5py.File.close
 def close_slowly(self):
@@ -37,8 +37,6 @@ def close_slowly(self):
         time.sleep(300)
     close(self)
 h5py.File.close = close_slowly
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -51,7 +49,7 @@ def flags(cifar10_dir, weights, *extra):
 def start_with_slow_write(cifar10_dir, weights, target, tmp_path):
     marker = tmp_path / "writing"
     run = start_script("train_cifar_10.py", *flags(cifar10_dir, weights), log_path=tmp_path / "run.log",
-                       python_args=("-c", SLOW_WRITE_BOOT),
+                       python_args=patched(SLOW_WRITE),
                        env={"SLOW_WRITE_TARGET": target, "SLOW_WRITE_MARKER": str(marker)})
     wait_until(marker.exists, run)
     return run
@@ -132,7 +130,7 @@ def test_ctrl_c_while_writing_a_snapshot_exits_130_and_keeps_the_last_epoch(cifa
     run = start_with_slow_write(cifar10_dir, weights, f"{PREFIX}-1.weights.h5", tmp_path)
     before = file_bytes(weights)
     run.send_signal(signal.SIGINT)
-    assert run.wait(timeout=60) == 130
+    assert run.wait(timeout=60) == INTERRUPTED
     log = (tmp_path / "run.log").read_text()
     assert "Traceback" not in log, log
     assert [line for line in log.splitlines() if "interrupted" in line] == [
@@ -143,14 +141,14 @@ def test_ctrl_c_while_writing_a_snapshot_exits_130_and_keeps_the_last_epoch(cifa
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-Best.weights.h5", f"{PREFIX}-state.weights.h5"]
 
 
-def test_diverging_from_the_start_says_so_and_leaves_other_files_alone(cifar10_dir, tmp_path, capsys):
+def test_diverging_from_the_start_says_so_and_leaves_other_files_alone(cifar10_dir, tmp_path):
     weights = tmp_path / "w"
     weights.mkdir()
     other = weights / "WRN-CIFAR10-16-4-1.weights.h5"  # another model's snapshot
     other.write_bytes(b"a snapshot of another model")
-    result = run_cli_in_process(flags(cifar10_dir, weights, "--alpha_zero", "1e30"), capsys)
-    line = assert_clean_failure(result, "training diverged", "epoch 1 of 6", "--alpha_zero 1e+29", "--no_resume")
-    assert result.returncode == 1, line
+    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "1e30"))
+    assert_clean_failure(result, RUN_FAILURE, "training diverged", "epoch 1 of 6", "--alpha_zero 1e+29",
+                         "--no_resume")
     assert other.read_bytes() == b"a snapshot of another model"
     assert sorted(os.listdir(weights)) == sorted([other.name, f"{PREFIX}-run.json"])
 
@@ -170,7 +168,7 @@ def test_diverging_mid_run_writes_no_nan_weights_and_keeps_earlier_snapshots(cif
 
     monkeypatch.setattr(training, "fit_snapshot_ensemble", _with_callback(KeepFilesAtEpochStart()))
     result = run_cli_in_process(flags(cifar10_dir, weights), capsys)
-    assert_clean_failure(result, "training diverged", "in epoch 3 of 6", "kept")
+    assert_clean_failure(result, RUN_FAILURE, "training diverged", "in epoch 3 of 6", "kept")
     # Cycle 1's snapshot, the best checkpoint and the state after epoch 2 are as they were before epoch 3.
     assert file_bytes(weights) == KeepFilesAtEpochStart.seen[2]
     assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 2
@@ -191,30 +189,33 @@ def _with_callback(callback):
     return lambda *args, **kwargs: fit(*args, **kwargs, extra_callbacks=[callback])
 
 
-def test_disk_full_while_saving_a_snapshot(cifar10_dir, tmp_path, capsys, monkeypatch):
-    error = errno.ENOSPC
+# Runs an entry script whose rename of one file (named in DISK_FULL_TARGET) onto its final name fails with
+# ENOSPC, as on a full disk.
+DISK_FULL = """
+import errno, os
+replace = os.replace
+def replace_failing(src, dst):
+    if os.path.basename(dst) == os.environ["DISK_FULL_TARGET"]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    replace(src, dst)
+os.replace = replace_failing
+"""
+
+
+def test_disk_full_while_saving_a_snapshot(cifar10_dir, tmp_path):
     weights = tmp_path / "w"
     snapshot = weights / f"{PREFIX}-2.weights.h5"
-    replace = os.replace
-
-    def replace_failing(src, dst):
-        if os.path.basename(dst) == snapshot.name:
-            raise OSError(error, os.strerror(error))
-        replace(src, dst)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "replace", replace_failing)
-        result = run_cli_in_process(flags(cifar10_dir, weights), capsys)
-    assert_clean_failure(result, f"cannot write {snapshot} ({os.strerror(error)})", "previous version",
-                         "rerun the same command to resume after epoch 3")
-    assert result.returncode == 1
+    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights), python_args=patched(DISK_FULL),
+                        env={"DISK_FULL_TARGET": snapshot.name})
+    assert_clean_failure(result, RUN_FAILURE, f"cannot write {snapshot} ({os.strerror(errno.ENOSPC)})",
+                         "previous version", "rerun the same command to resume after epoch 3")
     assert not snapshot.exists()
     assert partial_files(weights) == []
     assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 3
 
     # Room again: the same command picks up after epoch 3.
-    resumed = run_cli_in_process(flags(cifar10_dir, weights), capsys)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming WRN-CIFAR10-10-1 after epoch 3 of 6" in resumed.stdout
     assert snapshot.exists()
 

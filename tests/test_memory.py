@@ -1,33 +1,30 @@
-"""Prediction memory: members are read one at a time from memory-mapped cache files, never stacked.
+"""Prediction memory: the prediction flow reads the members one at a time from memory-mapped cache files.
 
-With n samples, C classes and M members, the ensemble arithmetic may hold a few (n, C) float32 arrays
-and the (n, M) float64 true-class matrix of the fit, but never an (M, n, C) array (for CIFAR-100's
-50,000 training images and 100 members in float64 that would be 4 GB).
+With n samples, C classes and M members, `prediction.predict` may hold a few (n, C) float32 arrays and
+the (n, M) float64 true-class matrix of the fit, but never an (M, n, C) array (for CIFAR-100's 50,000
+training images and 100 members in float64 that would be 4 GB).
 """
 
+import os
 import tracemalloc
 
 import numpy as np
 
-from snapshot_ensembles import ensemble, evaluation, metrics
+from snapshot_ensembles import prediction
+from snapshot_ensembles.data import Dataset
+from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.training import build_parser
 
-N_SAMPLES, N_CLASSES = 20000, 100
-MEMBER_BYTES = N_SAMPLES * N_CLASSES * 4  # one member's float32 probabilities: 8 MB
+# Test images enough that even 3 members fill the evaluation's fixed-size blocks (metrics.kl_matrix works
+# on ~1M values at a time, however many members); the weights are fitted on the training images.
+N_SAMPLES, N_TRAIN, N_CLASSES = 4000, 1000, 100
+MEMBER_BYTES = N_SAMPLES * N_CLASSES * 4  # one member's float32 test probabilities: 1.6 MB
+MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
+PREFIX = "WRN-CIFAR100-10-1"
 
 
-def memory_mapped_members(folder, n_members, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, N_CLASSES, N_SAMPLES)
-    members = []
-    for m in range(n_members):
-        logits = rng.standard_normal((N_SAMPLES, N_CLASSES), dtype=np.float32)
-        logits[np.arange(N_SAMPLES), labels] += 2.0
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        path = folder / f"member{m}.npy"
-        np.save(path, probs)
-        members.append(np.load(path, mmap_mode="r"))  # as PredictionCache hands them out
-    return members, labels
+def images_and_labels(rng, n):
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, N_CLASSES, n).astype(np.int32)
 
 
 def peak_bytes(function, *args):
@@ -39,19 +36,21 @@ def peak_bytes(function, *args):
         tracemalloc.stop()
 
 
-def ensemble_report(members, labels):
-    """What the prediction flow computes from the members: the fitted weights and temperatures, then the
-    evaluation (every member's scores, equal and fitted ensembles, the size curve, bootstrap, diversity)."""
-    fitted = ensemble.fit_weights(members, labels, num_tests=2)
-    temperature = metrics.fit_temperature(ensemble.weighted_average(members, fitted.weights), labels).temperature
-    member_temperatures = [metrics.fit_temperature(probs, labels).temperature for probs in members]
-    evaluation.evaluate(members, labels, [str(m) for m in range(len(members))], fitted.weights, temperature,
-                        member_temperatures, resamples=50)
+def test_prediction_memory_does_not_grow_with_members_times_samples_times_classes(tmp_path):
+    """The whole flow (fit on the training set, equal and weighted ensembles, size curve, agreement plot) with
+    3 and with 24 members; the members' predictions come from the cache, as in every run after the first."""
+    rng = np.random.default_rng(0)
+    data = Dataset(*images_and_labels(rng, N_TRAIN), *images_and_labels(rng, N_SAMPLES), N_CLASSES, "synthetic")
+    model = build_model(build_parser("cifar100").parse_args(MODEL), N_CLASSES)
+    for name in ["Best"] + [str(i) for i in range(1, 24)]:  # one network's weights: predicted once per split
+        model.save_weights(os.path.join(tmp_path, f"{PREFIX}-{name}.weights.h5"))
 
+    def predict(m):
+        return prediction.predict("cifar100", MODEL + ["--optimize", "1", "--num_tests", "2", "--M", str(m),
+                                                       "--weights_dir", str(tmp_path), "--plot"], data=data)
 
-def test_ensemble_memory_does_not_grow_with_members_times_samples_times_classes(tmp_path):
-    few = peak_bytes(ensemble_report, *memory_mapped_members(tmp_path, 3))
-    many = peak_bytes(ensemble_report, *memory_mapped_members(tmp_path, 24))
-    # 21 more members add their (n,) true-class and argmax columns (about 0.3 MB each), not 8 MB each.
-    assert many - few < 21 * MEMBER_BYTES / 8, (few, many)
-    assert many < 6 * MEMBER_BYTES, many  # a handful of (n, C) arrays, whatever M is
+    assert len(predict(23)["networks_run"]) == 2  # fills the cache: test and training set
+    few, many = peak_bytes(predict, 2), peak_bytes(predict, 23)
+    # 21 more members add their (n,) true-class and argmax columns (32 kB each, a few of them), not 1.6 MB each
+    # (measured: 23 kB in all; stacking the members' test probabilities would add 33.6 MB).
+    assert many - few < 21 * MEMBER_BYTES / 4, (few, many)

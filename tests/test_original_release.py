@@ -16,7 +16,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 
 import download_weights
 import keras1_reference
@@ -221,9 +221,8 @@ def test_no_network_says_where_the_files_are_and_how_to_convert_by_hand(tmp_path
         port = sock.getsockname()[1]
     result = run_script("download_weights.py", "--weights_dir", tmp_path / "weights",
                         env={original_release.GITHUB_API_ENV: f"http://127.0.0.1:{port}"})
-    line = assert_clean_failure(result, "cannot reach the GitHub API", f"https://github.com/{REPO}/releases",
-                                "python convert_weights.py")
-    assert result.returncode == 2, line
+    assert_clean_failure(result, USER_ERROR, "cannot reach the GitHub API", f"https://github.com/{REPO}/releases",
+                         "python convert_weights.py")
     assert_nothing_installed(tmp_path / "weights")
 
 
@@ -311,6 +310,34 @@ def test_ensemble_weights_the_user_fitted_are_kept(api_env, tmp_path, capsys):
     download(tmp_path)
     assert "kept" in capsys.readouterr().out
     assert (tmp_path / f"Ensemble-weights-{prefix}.json").read_bytes() == fitted
+
+
+@pytest.mark.parametrize("refusal", ["rate-limit", "missing-file", "not-keras1", "own-run"])
+def test_each_refusal_through_the_script_is_one_line_and_exit_2(api_env, tmp_path, refusal):
+    """README bad-input rows of download_weights.py, as a user meets them: the real script in a subprocess."""
+    weights = tmp_path / "weights"
+    name = "WRN-CIFAR10-16-4-4.h5"
+    if refusal == "rate-limit":
+        api_env.rate_limited = True
+        fragments = ["GitHub API rate limit exceeded", "GITHUB_TOKEN"]
+    elif refusal == "missing-file":
+        del api_env.listed[name]
+        fragments = ["the release v1.0 of titu1994/Snapshot-Ensembles lacks", name]
+    elif refusal == "not-keras1":
+        api_env.files[name] = b"<html>not a weight file</html>"
+        api_env.listed[name] = len(api_env.files[name])
+        api_env.digests[name] = "sha256:" + hashlib.sha256(api_env.files[name]).hexdigest()
+        fragments = [name, "cannot be read as an HDF5 file"]
+    else:
+        weights.mkdir()
+        (weights / "WRN-CIFAR10-16-4-Best.weights.h5").write_bytes(b"my own training")
+        fragments = ["holds a run of WRN-CIFAR10-16-4 that is not the release's", "--overwrite"]
+    result = run_script("download_weights.py", "--weights_dir", weights)
+    assert_clean_failure(result, USER_ERROR, *fragments)
+    if refusal == "own-run":
+        assert os.listdir(weights) == ["WRN-CIFAR10-16-4-Best.weights.h5"]
+    else:
+        assert_nothing_installed(weights)
 
 
 @pytest.mark.parametrize("answer, message", [

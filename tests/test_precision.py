@@ -17,8 +17,23 @@ def restore_float32_policy():
     keras.mixed_precision.set_dtype_policy("float32")  # the policy is global: leave none behind for other tests
 
 
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+NO_BFLOAT16_WARNING = "warning: --mixed_precision on a CPU without native bfloat16"
+
+
+def cpu_reporting(monkeypatch, tmp_path, cpuinfo):
+    """Make the precision check read `cpuinfo` instead of this machine's /proc/cpuinfo."""
+    from snapshot_ensembles import modeling
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    read = modeling.cpu_has_native_bfloat16
+    monkeypatch.setattr(modeling, "cpu_has_native_bfloat16", lambda cpuinfo=str(path): read(cpuinfo))
+
+
 def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32(
-        cifar10_dir, tmp_path, restore_float32_policy, capsys):
+        cifar10_dir, tmp_path, restore_float32_policy, capsys, monkeypatch):
+    cpu_reporting(monkeypatch, tmp_path, AVX2_ONLY)  # whatever this machine's CPU: the run must warn
     data_dir, sha = cifar10_dir
     weights = str(tmp_path / "w")
     model_flags = ["--wrn_N", "1", "--wrn_k", "1"]
@@ -26,7 +41,9 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
         "--nb_epoch", "2", "--M", "2", "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
         "--mixed_precision"])
     policy, compute = ("mixed_float16", "float16") if accelerator_present() else ("mixed_bfloat16", "bfloat16")
-    assert f"Mixed precision: Keras dtype policy {policy}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Mixed precision: Keras dtype policy {policy}" in out
+    assert out.count(NO_BFLOAT16_WARNING) == (0 if accelerator_present() else 1), out
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert {layer.compute_dtype for layer in convolutions} == {compute}
     assert {v.dtype for v in model.weights} == {"float32"}  # what the snapshots hold
@@ -64,3 +81,20 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, expected)
     path.write_text(cpuinfo)
     assert cpu_has_native_bfloat16(str(path)) is expected
     assert cpu_has_native_bfloat16(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("mixed,cpuinfo,warns", [
+    (True, AVX2_ONLY, True),
+    (True, "flags\t\t: fpu avx512f avx512_bf16\n", False),
+    (True, "processor\t: 0\n", False),  # unknown: no claim either way
+    (False, AVX2_ONLY, False),
+])
+def test_bfloat16_warning_only_where_the_cpu_lacks_it(mixed, cpuinfo, warns, tmp_path, monkeypatch, capsys,
+                                                      restore_float32_policy):
+    from snapshot_ensembles.modeling import set_precision
+
+    if mixed and accelerator_present():
+        pytest.skip("mixed precision computes in float16 on this machine's accelerator, not bfloat16")
+    cpu_reporting(monkeypatch, tmp_path, cpuinfo)
+    set_precision(mixed)
+    assert (NO_BFLOAT16_WARNING in capsys.readouterr().out) == warns

@@ -1,17 +1,18 @@
 """The prediction scripts: modes, the prediction cache, the saved JSON and the error messages."""
 
+import hashlib
 import json
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, member_predictions, run_script
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script
 from snapshot_ensembles import ensemble, prediction, training
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.original_release import RELEASE_DATA
 
 PREFIX = "WRN-CIFAR10-10-1"
@@ -54,11 +55,20 @@ def test_fit_then_saved_then_equal_weights_all_report(weights_dir, cifar10_dir, 
     assert len(saved["best_weights"]) == 3 and abs(sum(saved["best_weights"]) - 1) < 1e-9
     assert os.path.getsize(os.path.join(weights_dir, f"{PREFIX}-ensemble.png")) > 10_000
 
+    # The reported accuracies against the members' predictions made here, averaged without our code.
+    data = load_cifar("cifar10", *cifar10_dir)
+    probs = member_predictions(weights_dir, PREFIX, ["Best", "1", "2"], data.x_test)
+
+    def accuracy_of(weights):
+        average = sum(w * probs[name] for w, name in zip(weights, ("Best", "1", "2")))
+        return np.mean(np.argmax(average, axis=1) == data.y_test)
+
+    assert fitted["accuracy"] == pytest.approx(accuracy_of(saved["best_weights"]))
     reused = predict(weights_dir, cifar10_dir, "--optimize", "0")
     np.testing.assert_allclose(reused["weights"], saved["best_weights"])
-    assert reused["accuracy"] == fitted["accuracy"] == fitted["weighted_accuracy"]
+    assert reused["accuracy"] == pytest.approx(accuracy_of(saved["best_weights"]))
     equal = predict(weights_dir, cifar10_dir, "--optimize", "-1")
-    assert equal["accuracy"] == equal["equal_accuracy"]
+    assert equal["accuracy"] == pytest.approx(accuracy_of([1 / 3] * 3))
     assert "Ensemble with equal weights" in capsys.readouterr().out
 
 
@@ -88,20 +98,38 @@ def test_best_checkpoint_takes_no_part_in_a_fit_on_the_split_that_chose_it(weigh
 
 
 def test_second_run_uses_the_cache_and_a_replaced_file_is_predicted_again(weights_dir, cifar10_dir):
+    """The cache is keyed by the weight file's content: not by its name, size or modification time."""
+    members = [os.path.join(weights_dir, f"{PREFIX}-{name}.weights.h5") for name in ("Best", "1", "2")]
+    contents = {hashlib.sha256(open(path, "rb").read()).digest() for path in members}  # Best may be snapshot 2
     first = predict(weights_dir, cifar10_dir, "--optimize", "1")
-    assert len(first["networks_run"]) == 6  # 3 members x (test, validation)
+    assert len(first["networks_run"]) == 2 * len(contents)  # each distinct file x (test, validation)
     second = predict(weights_dir, cifar10_dir, "--optimize", "1")
     assert second["networks_run"] == []
     assert predict(weights_dir, cifar10_dir, "--optimize", "-1")["networks_run"] == []
-    # Replace snapshot 2 by other weights (the cache is keyed by content, not by name or date).
-    model = build_model(training.build_parser("cifar10").parse_args(MODEL), 10)
+
+    # Touched, content unchanged: nothing to predict again.
     path = os.path.join(weights_dir, f"{PREFIX}-2.weights.h5")
-    model.load_weights(path)
-    model.set_weights([w * 1.5 for w in model.get_weights()])
-    model.save_weights(path)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 3600 * 10**9))
+    assert predict(weights_dir, cifar10_dir, "--optimize", "1")["networks_run"] == []
+
+    # Other weights written into snapshot 2 in place, its size and modification time kept as they were.
+    data = load_cifar("cifar10", *cifar10_dir)
+    original = member_predictions(weights_dir, PREFIX, ["2"], data.x_test)["2"]
+    stat = os.stat(path)
+    with h5py.File(path, "r+") as fh:  # every float array scaled in place: the file keeps its layout and size
+        fh.visititems(lambda _, item: item.write_direct(item[()] * np.float32(1.5))
+                      if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and item.shape else None)
+    assert os.stat(path).st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
     third = predict(weights_dir, cifar10_dir, "--optimize", "1")
     assert sorted(os.path.basename(path) for path, _ in third["networks_run"]) == [f"{PREFIX}-2.weights.h5"] * 2
     assert third["member_accuracy"][:2] == first["member_accuracy"][:2]
+    replaced = member_predictions(weights_dir, PREFIX, ["2"], data.x_test)["2"]
+    assert np.abs(replaced - original).max() > 1e-3  # other weights, other predictions
+    assert third["member_accuracy"][2] == pytest.approx(np.mean(np.argmax(replaced, axis=1) == data.y_test))
 
 
 def test_m_selects_the_first_snapshots(weights_dir, cifar10_dir):
@@ -117,7 +145,8 @@ def test_reads_the_originals_weight_files(weights_dir, cifar10_dir, name):
     shutil.copy(os.path.join(RELEASE_DATA, "Ensemble-weights-WRN-CIFAR10-16-4.json"),
                 os.path.join(weights_dir, name.format(PREFIX)))
     result = predict(weights_dir, cifar10_dir, "--optimize", "0")
-    raw = json.loads(open(os.path.join(RELEASE_DATA, "Ensemble-weights-WRN-CIFAR10-16-4.json")).read())["best_weights"]
+    with open(os.path.join(RELEASE_DATA, "Ensemble-weights-WRN-CIFAR10-16-4.json")) as fh:
+        raw = json.load(fh)["best_weights"]
     np.testing.assert_allclose(result["weights"], np.array(raw) / sum(raw))
 
 
@@ -136,17 +165,28 @@ def test_weights_of_another_architecture_name_the_flags(weights_dir, cifar10_dir
         if name.startswith(PREFIX):
             os.rename(os.path.join(weights_dir, name), os.path.join(weights_dir, name.replace(PREFIX, "WRN-CIFAR10-10-2")))
     data_dir, sha = cifar10_dir
-    with pytest.raises(UserError, match="does not fit the network --model wrn --wrn_N 1 --wrn_k 2.*--wrn_k"):
-        prediction.predict("cifar10", ["--wrn_N", "1", "--wrn_k", "2", "--optimize", "-1", "--data_dir", data_dir,
-                                       "--data_sha256", sha, "--weights_dir", weights_dir])
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "2", "--optimize", "-1",
+                        "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights_dir)
+    line = assert_clean_failure(result, USER_ERROR, "does not fit the network --model wrn --wrn_N 1 --wrn_k 2")
+    assert "--wrn_k" in line.split("--wrn_k 2", 1)[1]
 
 
 def test_truncated_weight_file(weights_dir, cifar10_dir):
     path = os.path.join(weights_dir, f"{PREFIX}-2.weights.h5")
     content = open(path, "rb").read()
     open(path, "wb").write(content[: len(content) // 2])
-    with pytest.raises(UserError, match="truncated or not a Keras weights file"):
-        predict(weights_dir, cifar10_dir, "--optimize", "-1")
+    data_dir, sha = cifar10_dir
+    result = run_script("predict_cifar_10.py", *MODEL, "--optimize", "-1", "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", weights_dir)
+    assert_clean_failure(result, USER_ERROR, f"cannot read {path}", "truncated or not a Keras weights file")
+
+
+def test_optimize_0_without_saved_weights_through_the_script(weights_dir, cifar10_dir):
+    data_dir, sha = cifar10_dir
+    result = run_script("predict_cifar_10.py", *MODEL, "--optimize", "0", "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", weights_dir)
+    assert_clean_failure(result, USER_ERROR, "--optimize 0 uses the saved ensemble weights",
+                         f"Ensemble-weights-{PREFIX}.json", "--optimize 1 first")
 
 
 @pytest.mark.parametrize("content,fragment", [
@@ -164,9 +204,9 @@ def test_bad_ensemble_json_is_a_clear_error_through_the_script(weights_dir, cifa
     data_dir, sha = cifar10_dir
     result = run_script("predict_cifar_10.py", *MODEL, "--optimize", "0", "--data_dir", data_dir,
                         "--data_sha256", sha, "--weights_dir", weights_dir)
-    assert_clean_failure(result, fragment)
+    assert_clean_failure(result, USER_ERROR, fragment)
 
 
 def test_missing_json_through_the_script(weights_dir, cifar10_dir):
     result = run_script("predict_cifar_100.py", *MODEL, "--weights_dir", weights_dir)
-    assert_clean_failure(result, "missing ensemble member files", "WRN-CIFAR100-10-1-Best.weights.h5")
+    assert_clean_failure(result, USER_ERROR, "missing ensemble member files", "WRN-CIFAR100-10-1-Best.weights.h5")

@@ -6,7 +6,8 @@ import signal
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, member_predictions, run_script, start_script, wait_until
+from cifar_fixtures import write_archive
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script, start_script, wait_until
 from snapshot import RunStateCheckpoint
 from snapshot_ensembles import run_state, training
 from snapshot_ensembles.data import load_cifar
@@ -69,9 +70,14 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
 
     # Other flags would silently train a different run on top of this one: refused, the state untouched.
     refused = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--momentum", "0.5", "--seed", "1"))
-    line = assert_clean_failure(refused, "unfinished run", "--momentum 0.9 (now 0.5)", "--seed 0 (now 1)",
+    line = assert_clean_failure(refused, USER_ERROR, "unfinished run", "--momentum 0.9 (now 0.5)", "--seed 0 (now 1)",
                                 "--no_resume", "--weights_dir")
     assert "--nb_epoch" not in line and "--weights_dir 0" not in line
+    assert open(state_file, "rb").read() == state_bytes
+    # So would other data.
+    other_data = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
+    assert_clean_failure(run_script("train_cifar_10.py", *flags(other_data, weights)), USER_ERROR,
+                         "data differ", "--no_resume")
     assert open(state_file, "rb").read() == state_bytes
 
     resumed = run_script("train_cifar_10.py", *argv)
@@ -89,7 +95,7 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
     assert "Accuracy : " in again.stdout
     assert {name: os.stat(weights / name).st_mtime_ns for name in os.listdir(weights)} == before
     assert_clean_failure(run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "0.2")),
-                         "complete run", "--alpha_zero 0.1 (now 0.2)", "--no_resume")
+                         USER_ERROR, "complete run", "--alpha_zero 0.1 (now 0.2)", "--no_resume")
 
 
 def interrupt_after_epoch(monkeypatch, epochs_done):
@@ -107,13 +113,13 @@ def interrupt_after_epoch(monkeypatch, epochs_done):
 @pytest.mark.parametrize("model_flags,extra,prefix", [
     # Batch mode: the schedule reads the optimizer's step counter, which the state must restore.
     (WRN, ["--schedule", "batch"], WRN_PREFIX),
+    # The paper's recipe: seeded crops and flips, Nesterov momentum, weight decay, standardised images.
+    (WRN, ["--recipe", "paper", "--alpha_zero", "0.01"], WRN_PREFIX),
     # DenseNet trains with dropout 0.2: its seed generators must continue where they were.
     pytest.param(["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"], ["--val_split", "0.2"],
                  "DenseNet-CIFAR10-7-4", marks=pytest.mark.slow),
 ])
 def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, model_flags, extra, prefix):
-    from cifar_fixtures import write_archive
-
     training.train("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))
     with monkeypatch.context() as patch:
         interrupt_after_epoch(patch, 3)

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from conftest import assert_clean_failure, run_script, start_script, wait_until
+from conftest import USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
 from snapshot_ensembles import run_lock, run_state
 
 PREFIX = "WRN-CIFAR10-10-1"
@@ -30,9 +30,8 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_kille
         wait_until(lambda: state_epoch(weights) >= 1, first)
         for other in (["--alpha_zero", "0.02"], ["--no_resume"]):  # other flags, or one that would discard its state
             second = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, *other, nb_epoch=60))
-            line = assert_clean_failure(second, f"{weights} is in use", f"process {first.pid} ",
-                                        f"is training {PREFIX}", "--weights_dir")
-            assert second.returncode == 2, line
+            assert_clean_failure(second, USER_ERROR, f"{weights} is in use", f"process {first.pid} ",
+                                 f"is training {PREFIX}", "--weights_dir")
             assert first.poll() is None  # the first run goes on
         assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).flags["alpha_zero"] == 0.1
         assert run_lock.running_process(str(weights), PREFIX).startswith(f"process {first.pid} ")
@@ -43,8 +42,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_kille
     # usual check of the unfinished run's flags.
     assert run_lock.running_process(str(weights), PREFIX) is None
     after = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "0.02", nb_epoch=60))
-    assert_clean_failure(after, "unfinished run", "--alpha_zero 0.1 (now 0.02)")
-    assert after.returncode == 2
+    assert_clean_failure(after, USER_ERROR, "unfinished run", "--alpha_zero 0.1 (now 0.02)")
 
 
 def test_the_lock_is_exclusive_even_within_one_process_and_released_after(tmp_path):

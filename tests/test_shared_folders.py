@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import prediction, training
 from snapshot_ensembles.errors import UserError
 from test_resume import interrupt_after_epoch
@@ -107,9 +107,8 @@ def test_unfinished_runs_and_stale_ensemble_weights(cifar10_dir, tmp_path, monke
 
     # A stale JSON: --optimize 0 says to run --optimize 1; -1 does without it.
     json_path.write_text(early_json)
-    line = assert_clean_failure(predict_script(cifar10_dir, weights, "--optimize", "0"), "holds 2 weights",
-                                "has 3 members", "--optimize 1")
-    assert predict_script(cifar10_dir, weights, "--optimize", "0").returncode == 2, line
+    assert_clean_failure(predict_script(cifar10_dir, weights, "--optimize", "0"), USER_ERROR, "holds 2 weights",
+                         "has 3 members", "--optimize 1")
     equal = predict_script(cifar10_dir, weights, "--optimize", "-1")
     assert equal.returncode == 0, equal.stderr[-3000:]
     assert equal.stdout.count("note: the saved ensemble weights are not shown: ") == 1
@@ -130,9 +129,8 @@ def test_training_over_weights_without_a_run_record_needs_overwrite(weights, cif
     before = {name: (weights / name).read_bytes() for name in os.listdir(weights) if name.endswith(".h5")}
     result = run_script("train_cifar_10.py", *MODEL, *data_flags(cifar10_dir), "--weights_dir", weights,
                         "--nb_epoch", "2", "--M", "1")
-    line = assert_clean_failure(result, f"{weights} holds weight files of {PREFIX} that no training run here "
-                                        "recorded", f"{PREFIX}-1.weights.h5", "pass --overwrite")
-    assert result.returncode == 2, line
+    assert_clean_failure(result, USER_ERROR, f"{weights} holds weight files of {PREFIX} that no training run here "
+                         "recorded", f"{PREFIX}-1.weights.h5", "pass --overwrite")
     assert {name: (weights / name).read_bytes() for name in before} == before
     capsys.readouterr()
     train(cifar10_dir, weights, "--nb_epoch", "2", "--M", "1", "--overwrite")
@@ -191,8 +189,7 @@ def test_a_resume_refused_for_other_data_leaves_the_run_record_alone(cifar10_dir
     other = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
     result = run_script("train_cifar_10.py", *MODEL, *data_flags(other), "--weights_dir", weights,
                         "--nb_epoch", "4", "--M", "2")
-    assert_clean_failure(result, "the data differ from those of the unfinished run")
-    assert result.returncode == 2
+    assert_clean_failure(result, USER_ERROR, "the data differ from those of the unfinished run")
     assert (weights / f"{PREFIX}-run.json").read_bytes() == record
     assert json.loads(record)["status"] == "running"
     assert json.loads(record)["args"]["data_dir"] == cifar10_dir[0]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -121,31 +121,71 @@ def test_same_seed_and_data_give_identical_snapshots(cifar10_dir, tmp_path):
     (["--data_dir", "/definitely/not/here"], ["--data_dir", "does not exist"]),
 ])
 def test_bad_flags_give_one_clear_line(flags, fragments):
-    assert_clean_failure(run_script("train_cifar_10.py", *flags), *fragments)
+    assert_clean_failure(run_script("train_cifar_10.py", *flags), USER_ERROR, *fragments)
 
 
 def test_bad_data_gives_one_clear_line(tmp_path, cifar10_dir):
     data_dir, sha = cifar10_dir
     # Wrong checksum: the small archive is not the official one.
-    assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", data_dir), "SHA-256", "--data_sha256")
+    assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", data_dir), USER_ERROR, "SHA-256",
+                         "--data_sha256")
     # Corrupted archive.
     broken = tmp_path / "broken"
     broken.mkdir()
     content = open(os.path.join(data_dir, "cifar-10-python.tar.gz"), "rb").read()
     (broken / "cifar-10-python.tar.gz").write_bytes(content[: len(content) // 3])
     assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", broken, "--data_sha256", "skip"),
-                         "not a readable")
+                         USER_ERROR, "not a readable")
+    # A folder without CIFAR in it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_failure(run_script("train_cifar_10.py", "--data_dir", empty), USER_ERROR, "no CIFAR-10 data in",
+                         "cifar-10-python.tar.gz")
     # No data anywhere and no network: an empty Keras cache, and a proxy on a closed loopback port so
     # that Keras's download fails at once even on a machine that has internet.
     offline = {"KERAS_HOME": str(tmp_path / "empty"), "https_proxy": "http://127.0.0.1:9",
                "HTTPS_PROXY": "http://127.0.0.1:9"}
-    assert_clean_failure(run_script("train_cifar_10.py", env=offline), "no CIFAR-10 data", "cifar-10-python.tar.gz")
+    assert_clean_failure(run_script("train_cifar_10.py", env=offline), USER_ERROR, "no CIFAR-10 data",
+                         "cifar-10-python.tar.gz")
 
 
-def test_unwritable_weights_folder(tmp_path, cifar10_dir):
+def test_a_pickle_that_runs_code_is_refused_by_the_script(tmp_path):
+    from cifar_fixtures import write_code_running_batch
+
+    marker = tmp_path / "pwned"
+    write_code_running_batch(str(tmp_path), marker)
+    result = run_script("train_cifar_10.py", "--data_dir", tmp_path, "--weights_dir", tmp_path / "w")
+    assert_clean_failure(result, USER_ERROR, "not a valid CIFAR-10 batch", "refusing to load", "system")
+    assert not marker.exists()
+
+
+def without_root_override():
+    """preexec_fn: root's permission override (CAP_DAC_OVERRIDE) dropped from the child, as for any user."""
+    import ctypes
+
+    pr_capbset_drop, cap_dac_override = 24, 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap_dac_override, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
+
+
+def test_unwritable_weights_folder(tmp_path):
+    """A folder that exists but may not be written to, and a path that cannot become a folder."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    read_only.chmod(0o555)
+    as_a_user = {"preexec_fn": without_root_override} if os.geteuid() == 0 else {}
+    try:
+        result = run_script("train_cifar_10.py", "--weights_dir", read_only, **as_a_user)
+        assert_clean_failure(result, USER_ERROR, f"cannot write to the weights folder {read_only}",
+                             "Permission denied", "--weights_dir")
+        assert os.listdir(read_only) == []
+    finally:
+        read_only.chmod(0o755)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker / "sub"), "weights folder")
+    assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker / "sub"), USER_ERROR,
+                         "cannot write to the weights folder")
+    assert blocker.read_text() == "not a folder"
 
 
 def test_help_explains_resuming():

@@ -1,0 +1,69 @@
+"""Training recipes: the original suite's (the default) and the paper's (Huang et al., 2017, section 4).
+
+A recipe fills in every training flag the user left unset; an explicit flag always wins. The
+resolved values, not the recipe's name, define a run: they are what the run record stores and
+what resuming compares.
+
+Weight decay is counted as the paper's Torch code counts it (optim.sgd's weightDecay): every step
+adds WD x w to each weight's gradient, which is a penalty of WD / 2 x sum(w^2) in the training loss.
+The original Keras DenseNet's L2(1e-4) penalty is therefore a weight decay of 2e-4.
+
+This module imports no Keras, so that flags are resolved and checked before TensorFlow starts.
+"""
+
+from snapshot_ensembles.errors import UserError
+
+RECIPE_NAMES = ("original", "paper")
+AUGMENTATIONS = ("original", "paper", "none")
+NORMALIZATIONS = ("unit", "channel")
+
+# The original scripts: plain SGD, the learning rate set per epoch, the Keras 1 rotations and shifts,
+# pixels scaled to [0, 1]; weight decay and dropout only in the DenseNet (its L2(1e-4) on every weight).
+# The ResNet, which the original lacks, trains as its WRN.
+ORIGINAL = {"momentum": 0.0, "nesterov": False, "schedule": "epoch", "augment": "original", "normalize": "unit",
+            "batch_size": {"wrn": 128, "dn": 64, "resnet": 128}, "dropout": {"wrn": 0.0, "dn": 0.2, "resnet": 0.0},
+            "weight_decay": {"wrn": 0.0, "dn": 2e-4, "resnet": 0.0}}
+# The paper: SGD with Nesterov momentum 0.9, batch 64, per-iteration annealing, padded crops and
+# flips on per-channel standardised images (fb.resnet.torch's CIFAR pipeline), no dropout (Table 1
+# has the DenseNet with dropout as a baseline of its own). Weight decay: 5e-4 for the WRN (Zagoruyko
+# & Komodakis); 1e-4 for the DenseNet and the ResNet-110, the default of the paper's Torch code
+# (opts.lua), which its README's ResNet-110 command keeps, as did He et al. (2016).
+PAPER = {"momentum": 0.9, "nesterov": True, "schedule": "batch", "augment": "paper", "normalize": "channel",
+         "batch_size": 64, "dropout": 0.0, "weight_decay": {"wrn": 5e-4, "dn": 1e-4, "resnet": 1e-4}}
+RECIPES = {"original": ORIGINAL, "paper": PAPER}
+
+
+def recipe_values(recipe, model):
+    """The recipe's value of every flag it sets, for `model`."""
+    return {name: value[model] if isinstance(value, dict) else value for name, value in RECIPES[recipe].items()}
+
+
+def resolve(args):
+    """Fill the flags left unset (None) on `args` from args.recipe; explicit flags are kept.
+
+    --no_augment is the original's spelling of --augment none; it cannot be combined with another
+    --augment.
+    """
+    if args.no_augment:
+        if args.augment not in (None, "none"):
+            raise UserError(f"--no_augment contradicts --augment {args.augment}: keep one of the two")
+        args.augment = "none"
+    for name, value in recipe_values(args.recipe, args.model).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.no_augment = args.augment == "none"
+    if args.nesterov and args.momentum == 0:
+        raise UserError("--nesterov needs a momentum: add for example --momentum 0.9")
+    return args
+
+
+def flags_of_runs_before_recipes(saved_flags):
+    """The flags the recipes added, with the values a run saved before them trained with (the original's).
+
+    Such a record has --no_augment and no --augment; its other recipe flags were saved resolved already.
+    """
+    if "augment" in saved_flags or "no_augment" not in saved_flags:
+        return {}
+    original = recipe_values("original", saved_flags.get("model", "wrn"))
+    return {"weight_decay": original["weight_decay"], "normalize": original["normalize"],
+            "augment": "none" if saved_flags["no_augment"] else "original"}

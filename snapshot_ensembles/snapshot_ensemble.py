@@ -1,0 +1,226 @@
+"""`SnapshotEnsemble`: the ensemble of any Keras classifier's snapshots, for your own model and data.
+
+    ensemble = SnapshotEnsemble.from_files(build_model, ["M-Best.weights.h5", "M-1.weights.h5", "M-2.weights.h5"])
+    ensemble.fit_weights(x_val, y_val)          # log-loss-optimal member weights (else equal weights)
+    probabilities = ensemble.predict(x_test)
+    report = ensemble.evaluate(x_test, y_test)  # every member, the single best, equal and weighted ensembles
+
+Members are evaluated one at a time: `from_files` builds one network and loads each weight file into
+it in turn, so memory holds one network and each member's (n, classes) probabilities, never M
+networks. The first member is taken to be the best-validation checkpoint (the snapshot callbacks'
+`-Best` file) when it is named "Best"; the ensemble-size curve of `evaluate` leaves it out.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from snapshot_ensembles import ensemble as arithmetic
+from snapshot_ensembles import metrics, naming
+
+
+@dataclasses.dataclass
+class Member:
+    """One ensemble member: a name and where its network comes from (a built model, or a weight file)."""
+
+    name: str
+    model: object = None  # a built Keras model
+    path: str = None  # a weight file, loaded into the ensemble's shared network
+
+
+@dataclasses.dataclass
+class EnsembleReport:
+    """What `SnapshotEnsemble.evaluate` measures on (x, y); accuracies are fractions."""
+
+    names: list  # member names, in order
+    member_accuracy: list
+    member_log_loss: list
+    equal_accuracy: float
+    equal_log_loss: float
+    weights: list  # the ensemble's weights (equal when none were fitted or loaded)
+    weighted_accuracy: float
+    weighted_log_loss: float
+    size_curve: list  # [(m, accuracy)] of the equal-weight ensemble of the last m snapshots
+    disagreement: np.ndarray  # (M, M) fraction of samples on which two members predict different classes
+    nb_samples: int
+
+    @property
+    def best_member(self):
+        """Index of the member with the highest accuracy."""
+        return int(np.argmax(self.member_accuracy))
+
+
+class SnapshotEnsemble:
+    """A weighted average of the softmax outputs of several snapshots of one classifier.
+
+    `members`: a list of Member. `build_model`: a function returning the (uncompiled or compiled)
+    network that weight-file members load into. `predict_member(member, x, load_model)`, when
+    given, replaces `load_model().predict(x, batch_size=batch_size)` (an input pipeline, a
+    prediction cache...). `verbose`: 0 silent, 1 Keras progress bars.
+    """
+
+    def __init__(self, members, build_model=None, weights=None, batch_size=256, predict_member=None, verbose=0):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if any(member.model is None for member in members) and build_model is None:
+            raise ValueError("members given by weight file need build_model, which builds the network they load into")
+        self.members = list(members)
+        self.build_model = build_model
+        self.batch_size = batch_size
+        self.predict_member = predict_member
+        self.verbose = verbose
+        self._network = None
+        self.weights = None
+        self.set_weights(weights)
+
+    @classmethod
+    def from_files(cls, build_model, paths, names=None, **options):
+        """Members from weight files (Best first, then snapshots 1..M, as the callbacks save them)."""
+        names = names or [_name_of(path, index) for index, path in enumerate(paths)]
+        return cls([Member(name, path=str(path)) for name, path in zip(names, paths)], build_model, **options)
+
+    @classmethod
+    def from_run(cls, build_model, weights_dir, prefix, nb_snapshots=None, **options):
+        """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... that the snapshot callbacks
+        wrote into `weights_dir` with `get_callbacks(model_prefix=prefix)`; every snapshot present
+        unless `nb_snapshots` is given. FileNotFoundError lists the files that are missing."""
+        if nb_snapshots is None:
+            nb_snapshots = max((key for key in naming.member_files(weights_dir, prefix) if key != "Best"), default=0)
+        paths = [naming.best_path(weights_dir, prefix)]
+        paths += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, nb_snapshots + 1)]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing or not nb_snapshots:
+            raise MissingMembers(missing or [naming.snapshot_path(weights_dir, prefix, 1)])
+        return cls.from_files(build_model, paths, **options)
+
+    @classmethod
+    def from_models(cls, models, names=None, **options):
+        """Members that are already built Keras models."""
+        names = names or [f"member {index}" for index in range(len(models))]
+        return cls([Member(name, model=model) for name, model in zip(names, models)], **options)
+
+    def __len__(self):
+        return len(self.members)
+
+    @property
+    def names(self):
+        return [member.name for member in self.members]
+
+    # ------------------------------------------------------------------ weights
+
+    def set_weights(self, weights):
+        """Member weights (>= 0, not all 0; normalised to sum 1); None for equal weights."""
+        self.weights = None if weights is None else arithmetic.normalised_weights(weights, len(self))
+
+    @property
+    def effective_weights(self):
+        return self.weights if self.weights is not None else np.full(len(self), 1.0 / len(self))
+
+    def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0):
+        """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult.
+
+        Members named in `exclude` get weight 0 (a Best checkpoint chosen on these same samples would
+        be trusted for that alone). The objective is convex: `num_tests` restarts only confirm it.
+        """
+        return self.fit_weights_to(self.member_predictions(x), y, exclude, num_tests, seed)
+
+    def fit_weights_to(self, member_probs, y, exclude=(), num_tests=1, seed=0):
+        """`fit_weights` on member probabilities already computed (`member_predictions`)."""
+        kept = [index for index, name in enumerate(self.names) if name not in exclude]
+        if not kept:
+            raise ValueError(f"every member is excluded from the fit: {list(exclude)}")
+        fitted = arithmetic.fit_weights([member_probs[i] for i in kept], y, num_tests=num_tests, seed=seed)
+        weights = np.zeros(len(self))
+        weights[kept] = fitted.weights
+        fitted = dataclasses.replace(fitted, weights=weights)
+        self.weights = weights
+        return fitted
+
+    def save_weights_json(self, path, **metadata):
+        """Write `{"best_weights": [...], "members": [...], **metadata}` atomically (the scripts' format)."""
+        arithmetic.write_ensemble_weights(path, self.effective_weights, **{"members": self.names, **metadata})
+
+    def load_weights_json(self, path):
+        """Read the weights of a JSON file written by save_weights_json, the scripts or the original project."""
+        self.weights = arithmetic.read_ensemble_weights(path, len(self))
+        return self.weights
+
+    # ------------------------------------------------------------------ predictions
+
+    def member_predictions(self, x):
+        """Each member's (n, classes) probabilities on x, computed one member after the other."""
+        return [self._predict_one(member, x) for member in self.members]
+
+    def predict(self, x, return_members=False):
+        """The weighted average of the members' probabilities; with return_members, also each member's."""
+        member_probs = self.member_predictions(x)
+        probs = arithmetic.weighted_average(member_probs, self.effective_weights)
+        return (probs, member_probs) if return_members else probs
+
+    def evaluate(self, x, y):
+        """An EnsembleReport on (x, y): every member, the equal-weight and the weighted ensembles."""
+        return self.report(self.member_predictions(x), y)
+
+    def report(self, member_probs, y):
+        """`evaluate` on member probabilities already computed."""
+        y = np.asarray(y)
+        equal = arithmetic.weighted_average(member_probs, np.ones(len(self)))
+        weighted = arithmetic.weighted_average(member_probs, self.effective_weights)
+        snapshots_only = self.names[0] == "Best"
+        curve_members = member_probs if snapshots_only else [None] + list(member_probs)
+        return EnsembleReport(
+            names=self.names,
+            member_accuracy=[metrics.accuracy(p, y) for p in member_probs],
+            member_log_loss=[metrics.log_loss(p, y) for p in member_probs],
+            equal_accuracy=metrics.accuracy(equal, y), equal_log_loss=metrics.log_loss(equal, y),
+            weights=[float(w) for w in self.effective_weights],
+            weighted_accuracy=metrics.accuracy(weighted, y), weighted_log_loss=metrics.log_loss(weighted, y),
+            size_curve=arithmetic.ensemble_size_curve(curve_members, y) if len(curve_members) > 1 else [],
+            disagreement=metrics.disagreement_matrix(member_probs), nb_samples=len(y))
+
+    def _predict_one(self, member, x):
+        if self.predict_member is not None:
+            probs = self.predict_member(member, x, lambda: self._loaded(member))
+        else:
+            probs = self._loaded(member).predict(x, batch_size=self.batch_size, verbose=self.verbose)
+        return np.asarray(probs, dtype=np.float32)
+
+    def _loaded(self, member):
+        """The member's network: its own model, or the shared network with its weight file loaded."""
+        if member.model is not None:
+            return member.model
+        if self._network is None:
+            self._network = self.build_model()
+        try:
+            self._network.load_weights(member.path)
+        except (ValueError, KeyError) as err:
+            raise MemberLoadError(member.path, f"it does not fit the network that build_model builds "
+                                               f"({str(err).splitlines()[0][:200]})") from None
+        except OSError as err:
+            raise MemberLoadError(member.path, f"it is truncated or not a Keras weights file ({err})") from None
+        return self._network
+
+
+class MissingMembers(FileNotFoundError):
+    """Member weight files that do not exist."""
+
+    def __init__(self, paths):
+        super().__init__(f"missing ensemble member files: {', '.join(paths)}")
+        self.paths = list(paths)
+
+
+class MemberLoadError(ValueError):
+    """A member's weight file cannot be loaded into the ensemble's network."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"cannot load {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _name_of(path, index):
+    """"Best" for a `...-Best.weights.h5` file, else the snapshot number in `...-{i}.weights.h5`, else the index."""
+    stem = os.path.basename(str(path)).removesuffix(".weights.h5").removesuffix(".h5")
+    tag = stem.rsplit("-", 1)[-1]
+    return tag if tag == "Best" or tag.isdigit() else str(index)

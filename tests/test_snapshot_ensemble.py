@@ -1,0 +1,96 @@
+"""SnapshotEnsemble, the public API for any Keras classifier: members one at a time, weights, report."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from snapshot_ensembles import SnapshotEnsemble, ensemble, metrics
+from snapshot_ensembles.snapshot_ensemble import MemberLoadError, MissingMembers
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(50, 6)).astype("float32")
+Y = RNG.integers(0, 3, size=50)
+
+
+def build_model():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+
+
+def trained_like_members(count):
+    """`count` models with different random weights, as snapshots would have."""
+    models = []
+    for seed in range(count):
+        keras.utils.set_random_seed(seed)
+        models.append(build_model())
+    return models
+
+
+def test_predict_is_the_weighted_average_of_the_members():
+    models = trained_like_members(3)
+    expected = [model.predict(X, verbose=0) for model in models]
+    members = SnapshotEnsemble.from_models(models)
+    probs, each = members.predict(X, return_members=True)
+    for got, want in zip(each, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(probs, np.mean(expected, axis=0), rtol=1e-5)
+    members.set_weights([1, 0, 3])
+    np.testing.assert_allclose(members.predict(X), (expected[0] + 3 * expected[2]) / 4, rtol=1e-5)
+
+
+def test_from_files_builds_one_network_and_loads_each_member_into_it(tmp_path):
+    paths = []
+    for index, model in enumerate(trained_like_members(3)):
+        paths.append(str(tmp_path / f"run-{'Best' if index == 0 else index}.weights.h5"))
+        model.save_weights(paths[-1])
+    built = []
+
+    def counting_build():
+        built.append(build_model())
+        return built[-1]
+
+    members = SnapshotEnsemble.from_files(counting_build, paths)
+    assert members.names == ["Best", "1", "2"]
+    from_models = SnapshotEnsemble.from_models(trained_like_members(3))
+    np.testing.assert_allclose(members.predict(X), from_models.predict(X), rtol=1e-6)
+    assert len(built) == 1
+    assert SnapshotEnsemble.from_run(build_model, str(tmp_path), "run").names == ["Best", "1", "2"]
+    with pytest.raises(MissingMembers, match="run-3.weights.h5"):
+        SnapshotEnsemble.from_run(build_model, str(tmp_path), "run", nb_snapshots=3)
+
+
+def test_a_member_of_another_network_is_a_value_error_naming_the_file(tmp_path):
+    path = str(tmp_path / "other-1.weights.h5")
+    keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="softmax")]).save_weights(path)
+    with pytest.raises(MemberLoadError, match="other-1.weights.h5.*does not fit") as err:
+        SnapshotEnsemble.from_files(build_model, [path]).predict(X)
+    assert isinstance(err.value, ValueError)
+
+
+def test_fit_weights_excludes_members_and_matches_the_arithmetic(tmp_path):
+    members = SnapshotEnsemble.from_models(trained_like_members(3), names=["Best", "1", "2"])
+    each = members.member_predictions(X)
+    fit = members.fit_weights(X, Y, exclude=["Best"])
+    alone = ensemble.fit_weights(each[1:], Y)
+    assert fit.weights[0] == 0 and members.weights[0] == 0
+    np.testing.assert_allclose(fit.weights[1:], alone.weights, atol=1e-6)
+
+    path = tmp_path / "weights.json"
+    members.save_weights_json(str(path), note="test")
+    saved = json.loads(path.read_text())
+    assert saved["members"] == ["Best", "1", "2"] and saved["note"] == "test"
+    fresh = SnapshotEnsemble.from_models(trained_like_members(3))
+    np.testing.assert_allclose(fresh.load_weights_json(str(path)), members.weights)
+
+
+def test_evaluate_reports_members_and_ensembles():
+    members = SnapshotEnsemble.from_models(trained_like_members(3), names=["Best", "1", "2"])
+    members.set_weights([0, 1, 1])
+    each = members.member_predictions(X)
+    report = members.evaluate(X, Y)
+    assert report.member_accuracy == [metrics.accuracy(p, Y) for p in each]
+    assert report.equal_accuracy == metrics.accuracy(np.mean(each, axis=0), Y)
+    assert report.weighted_log_loss == pytest.approx(metrics.log_loss((each[1] + each[2]) / 2, Y), rel=1e-5)
+    assert [m for m, _ in report.size_curve] == [1, 2]  # Best takes no part in the size curve
+    assert report.disagreement.shape == (3, 3) and report.nb_samples == 50
