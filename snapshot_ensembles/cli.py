@@ -87,6 +87,7 @@ def sha256_or_skip(text):
 
 ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has release weights for them
 MODELS = ORIGINAL_MODELS + ("resnet",)
+DEFAULT_RESNET_DEPTH = 110
 
 
 def add_model_flags(parser, models=MODELS):
@@ -106,8 +107,10 @@ def add_model_flags(parser, models=MODELS):
     group.add_argument("--dn_blocks", type=model_size, default=3,
                        help="DenseNet dense blocks; 1 reproduces the original scripts (default: %(default)s)")
     if "resnet" in models:
-        group.add_argument("--resnet_depth", type=model_size, default=110,
+        group.add_argument("--resnet_depth", type=model_size, default=DEFAULT_RESNET_DEPTH,
                            help="ResNet depth, 6n+2 (default: %(default)s)")
+    else:  # scripts without ResNet still name networks through the same prefix function
+        parser.set_defaults(resnet_depth=DEFAULT_RESNET_DEPTH)
     return group
 
 
