@@ -84,7 +84,11 @@ class SnapshotEnsemble:
     def from_run(cls, build_model, weights_dir, prefix, nb_snapshots=None, **options):
         """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... that the snapshot callbacks
         wrote into `weights_dir` with `get_callbacks(model_prefix=prefix)`; every snapshot present
-        unless `nb_snapshots` is given. FileNotFoundError lists the files that are missing."""
+        unless `nb_snapshots` is given. FileNotFoundError lists the files that are missing.
+
+        Inputs reach the network as given: preprocess them as training did (a run of the CIFAR scripts
+        with `--normalize channel` records its per-channel mean and std in `{prefix}-run.json`, key
+        `standardization`; `prediction.recorded_standardization` reads them)."""
         if nb_snapshots is None:
             nb_snapshots = max((key for key in naming.member_files(weights_dir, prefix) if key != "Best"), default=0)
         paths = [naming.best_path(weights_dir, prefix)]
