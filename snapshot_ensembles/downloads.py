@@ -346,7 +346,7 @@ def fetch_file(release, entry, weights_dir, progress):
     partial = os.path.join(weights_dir, partial_name(entry.name))
     if os.path.isfile(final):
         if _matches(final, entry):
-            _remove(partial)  # a leftover from an earlier, superseded download
+            remove_if_present(partial)  # a leftover from an earlier, superseded download
             progress.note(f"{entry.name}: already present and verified, skipped")
             return "present"
         progress.note(f"{entry.name}: present but differs from the release, downloading again")
@@ -355,7 +355,7 @@ def fetch_file(release, entry, weights_dir, progress):
     if resumed and not _matches(partial, entry):
         # The kept partial may stem from an older release whose file has changed since: one clean try.
         progress.note(f"{entry.name}: resumed data did not verify, downloading again from the start")
-        _remove(partial)
+        remove_if_present(partial)
         resumed = _transfer(release, entry, partial, 0, progress)
     _verify(partial, entry, release)
     try:
@@ -374,7 +374,7 @@ def _resumable_size(partial, expected_size):
     except OSError:
         return 0
     if size > expected_size:
-        _remove(partial)
+        remove_if_present(partial)
         return 0
     return size
 
@@ -426,12 +426,12 @@ def _verify(partial, entry, release):
     """Size, then SHA-256; a partial that fails either is deleted, never resumed."""
     size = os.path.getsize(partial)
     if size != entry.size:
-        _remove(partial)
+        remove_if_present(partial)
         raise UserError(f"size mismatch for {release.location(entry.name)}: got {size} bytes, the manifest says "
                         f"{entry.size}; the download was deleted")
     digest = sha256_of(partial)
     if digest != entry.sha256:
-        _remove(partial)
+        remove_if_present(partial)
         raise UserError(f"checksum mismatch for {release.location(entry.name)}: SHA-256 {digest}, the manifest "
                         f"says {entry.sha256}; the download was deleted")
 
@@ -440,7 +440,7 @@ def _matches(path, entry):
     return os.path.getsize(path) == entry.size and sha256_of(path) == entry.sha256
 
 
-def _remove(path):
+def remove_if_present(path):
     try:
         os.remove(path)
     except FileNotFoundError:

@@ -74,8 +74,11 @@ class _Scored:
 
     @classmethod
     def of(cls, probs, labels):
-        return cls(metrics.score(probs, labels), metrics.per_sample_scores(probs, labels),
-                   metrics.reliability_bins(probs, labels))
+        per_sample = metrics.per_sample_scores(probs, labels)
+        bins = metrics.reliability_bins(probs, labels)
+        scores = metrics.Scores(accuracy=float(np.mean(per_sample["accuracy"])), nll=float(np.mean(per_sample["nll"])),
+                                brier=metrics.brier_score(probs, labels), ece=bins.ece())  # = metrics.score, once
+        return cls(scores, per_sample, bins)
 
 
 def evaluate(member_probs, labels, member_labels, weights=None, temperature=None, member_temperatures=None,

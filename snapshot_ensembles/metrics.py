@@ -8,7 +8,6 @@ inputs row block by row block where it matters, so memory-mapped member predicti
 import dataclasses
 
 import numpy as np
-import scipy.optimize
 import scipy.special
 
 # scikit-learn's historical clipping constant: a prediction that gives the true class probability 0

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 
 from snapshot_ensembles import naming
-from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason
+from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason, remove_if_present
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of, write_json
 
@@ -311,14 +311,14 @@ def _download(asset, folder, repo):
         path = get_file(fname=asset.name, origin=asset.url, file_hash=asset.sha256, hash_algorithm="sha256",
                         cache_subdir=os.path.abspath(folder), force_download=stale)
     except ValueError:  # get_file's hash check failed after the download, and it keeps the file
-        _remove(cached)
+        remove_if_present(cached)
         raise UserError(f"checksum mismatch for {asset.url}: its SHA-256 is not {asset.sha256}, the digest GitHub "
                         "lists; the download was deleted, run again to retry") from None
     except Exception as err:  # get_file turns every URL failure into a bare Exception
         raise UserError(f"cannot download {asset.url} ({err}). {_by_hand(repo)}") from None
     size = os.path.getsize(path)
     if size != asset.size:
-        _remove(path)
+        remove_if_present(path)
         raise UserError(f"size mismatch for {asset.url}: got {size} bytes, GitHub lists {asset.size}; the "
                         "download was deleted, run again to retry")
     digest = sha256_of(path)
@@ -340,10 +340,3 @@ def _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, re
     convert_files(model, [path for path, _ in sources], targets, model_label=label,
                   hint=f"it is not a Keras 1 weight file of this network ({hint})", labels=labels)
     return [f"wrote {target} (from {asset.name}, {label})" for asset, target in zip(assets, targets)]
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

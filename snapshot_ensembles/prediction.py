@@ -226,8 +226,12 @@ class MemberPredictor:
             set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
             self.model = build_model(self.args, nb_classes_of(self.dataset))
         load_member_weights(self.model, member, self.args, self.dataset)
-        standardization = recorded_standardization(self.args.weights_dir, prefix_for(self.dataset, self.args))
-        return self.model.predict(images_dataset(images, self.args.batch_size, standardization), verbose=0)
+        return self.model.predict(images_dataset(images, self.args.batch_size, self.standardization), verbose=0)
+
+    @functools.cached_property
+    def standardization(self):
+        """Read once, and only when a network runs: a run served from the cache never needs the record."""
+        return recorded_standardization(self.args.weights_dir, prefix_for(self.dataset, self.args))
 
 
 def load_member_weights(model, member, args, dataset):
@@ -392,9 +396,9 @@ def print_evaluation(result, fit, weights_file):
           f"NLL {format_interval(result.gain['nll'])}")
     if "nll_calibrated" in result.gain:
         print(f"  NLL, both with their temperature {format_interval(result.gain['nll_calibrated'])}")
-    report = result.to_dict()["diversity"]
-    print(f"Diversity of the members: mean pairwise disagreement {report['mean_disagreement'] * 100:.2f} %, "
-          f"mean KL divergence {report['mean_kl']:.4f} nats")
+    print(f"Diversity of the members: mean pairwise disagreement "
+          f"{metrics.mean_off_diagonal(result.disagreement) * 100:.2f} %, "
+          f"mean KL divergence {metrics.mean_off_diagonal(result.kl_divergence):.4f} nats")
     print("Ensemble size (equal weights, last m snapshots):")
     for m, scores in result.curve:
         print(format_row(f"m={m}:", scores))

@@ -29,7 +29,7 @@ def build_parser(dataset, prog=None):
                             "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
                             "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
                             "crops and flips on per-channel standardised images, per-step annealing, weight decay "
-                            "5e-4 (wrn) or 1e-4 (dn, resnet), no dropout (default: %(default)s)")
+                            "5e-4 (wrn, resnet) or 1e-4 (dn), no dropout (default: %(default)s)")
     group.add_argument("--batch_size", type=cli.positive_int, default=None,
                        help="recipe; the global batch, split over the devices with --distribute")
     group.add_argument("--dropout", type=cli.unit_interval, default=None, help="recipe; dropout rate")
