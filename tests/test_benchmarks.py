@@ -39,3 +39,24 @@ def test_a_different_network_fails_the_size_check():
     training.check_args(wider)
     with pytest.raises(AssertionError, match="not the same network"):
         torch_peer.check_same_size(torch_peer.sizes(network), build_model(wider, 10))
+
+
+def test_the_training_benchmark_alternates_our_flow_and_the_peer_in_blocks(tmp_path):
+    import train_throughput
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    args = training.build_parser("cifar10").parse_args([
+        "--model", "wrn", "--wrn_N", "1", "--wrn_k", "1", "--batch_size", "8", "--weights_dir", str(weights_dir),
+        "--no_resume", "--alpha_zero", "0.01"])
+    training.check_args(args)
+    peer = torch_peer.TrainerProcess(args, args.batch_size, args.alpha_zero, args.seed)
+    try:
+        for mixed in (False, True):  # one peer process serves both precisions, each from a fresh trainer
+            peer.start(mixed, 1)  # its start and warm-up overlap ours' build and tracing
+            timer = train_throughput.time_our_flow(args, 4, 1, mixed, str(weights_dir), block=2, peers={"peer": peer})
+            assert len(timer.seconds) == 4 and len(timer.peer_seconds["peer"]) == 4
+    finally:
+        peer.close()
+    assert peer.process.returncode == 0
+    assert train_throughput.block_ratio([1, 1, 2, 2], [2, 2, 2, 2], 2) == 1.5
