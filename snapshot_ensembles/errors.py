@@ -1,7 +1,8 @@
-"""The one exception type that the entry scripts turn into a clean message and exit code."""
+"""The exception type of input or environment problems that users can fix."""
 
 
-class UserError(Exception):
-    """Bad input or environment the user can fix: printed as one message, no traceback."""
+class UserError(ValueError):
+    """Bad input or environment the user can fix: the entry scripts print it as one `error:` line with
+    exit code `exit_code`, no traceback; library callers catch it as the ValueError it is."""
 
     exit_code = 2

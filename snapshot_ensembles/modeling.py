@@ -98,7 +98,7 @@ def set_precision(mixed):
 def build_model(args, nb_classes, dropout=None, input_shape=INPUT_SHAPE, verbose=0):
     """The network the flags describe; `args.bn_momentum` and `args.weight_decay`, when set (training),
     replace BatchNormalization's momentum and the weights' penalties."""
-    from models import create_dense_net, create_resnet, create_wide_residual_network
+    from snapshot_ensembles.models import create_dense_net, create_resnet, create_wide_residual_network
 
     if dropout is None:
         dropout = DEFAULT_DROPOUT[args.model]

@@ -140,15 +140,15 @@ def compile_model(model, args, steps_per_epoch=None):
     """
     import keras
 
-    import snapshot
+    from snapshot_ensembles import callbacks
 
     learning_rate = args.alpha_zero
     if args.schedule == "batch" and steps_per_epoch:
-        learning_rate = snapshot.StepCosineScheduler(args.nb_epoch, args.M,
+        learning_rate = callbacks.StepCosineScheduler(args.nb_epoch, args.M,
                                                      args.alpha_zero).schedule_for(steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
     if model.dtype_policy.name == "mixed_float16":
-        optimizer = snapshot.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
+        optimizer = callbacks.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -184,7 +184,7 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
     `distribution`, a snapshot_ensembles.distribute.Distribution, is the one the model was built
     under; only its chief writes files.
     """
-    from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
+    from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
     from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 
     from snapshot_ensembles.data import check_images, check_labels

@@ -192,7 +192,7 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_
     """
     import keras
 
-    import snapshot
+    from snapshot_ensembles import callbacks as snapshot
     from snapshot_ensembles import modeling
     from snapshot_ensembles.schedule import cosine_annealing_lr
 
