@@ -15,6 +15,7 @@ from snapshot_ensembles.cli import ORIGINAL_MODELS, ArgumentParser, add_model_fl
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model, describe_network, nb_classes_of, prefix_for
 from snapshot_ensembles.naming import DATASETS
+from snapshot_ensembles.run_folder import RunFolder
 from snapshot_ensembles.original_release import install_ensemble_weights
 
 
@@ -46,18 +47,13 @@ def release_files(weights_dir, prefix):
     """`{prefix}-Best.h5`, then `{prefix}-1.h5`, `{prefix}-2.h5`, ... present in `weights_dir`."""
     if not os.path.isdir(weights_dir):
         raise UserError(f"--weights_dir {weights_dir} is not a folder")
-    snapshot = re.compile(re.escape(prefix) + r"-(\d+)\.h5")
-    best, snapshots = [], []
-    for name in os.listdir(weights_dir):
-        if name == f"{prefix}-Best.h5":
-            best.append(name)
-        elif match := snapshot.fullmatch(name):
-            snapshots.append((int(match.group(1)), name))
-    names = best + [name for _, name in sorted(snapshots)]
-    if not names:
+    folder = RunFolder(weights_dir, prefix)
+    found = folder.keras1_files()
+    if not found:
         raise UserError(f"no Keras 1 weight files for {prefix} in {weights_dir}: expected "
-                        f"{prefix}-Best.h5 and {prefix}-1.h5 ... (pass FILE to convert other names)")
-    return [os.path.join(weights_dir, name) for name in names]
+                        f"{os.path.basename(folder.keras1_file('Best'))} and "
+                        f"{os.path.basename(folder.keras1_file(1))} ... (pass FILE to convert other names)")
+    return [found[key] for key in sorted(found, key=lambda key: (key != "Best", key if key != "Best" else 0))]
 
 
 def output_path(path):

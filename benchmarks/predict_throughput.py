@@ -35,6 +35,7 @@ from measure import cpu_description, describe_cpu, rate_summary  # noqa: E402
 from snapshot_ensembles import naming, prediction  # noqa: E402
 from snapshot_ensembles.data import Dataset  # noqa: E402
 from snapshot_ensembles.modeling import build_model, cpu_has_native_bfloat16  # noqa: E402
+from snapshot_ensembles.run_folder import RunFolder
 
 
 def peak_rss_mb():
@@ -43,8 +44,8 @@ def peak_rss_mb():
 
 def write_members(weights_dir, prefix, args, nb_members, seed):
     """Best + snapshots 1..nb_members-1, each a differently initialised network."""
-    paths = [naming.best_path(weights_dir, prefix)]
-    paths += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, nb_members)]
+    paths = [RunFolder(weights_dir, prefix).best]
+    paths += [RunFolder(weights_dir, prefix).snapshot(i) for i in range(1, nb_members)]
     for i, path in enumerate(paths):
         keras.utils.set_random_seed(seed + i)
         build_model(args, 10).save_weights(path)

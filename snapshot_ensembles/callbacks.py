@@ -21,6 +21,7 @@ import keras
 
 from snapshot_ensembles import run_state
 from snapshot_ensembles.files import save_weights
+from snapshot_ensembles.run_folder import RunFolder
 from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
@@ -144,7 +145,7 @@ class SnapshotModelCheckpoint(keras.callbacks.Callback):
         self.save_enabled = save_enabled  # False on non-chief workers of a multi-worker run
 
     def snapshot_path(self, index):
-        return f"{self.fn_prefix}-{index}.weights.h5"
+        return RunFolder(os.path.dirname(self.fn_prefix), os.path.basename(self.fn_prefix)).snapshot(index)
 
     def on_epoch_end(self, epoch, logs=None):
         # Unlike the original, which skipped epoch 0, this also saves when a cycle is one epoch long.
@@ -270,11 +271,11 @@ class SnapshotCallbackBuilder:
         """[best-weights checkpoint, learning-rate schedule, snapshot checkpoint]."""
         if self.save_enabled:
             os.makedirs(self.weights_dir, exist_ok=True)
-        prefix = os.path.join(self.weights_dir, model_prefix)
         return [
-            BestWeightsCheckpoint(f"{prefix}-Best.weights.h5", save_enabled=self.save_enabled),
+            BestWeightsCheckpoint(RunFolder(self.weights_dir, model_prefix).best, save_enabled=self.save_enabled),
             self.learning_rate_callback(),
-            SnapshotModelCheckpoint(self.T, self.M, fn_prefix=prefix, save_enabled=self.save_enabled),
+            SnapshotModelCheckpoint(self.T, self.M, fn_prefix=os.path.join(self.weights_dir, model_prefix),
+                                    save_enabled=self.save_enabled),
         ]
 
     def _cosine_anneal_schedule(self, t):

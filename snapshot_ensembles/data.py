@@ -1,6 +1,6 @@
 """CIFAR-10/100 from local files first (no network needed), and the tf.data training pipeline.
 
-Loading order (SPEC section 6): `--data_dir` (the official python archive, checksum-verified, or
+Loading order: `--data_dir` (the official python archive, checksum-verified, or
 its extracted folder), then the Keras cache (`$KERAS_HOME` or `~/.keras`, `datasets/`), then
 Keras's own download. The batches are pickles: they are read with an unpickler that can only
 rebuild NumPy arrays, so a tampered file cannot run code.
@@ -258,7 +258,7 @@ def _download(spec):
 
 
 def load_cifar(dataset, data_dir=None, expected_sha256=None, allow_download=True):
-    """Load CIFAR-10 or CIFAR-100 as a Dataset, following the SPEC's loading order."""
+    """Load CIFAR-10 or CIFAR-100 as a Dataset, in the loading order of the module docstring."""
     spec = CIFAR[dataset]
     if data_dir is not None:
         if not os.path.isdir(data_dir):

@@ -26,6 +26,7 @@ import urllib.request
 
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of, write_json
+from snapshot_ensembles.run_folder import RunFolder
 
 RELEASE_URL_ENV = "SNAPSHOT_RELEASE_URL"
 MANIFEST_NAME = "manifest.json"
@@ -225,11 +226,11 @@ def _is_plain_name(name):
 
 def _member_rank(name, prefix):
     """Download order of `name` among the files of `prefix` (Best, 1..M, JSONs), None if not one."""
-    match = re.fullmatch(re.escape(prefix) + r"-(Best|\d+)\.weights\.h5", name)
-    if match:
-        tag = match.group(1)
-        return (0, 0) if tag == "Best" else (1, int(tag))
-    extras = [f"Ensemble-weights-{prefix}.json", f"{prefix}-training.json", f"{prefix}-run.json"]
+    folder = RunFolder("", prefix)
+    key = folder.member_key(name)
+    if key is not None:
+        return (0, 0) if key == "Best" else (1, key)
+    extras = folder.shared_file_names()
     return (2, extras.index(name)) if name in extras else None
 
 

@@ -1,5 +1,5 @@
 """Ensemble weighting: the weighted average of member predictions, fitting its weights, and the
-ensemble-weight JSON files (SPEC section 5).
+ensemble-weight JSON files.
 
 The members are always `[Best, 1, ..., M]` in that order: the best checkpoint, then the
 snapshots. `member_probs` is a sequence of M arrays (or one (M, n, C) array) of class
@@ -19,7 +19,7 @@ from snapshot_ensembles import metrics
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
 from snapshot_ensembles.metrics import LOG_LOSS_EPS
-from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
+from snapshot_ensembles.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -207,7 +207,8 @@ def normalised_weights(weights, n_members):
 
 def ensemble_json_candidates(weights_dir, prefix):
     """Where the ensemble weights may be, preferred first: ours, then the original's name."""
-    return [ensemble_json_path(weights_dir, prefix), legacy_ensemble_json_path(weights_dir, prefix)]
+    folder = RunFolder(weights_dir, prefix)
+    return [folder.ensemble_json, folder.legacy_ensemble_json]
 
 
 def find_ensemble_json(weights_dir, prefix):

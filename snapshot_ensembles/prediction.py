@@ -1,4 +1,4 @@
-"""The prediction flow behind predict_cifar_10.py and predict_cifar_100.py (SPEC section 5).
+"""The prediction flow behind predict_cifar_10.py and predict_cifar_100.py.
 
 Members are `[Best, 1, ..., M]`. Their class probabilities are computed once per data split and
 cached next to the weights, keyed by the weight file's SHA-256 and a fingerprint of the split, so
@@ -19,39 +19,10 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import (FileWriteError, atomic_path, read_json_record, sha256_of, sha256_of_arrays,
                                   write_json)
 from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
+from snapshot_ensembles.run_folder import RunFolder
 
 CACHE_FOLDER = ".prediction-cache"
 MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
-
-
-def build_parser(dataset, prog=None):
-    parser = cli.ArgumentParser(prog=prog, description=f"Predict {naming.dataset_title(dataset)} with a snapshot "
-                                                       "ensemble: equal, saved or fitted member weights.")
-    parser.add_argument("--optimize", type=int, choices=(-1, 0, 1), default=0,
-                        help="0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
-                             "-1: equal weights (default: %(default)s)")
-    parser.add_argument("--num_tests", type=cli.positive_int, default=20,
-                        help="restarts of the weight fit; the fit is convex, so they only confirm the "
-                             "optimum (default: %(default)s)")
-    parser.add_argument("--M", type=cli.positive_int, default=None,
-                        help="number of snapshots to use (default: every snapshot file present)")
-    cli.add_model_flags(parser)
-    parser.add_argument("--batch_size", type=cli.positive_int, default=256,
-                        help="prediction batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help="seed of the fit's restarts (default: %(default)s)")
-    parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                        help="save the ensemble-size curve, the members' agreement matrix and a reliability "
-                             "diagram (default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
-    parser.add_argument("--report", metavar="PATH.json", default=None,
-                        help="write every figure of the report (scores, temperatures, bootstrap intervals, "
-                             "diversity, reliability bins) to this JSON file")
-    parser.add_argument("--export", metavar="PATH.keras", default=None,
-                        help="save the ensemble in use (its members, weights and temperature) as one Keras model "
-                             "that keras.saving.load_model reads without this project")
-    parser.add_argument("--weights_dir", default="weights", help="folder of the weight files (default: %(default)s)")
-    cli.add_data_flags(parser)
-    return parser
 
 
 @dataclasses.dataclass
@@ -72,10 +43,10 @@ def snapshot_count(weights_dir, prefix, requested):
     """How many snapshots the ensemble takes: `requested` (--M), else the M that the training run recorded
     (fewer while it is unfinished), else every snapshot file present. Says which, when it is not plain.
     """
-    present = sorted(key for key in naming.member_files(weights_dir, prefix) if key != "Best")
-    info = read_json_record(naming.run_info_path(weights_dir, prefix))
+    present = sorted(key for key in RunFolder(weights_dir, prefix).member_files() if key != "Best")
+    info = read_json_record(RunFolder(weights_dir, prefix).run_record)
     recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
-    unfinished = info.get("status") == "running" or os.path.isfile(naming.state_path(weights_dir, prefix))
+    unfinished = info.get("status") == "running" or os.path.isfile(RunFolder(weights_dir, prefix).state)
     if unfinished:
         print(f"note: the training run of {prefix} in {weights_dir} is unfinished ({run_progress(weights_dir, prefix)}): "
               "the ensemble has only the snapshots saved so far")
@@ -86,7 +57,7 @@ def snapshot_count(weights_dir, prefix, requested):
     count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
     unused = [i for i in present if i > count]
     if unused and not unfinished:
-        print(f"note: using the {recorded} snapshots that the training run recorded ({os.path.basename(naming.run_info_path(weights_dir, prefix))}); "
+        print(f"note: using the {recorded} snapshots that the training run recorded ({os.path.basename(RunFolder(weights_dir, prefix).run_record)}); "
               f"snapshot file(s) {', '.join(map(str, unused))} are present too and not used (--M chooses)")
     return count
 
@@ -96,7 +67,7 @@ def run_progress(weights_dir, prefix):
     from snapshot_ensembles import run_lock, run_state
 
     try:
-        state = run_state.read_state(naming.state_path(weights_dir, prefix))
+        state = run_state.read_state(RunFolder(weights_dir, prefix).state)
     except UserError:
         state = None
     done = (f"{state.epoch} of {state.flags.get('nb_epoch')} epochs done" if state is not None
@@ -108,12 +79,12 @@ def run_progress(weights_dir, prefix):
 def find_members(weights_dir, prefix, m, dataset, args):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
     m = snapshot_count(weights_dir, prefix, m)
-    present = naming.member_files(weights_dir, prefix)
+    present = RunFolder(weights_dir, prefix).member_files()
     # Counted, not listed one by one: an --M of 2 billion must not build 2 billion paths.
     nb_absent = m - sum(1 for key in present if key != "Best" and key <= m)
     absent = list(itertools.islice((i for i in itertools.count(1) if i not in present), min(nb_absent, 3)))
-    missing = ([] if "Best" in present else [naming.best_path(weights_dir, prefix)])
-    missing += [naming.snapshot_path(weights_dir, prefix, i) for i in absent]
+    missing = ([] if "Best" in present else [RunFolder(weights_dir, prefix).best])
+    missing += [RunFolder(weights_dir, prefix).snapshot(i) for i in absent]
     if nb_absent > len(absent):
         missing.append(f"and {nb_absent - len(absent)} more snapshots")
     if m == 0 or missing:
@@ -124,8 +95,8 @@ def find_members(weights_dir, prefix, m, dataset, args):
             f"{describe_architecture(args)} --weights_dir {weights_dir}`, or fetch the release weights with "
             f"`python download_weights.py --dataset {dataset} {describe_architecture(args)} "
             f"--weights_dir {weights_dir}` (and pass --M if you want fewer snapshots)")
-    return ([Member("Best", naming.best_path(weights_dir, prefix))]
-            + [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)])
+    return ([Member("Best", RunFolder(weights_dir, prefix).best)]
+            + [Member(str(i), RunFolder(weights_dir, prefix).snapshot(i)) for i in range(1, m + 1)])
 
 
 def saved_ensemble_weights(args, prefix, members):
@@ -250,7 +221,7 @@ def load_member_weights(model, member, args, dataset):
 
 def training_record(weights_dir, prefix):
     """The run record training wrote beside the weights ({} when there is none, as for release weights)."""
-    info_path = naming.run_info_path(weights_dir, prefix)
+    info_path = RunFolder(weights_dir, prefix).run_record
     if not os.path.isfile(info_path):
         return {}
     try:
@@ -274,7 +245,7 @@ def recorded_standardization(weights_dir, prefix):
         if len(mean) != len(std) or not all(value > 0 for value in std):
             raise ValueError("one positive standard deviation per channel expected")
     except (ValueError, TypeError) as err:
-        raise UserError(f"the standardization in {naming.run_info_path(weights_dir, prefix)} is not readable "
+        raise UserError(f"the standardization in {RunFolder(weights_dir, prefix).run_record} is not readable "
                         f"({err}): restore the file from the training run") from None
     return mean, std
 
@@ -288,7 +259,7 @@ def fitting_split(dataset, data, weights_dir, prefix):
     """
     from snapshot_ensembles.data import split_validation
 
-    info_path = naming.run_info_path(weights_dir, prefix)
+    info_path = RunFolder(weights_dir, prefix).run_record
     info = training_record(weights_dir, prefix)
     try:
         val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
@@ -311,7 +282,7 @@ def check_output_paths(args, prefix, members):
     """--report and --export: the right suffix, an existing folder, and none of the run's own files."""
     own = {os.path.realpath(path) for path in [m.path for m in members]
            + ensemble.ensemble_json_candidates(args.weights_dir, prefix)
-           + [naming.run_info_path(args.weights_dir, prefix), naming.history_path(args.weights_dir, prefix)]}
+           + [RunFolder(args.weights_dir, prefix).run_record, RunFolder(args.weights_dir, prefix).history]}
     for flag, path, suffix in (("--report", args.report, ".json"), ("--export", args.export, ".keras")):
         if path is None:
             continue
@@ -421,7 +392,7 @@ def print_fit(fit):
 
 
 def save_fit(args, prefix, members, fit, result):
-    path = naming.ensemble_json_path(args.weights_dir, prefix)
+    path = RunFolder(args.weights_dir, prefix).ensemble_json
     ensemble.write_ensemble_weights(
         path, fit.weights.weights, members=[os.path.basename(m.path) for m in members],
         member_sha256=[m.sha256 for m in members], fit_split=fit.split_name,
@@ -526,7 +497,7 @@ def predict(dataset, argv=None, prog=None, data=None):
 def write_outputs(args, dataset, prefix, members, result):
     """--plot, --report and --export, each written whole or not at all."""
     if args.plot is not None:
-        plot_path = args.plot or naming.plot_path(args.weights_dir, prefix)
+        plot_path = args.plot or RunFolder(args.weights_dir, prefix).plot
         plot_report(plot_path, result)
         print(f"plot saved to {plot_path}")
     if args.report is not None:

@@ -16,6 +16,7 @@ import sys
 import time
 
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 try:
     import fcntl
@@ -24,7 +25,7 @@ except ImportError:  # Windows: no flock; runs are then not protected against ea
 
 
 def lock_path(weights_dir, prefix):
-    return os.path.join(weights_dir, f".{prefix}.lock")
+    return RunFolder(weights_dir, prefix).lock
 
 
 class RunInProgress(UserError):

@@ -18,6 +18,7 @@ import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
 from snapshot_ensembles import metrics, naming
+from snapshot_ensembles.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -90,12 +91,12 @@ class SnapshotEnsemble:
         with `--normalize channel` records its per-channel mean and std in `{prefix}-run.json`, key
         `standardization`; `prediction.recorded_standardization` reads them)."""
         if nb_snapshots is None:
-            nb_snapshots = max((key for key in naming.member_files(weights_dir, prefix) if key != "Best"), default=0)
-        paths = [naming.best_path(weights_dir, prefix)]
-        paths += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, nb_snapshots + 1)]
+            nb_snapshots = max((key for key in RunFolder(weights_dir, prefix).member_files() if key != "Best"), default=0)
+        paths = [RunFolder(weights_dir, prefix).best]
+        paths += [RunFolder(weights_dir, prefix).snapshot(i) for i in range(1, nb_snapshots + 1)]
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing or not nb_snapshots:
-            raise MissingMembers(missing or [naming.snapshot_path(weights_dir, prefix, 1)])
+            raise MissingMembers(missing or [RunFolder(weights_dir, prefix).snapshot(1)])
         return cls.from_files(build_model, paths, **options)
 
     @classmethod

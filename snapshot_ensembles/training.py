@@ -1,4 +1,4 @@
-"""The training flow behind train_cifar_10.py and train_cifar_100.py (SPEC section 4)."""
+"""The training flow behind train_cifar_10.py and train_cifar_100.py."""
 
 import os
 import sys
@@ -11,78 +11,7 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files, write_json
 from snapshot_ensembles.modeling import DEFAULT_BN_MOMENTUM, build_model, prefix_for, set_precision
 from snapshot_ensembles.schedule import check_snapshot_counts
-
-
-def build_parser(dataset, prog=None):
-    parser = cli.ArgumentParser(
-        prog=prog, description=f"Train a snapshot ensemble on {naming.dataset_title(dataset)} "
-                               "(one run, M cosine cycles, one snapshot per cycle).")
-    parser.add_argument("--M", type=cli.positive_int, default=5, help="number of snapshots (cycles) (default: %(default)s)")
-    parser.add_argument("--nb_epoch", type=cli.positive_int, default=200,
-                        help="total epochs T, a multiple of M (default: %(default)s)")
-    parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.1,
-                        help="initial (peak) learning rate of every cycle (default: %(default)s)")
-    cli.add_model_flags(parser)
-    group = parser.add_argument_group("training (the flags marked 'recipe' default to the --recipe's value)")
-    group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
-                       help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
-                            "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
-                            "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
-                            "crops and flips on per-channel standardised images, per-step annealing, weight decay "
-                            "5e-4 (wrn, resnet) or 1e-4 (dn), no dropout (default: %(default)s)")
-    group.add_argument("--batch_size", type=cli.positive_int, default=None,
-                       help="recipe; the global batch, split over the devices with --distribute")
-    group.add_argument("--dropout", type=cli.unit_interval, default=None, help="recipe; dropout rate")
-    group.add_argument("--momentum", type=cli.unit_interval, default=None, help="recipe; SGD momentum")
-    nesterov = group.add_mutually_exclusive_group()
-    nesterov.add_argument("--nesterov", action="store_true", default=None,
-                          help="recipe; Nesterov momentum (needs --momentum > 0)")
-    nesterov.add_argument("--no_nesterov", dest="nesterov", action="store_false", help="plain momentum")
-    group.add_argument("--weight_decay", type=cli.non_negative_float, default=None,
-                       help="recipe; as the paper's Torch SGD counts it: WD x w added to every weight's "
-                            "gradient, i.e. WD / 2 x sum(w^2) in the training loss, on every weight")
-    group.add_argument("--bn_momentum", type=cli.unit_interval, default=DEFAULT_BN_MOMENTUM,
-                       help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
-                            "original's 0.99; lower it when an epoch has few steps, so that the statistics "
-                            "saved with a snapshot are those of its weights (default: %(default)s)")
-    group.add_argument("--schedule", choices=("epoch", "batch", "multistep"), default=None,
-                       help="recipe; anneal the learning rate per epoch (the original) or per step (the paper); "
-                            "multistep: the paper's single-model baseline with --M 1, the learning rate divided "
-                            "by 10 at 50 %% and 75 %% of the epochs")
-    group.add_argument("--val_split", type=cli.unit_interval, default=0.0,
-                       help="fraction of the training set held out for checkpoint selection and ensemble "
-                            "weighting; 0 validates on the test set as the original did (optimistic) "
-                            "(default: %(default)s)")
-    group.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--augment", choices=recipes.AUGMENTATIONS, default=None,
-                       help="recipe; original: random rotations (15 degrees) and shifts (5/32), as the original's "
-                            "ImageDataGenerator; paper: 4-pixel zero padding, random 32x32 crop, horizontal flip")
-    group.add_argument("--no_augment", action="store_true", help="the same as --augment none")
-    group.add_argument("--normalize", choices=recipes.NORMALIZATIONS, default=None,
-                       help="recipe; unit: pixels / 255 (the original); channel: per-channel mean and standard "
-                            "deviation of the training images (the paper); prediction reads it from the run record")
-    determinism = group.add_mutually_exclusive_group()
-    determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
-                             help="TensorFlow op determinism: the same seed and data give the same snapshots, "
-                                  "bit for bit (default)")
-    determinism.add_argument("--no_deterministic", dest="deterministic", action="store_false",
-                             help="let TensorFlow pick nondeterministic kernels (see README Performance)")
-    group.add_argument("--mixed_precision", action="store_true",
-                       help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
-                            "weights stay float32, so snapshots load as usual")
-    distribute.add_flags(parser)
-    parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace weight files of this model in --weights_dir that no training run recorded "
-                             "(downloaded or converted weights)")
-    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
-                        help="continue the unfinished run of the same model in --weights_dir from its last "
-                             "completed epoch, with the same flags (default)")
-    resume.add_argument("--no_resume", dest="resume", action="store_false",
-                        help="start over: the files of the run found in --weights_dir are removed")
-    cli.add_data_flags(parser)
-    return parser
+from snapshot_ensembles.run_folder import RunFolder
 
 
 def check_args(args):
@@ -201,7 +130,7 @@ def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resum
                                       steps_per_epoch=steps, weights_dir=args.weights_dir,
                                       save_enabled=distribution.is_chief)
     best, schedule, snapshots = builder.get_callbacks(model_prefix=prefix)
-    state_file = run_state.state_path(args.weights_dir, prefix)
+    state_file = RunFolder(args.weights_dir, prefix).state
     fingerprint = check_same_data(resume_from, splits, state_file)
     initial_epoch = 0
     if resume_from is not None:
@@ -262,7 +191,7 @@ def find_run_to_resume(args, prefix):
     Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
     weights folder is only ever continued, or left alone, with the flags it was started with.
     """
-    state_file = run_state.state_path(args.weights_dir, prefix)
+    state_file = RunFolder(args.weights_dir, prefix).state
     if not args.resume:
         return None  # the earlier run's files are removed once the new one is ready to start
     flags = run_state.run_flags(vars(args))
@@ -271,7 +200,7 @@ def find_run_to_resume(args, prefix):
         run_state.check_same_run(saved.flags, flags, f"an unfinished run of {prefix} "
                                  f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", args.weights_dir)
         return saved
-    info = read_json_record(naming.run_info_path(args.weights_dir, prefix))
+    info = read_json_record(RunFolder(args.weights_dir, prefix).run_record)
     if info.get("status") == "complete" and isinstance(info.get("args"), dict):
         run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {prefix}",
                                  args.weights_dir)
@@ -284,8 +213,8 @@ def check_foreign_weights(args, prefix):
 
     Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
     """
-    members = naming.member_files(args.weights_dir, prefix)
-    if members and not args.overwrite and not os.path.isfile(naming.run_info_path(args.weights_dir, prefix)):
+    members = RunFolder(args.weights_dir, prefix).member_files()
+    if members and not args.overwrite and not os.path.isfile(RunFolder(args.weights_dir, prefix).run_record):
         names = ", ".join(sorted(os.path.basename(path) for path in members.values()))
         raise UserError(f"{args.weights_dir} holds weight files of {prefix} that no training run here recorded "
                         f"(downloaded or converted weights?): {names}. Training would replace them: pass "
@@ -298,7 +227,7 @@ def remove_earlier_run(args, prefix):
     Otherwise an earlier run's snapshots beyond this run's M, or its ensemble weights, would be taken
     for members of the new ensemble.
     """
-    earlier = naming.run_files(args.weights_dir, prefix)
+    earlier = RunFolder(args.weights_dir, prefix).run_files()
     for path in earlier:
         try:
             os.remove(path)
@@ -343,14 +272,14 @@ def test_accuracy(model, data, batch_size, standardization=None):
 
 def load_completed_run(model, args, prefix):
     """The final weights (the last snapshot: both are the weights after the last epoch) and the history."""
-    last = naming.snapshot_path(args.weights_dir, prefix, args.M)
+    last = RunFolder(args.weights_dir, prefix).snapshot(args.M)
     model.optimizer.build(model.trainable_variables)  # snapshots hold optimizer variables too: load them all
     try:
         model.load_weights(last)
     except (OSError, ValueError) as err:
         raise UserError(f"the complete run's last snapshot {last} cannot be loaded ({err}): train again "
                         "with --no_resume") from None
-    return read_json_record(naming.history_path(args.weights_dir, prefix))
+    return read_json_record(RunFolder(args.weights_dir, prefix).history)
 
 
 def train(dataset, argv=None, prog=None, data=None):
@@ -375,11 +304,11 @@ def _train(dataset, args, prefix, task, chief, data):
     resume_from = find_run_to_resume(args, prefix)
     if resume_from is None and chief:
         check_foreign_weights(args, prefix)
-    state_file = run_state.state_path(args.weights_dir, prefix)
+    state_file = RunFolder(args.weights_dir, prefix).state
     if resume_from is not COMPLETE and chief:
-        written = [naming.best_path(args.weights_dir, prefix), state_file,
-                   naming.history_path(args.weights_dir, prefix), naming.run_info_path(args.weights_dir, prefix)]
-        remove_partial_files(written + [naming.snapshot_path(args.weights_dir, prefix, i)
+        written = [RunFolder(args.weights_dir, prefix).best, state_file,
+                   RunFolder(args.weights_dir, prefix).history, RunFolder(args.weights_dir, prefix).run_record]
+        remove_partial_files(written + [RunFolder(args.weights_dir, prefix).snapshot(i)
                                         for i in range(1, args.M + 1)])
 
     data, splits = load_training_data(dataset, args, data)  # before TensorFlow starts: data errors answer fast
@@ -425,13 +354,13 @@ def _train(dataset, args, prefix, task, chief, data):
         if chief:
             if resume_from is None:
                 remove_earlier_run(args, prefix)
-            write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
+            write_json(RunFolder(args.weights_dir, prefix).run_record, run_info)
         started = time.time()
         history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from,
                                         distribution=distribution)
         if chief:
-            write_json(naming.history_path(args.weights_dir, prefix), history)
-            write_json(naming.run_info_path(args.weights_dir, prefix),
+            write_json(RunFolder(args.weights_dir, prefix).history, history)
+            write_json(RunFolder(args.weights_dir, prefix).run_record,
                        dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
             os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
 

@@ -98,7 +98,7 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
     assert len(partial_files(weights)) == 1  # the snapshot being written, under its temporary name only
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-1.weights.h5", f"{PREFIX}-Best.weights.h5",
                                                        f"{PREFIX}-state.weights.h5"]
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 3
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
 
     training.train("cifar10", flags(cifar10_dir, weights))
     assert partial_files(weights) == []  # the killed writer's leftover is cleared
@@ -120,7 +120,7 @@ def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cif
         run.wait()
         if os.path.isdir(weights):
             assert_every_weight_file_loads(weights)
-            run_state.read_state(run_state.state_path(str(weights), PREFIX))
+            run_state.read_state(RunFolder(str(weights), PREFIX).state)
     training.train("cifar10", flags(cifar10_dir, weights))  # finishes whatever the kills left
     assert_same_run(weights, tmp_path / "reference", cifar10_dir)
 
@@ -137,7 +137,7 @@ def test_ctrl_c_while_writing_a_snapshot_exits_130_and_keeps_the_last_epoch(cifa
         "interrupted: files written before the interruption are complete and kept."]
     assert partial_files(weights) == []  # the interrupted write cleaned up after itself
     assert file_bytes(weights) == before
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 1
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 1
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-Best.weights.h5", f"{PREFIX}-state.weights.h5"]
 
 
@@ -171,7 +171,7 @@ def test_diverging_mid_run_writes_no_nan_weights_and_keeps_earlier_snapshots(cif
     assert_clean_failure(result, RUN_FAILURE, "training diverged", "in epoch 3 of 6", "kept")
     # Cycle 1's snapshot, the best checkpoint and the state after epoch 2 are as they were before epoch 3.
     assert file_bytes(weights) == KeepFilesAtEpochStart.seen[2]
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 2
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 2
     for name in assert_every_weight_file_loads(weights):
         assert all(np.all(np.isfinite(values)) for values in float_datasets(weights / name)), name
 
@@ -193,6 +193,7 @@ def _with_callback(callback):
 # ENOSPC, as on a full disk.
 DISK_FULL = """
 import errno, os
+from snapshot_ensembles.run_folder import RunFolder
 replace = os.replace
 def replace_failing(src, dst):
     if os.path.basename(dst) == os.environ["DISK_FULL_TARGET"]:
@@ -211,7 +212,7 @@ def test_disk_full_while_saving_a_snapshot(cifar10_dir, tmp_path):
                          "previous version", "rerun the same command to resume after epoch 3")
     assert not snapshot.exists()
     assert partial_files(weights) == []
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 3
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
 
     # Room again: the same command picks up after epoch 3.
     resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))

@@ -12,6 +12,7 @@ from snapshot import RunStateCheckpoint
 from snapshot_ensembles import run_state, training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]
 WRN_PREFIX = "WRN-CIFAR10-10-1"
@@ -26,7 +27,7 @@ def flags(cifar10_dir, weights, *extra, model=WRN):
 
 
 def state_epoch(weights, prefix=WRN_PREFIX):
-    state = run_state.read_state(run_state.state_path(str(weights), prefix))
+    state = run_state.read_state(RunFolder(str(weights), prefix).state)
     return state.epoch if state else 0
 
 
@@ -65,7 +66,7 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
         run.wait()
     killed_at = state_epoch(weights)
     assert 3 <= killed_at < 6
-    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    state_file = RunFolder(str(weights), WRN_PREFIX).state
     state_bytes = open(state_file, "rb").read()
 
     # Other flags would silently train a different run on top of this one: refused, the state untouched.
@@ -139,7 +140,7 @@ def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, mod
 def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir, tmp_path, capsys):
     weights = tmp_path / "w"
     weights.mkdir()
-    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    state_file = RunFolder(str(weights), WRN_PREFIX).state
     with open(state_file, "wb") as fh:
         fh.write(b"not HDF5 at all")
     with pytest.raises(UserError, match="cannot read the saved state .* --no_resume"):
@@ -165,7 +166,7 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
     assert len(history["loss"]) == 1
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
-    assert not os.path.exists(run_state.state_path(str(tmp_path), WRN_PREFIX))
+    assert not os.path.exists(RunFolder(str(tmp_path), WRN_PREFIX).state)
 
 
 def test_a_run_saved_before_a_flag_existed_resumes_with_that_flag_off(tmp_path):
