@@ -20,6 +20,22 @@ def _isolated_keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
 
 
+@pytest.fixture(autouse=True)
+def _normal_verbosity():
+    """A command line parsed with --quiet or --verbose in one test leaves the next at the default."""
+    from snapshot_ensembles import output
+
+    yield
+    output.set_verbosity(output.NORMAL)
+
+
+def predict_argv(dataset, argv, data=None):
+    """The prediction flow on the PredictConfig that a prediction script builds from `argv`."""
+    from snapshot_ensembles import cli, prediction
+
+    return prediction.predict(cli.predict_config(dataset, list(argv)), data=data)
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cifar10")
@@ -90,12 +106,11 @@ def wait_until(condition, process, timeout=300, poll=0.05):
 
 def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1", "--wrn_k", "1")):
     """Test-set probabilities of the weight files `{prefix}-{name}.weights.h5`, name by name."""
-    from snapshot_ensembles import training
+    from snapshot_ensembles import cli
     from snapshot_ensembles.modeling import build_model
     from snapshot_ensembles.pipeline import images_dataset
 
-    args = training.build_parser("cifar10").parse_args(list(model_flags))
-    model = build_model(args, 10)
+    model = build_model(cli.predict_config("cifar10", list(model_flags)).model, 10)
     predictions = {}
     for name in names:
         model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script
-from snapshot_ensembles import ensemble, prediction, training
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script
+from snapshot_ensembles import ensemble, training
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.original_release import RELEASE_DATA
@@ -37,8 +37,8 @@ def weights_dir(trained, tmp_path):
 
 def predict(weights_dir, cifar10_dir, *flags):
     data_dir, sha = cifar10_dir
-    return prediction.predict("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha,
-                                                  "--weights_dir", weights_dir, *flags])
+    return predict_argv("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha,
+                                            "--weights_dir", weights_dir, *flags])
 
 
 def test_fit_then_saved_then_equal_weights_all_report(weights_dir, cifar10_dir, capsys):
