@@ -16,20 +16,20 @@ and at 75 % of the epochs instead.
 
 import math
 import os
+import time
 
 import keras
 
 from snapshot_ensembles import run_state
-from snapshot_ensembles.files import save_weights
+from snapshot_ensembles.files import save_weights, write_json
 from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.schedule import check_snapshot_counts, cosine_annealing_lr, multistep_lr
+from snapshot_ensembles.schedule import SCHEDULE_MODES, check_snapshot_counts, cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
            "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
            "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr",
            "check_snapshot_counts"]
 
-SCHEDULE_MODES = ("epoch", "batch", "multistep")
 # Keras names the accuracy metric after the string it was compiled with.
 VALIDATION_ACCURACY_KEYS = ("val_accuracy", "val_acc", "val_categorical_accuracy",
                             "val_sparse_categorical_accuracy")
@@ -213,22 +213,46 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 
 class RunStateCheckpoint(keras.callbacks.Callback):
-    """Saves the run's state (snapshot_ensembles.run_state) at the end of every epoch, to resume from.
+    """Keras's BackupAndRestore for a snapshot run: the one owner of the run's state file and record.
 
-    Put it last, so that it records the epoch only once the snapshot and best checkpoints of that
-    epoch are written and the learning rate is in the logs. `history` continues the history of the
-    epochs before a resumption.
+    - train begin: restores `resume_from` (a run_state.RunState read from the state file) into the model,
+      its optimizer and the best checkpoint, and writes the run record with status "running";
+    - every epoch end: saves the state (snapshot_ensembles.run_state), to resume from;
+    - the end of the last epoch: writes the history and the record with status "complete", then removes
+      the state file (in that order: a crash in between resumes and finishes).
+
+    Put it last, so that it records an epoch only once that epoch's snapshot and best checkpoints are
+    written and the learning rate is in the logs. `folder` is the run's RunFolder, `record` the run
+    record's content; on non-chief workers (`save_enabled` False) it keeps the history and writes nothing.
     """
 
-    def __init__(self, path, best_checkpoint, flags, data_fingerprint, history=None, save_enabled=True):
+    def __init__(self, folder, best_checkpoint, flags, data_fingerprint, nb_epoch, steps_per_epoch,
+                 resume_from=None, record=None, save_enabled=True):
         super().__init__()
-        self.path = path
-        self.save_enabled = save_enabled  # False on non-chief workers: they keep the history, write nothing
+        self.folder = folder
         self.best_checkpoint = best_checkpoint
         self.flags = flags
         self.data_fingerprint = data_fingerprint
-        self.history = {name: list(values) for name, values in (history or {}).items()}
-        self.saved_epochs = None  # completed epochs recorded in the file by this callback
+        self.nb_epoch = nb_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.resume_from = resume_from
+        self.record = dict(record or {})
+        self.save_enabled = save_enabled
+        self.history = {name: list(values) for name, values in (resume_from.history if resume_from else {}).items()}
+        self.saved_epochs = resume_from.epoch if resume_from else 0  # completed epochs the state file records
+        self.started = None
+
+    @property
+    def path(self):
+        return self.folder.state
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+        if self.resume_from is not None:
+            run_state.restore_state(self.model, self.path, self.resume_from, self.steps_per_epoch)
+            self.best_checkpoint.best = self.resume_from.best
+        if self.save_enabled:
+            write_json(self.folder.run_record, dict(self.record, status="running"))
 
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
@@ -237,7 +261,16 @@ class RunStateCheckpoint(keras.callbacks.Callback):
                                    flags=self.flags, data_fingerprint=self.data_fingerprint)
         if self.save_enabled:
             run_state.save_state(self.model, self.path, state)
-            self.saved_epochs = epoch + 1
+        self.saved_epochs = epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.saved_epochs != self.nb_epoch or not self.save_enabled:
+            return
+        write_json(self.folder.history, self.history)
+        write_json(self.folder.run_record, dict(self.record, status="complete",
+                                                train_seconds=round(time.time() - self.started, 1)))
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
 class SnapshotCallbackBuilder:

@@ -6,7 +6,6 @@ and flag errors answer at once.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import signal
@@ -17,8 +16,6 @@ from snapshot_ensembles import config, output, recipes
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.naming import dataset_title
 
-# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -324,26 +321,6 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
-
-
-def load_tensorflow():
-    """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
-    the messages users need. A Python error of the import still shows: it is raised after stderr is back.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            with contextlib.suppress(ImportError):  # TensorFlow-free backends: Keras says what is missing
-                import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def run_cli(main, argv=None):

@@ -15,10 +15,9 @@ from typing import Optional
 from snapshot_ensembles import recipes
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.naming import model_prefix
-from snapshot_ensembles.schedule import check_snapshot_counts
+from snapshot_ensembles.schedule import SCHEDULE_MODES as SCHEDULES, check_snapshot_counts
 
 MODELS = ("wrn", "dn", "resnet")
-SCHEDULES = ("epoch", "batch", "multistep")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 DATASETS = ("cifar10", "cifar100", "digits")
 

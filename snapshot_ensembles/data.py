@@ -300,3 +300,21 @@ def split_validation(x, y, fraction, seed):
     train_idx.sort()
     val_idx.sort()
     return train_idx, val_idx
+
+
+def channel_statistics(x, chunk=1024):
+    """Per-channel mean and standard deviation of uint8 images, in pixel units (0..255): the paper's
+    standardisation constants, computed on the training images.
+
+    Integer sums over chunks of images: exact, and no float copy of the whole training set.
+    """
+    x = np.asarray(x, np.uint8)
+    channels = x.shape[-1]
+    sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
+    for start in range(0, len(x), chunk):
+        pixels = x[start:start + chunk].reshape(-1, channels).astype(np.int64)
+        sums += pixels.sum(axis=0)
+        squares += (pixels * pixels).sum(axis=0)
+    count = x.size // channels
+    mean = sums / count
+    return mean.tolist(), np.sqrt(squares / count - mean ** 2).tolist()

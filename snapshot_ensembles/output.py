@@ -6,7 +6,11 @@ included); errors are not printed here: they are raised, and the command line pr
 """
 
 import contextlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 _level = NORMAL
@@ -55,3 +59,23 @@ def keras_verbose():
     if _level == QUIET:
         return 0
     return 1 if _level == VERBOSE or sys.stdout.isatty() else 2
+
+
+def load_tensorflow():
+    """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
+    the messages users need. A Python error of the import still shows: it is raised after stderr is back.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.suppress(ImportError):  # TensorFlow-free backends: Keras says what is missing
+                import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -14,6 +14,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from cifar_fixtures import write_archive  # noqa: E402
 
 
+def train_from_flags(dataset, argv, data=None):
+    """The training flow on the TrainConfig that the training scripts build from `argv`."""
+    from snapshot_ensembles import cli, training
+
+    return training.train(cli.train_config(dataset, [str(arg) for arg in argv]), data=data)
+
+
+def train_config(*argv, dataset="cifar10"):
+    """The resolved TrainConfig of the training scripts' flags `argv`."""
+    from snapshot_ensembles import cli
+
+    return cli.train_config(dataset, [str(arg) for arg in argv])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_keras_home(tmp_path, monkeypatch):
     """No test may read or fill the user's real Keras cache."""
@@ -110,7 +124,7 @@ def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1
     from snapshot_ensembles.modeling import build_model
     from snapshot_ensembles.pipeline import images_dataset
 
-    model = build_model(cli.predict_config("cifar10", list(model_flags)).model, 10)
+    model = build_model(cli.train_config("cifar10", list(model_flags)).model, 10)
     predictions = {}
     for name in names:
         model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))

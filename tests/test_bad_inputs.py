@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import USER_ERROR, assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script, train_config
 from snapshot_ensembles import data, training
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.errors import UserError
@@ -93,14 +93,12 @@ def test_library_and_demo_datasets_are_checked_where_they_enter():
 def test_library_training_splits_are_checked_too(tmp_path):
     from snapshot_ensembles.modeling import build_model
 
-    args = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "1", "--M", "1",
-                                                        "--weights_dir", str(tmp_path)])
-    training.check_args(args)
-    model = training.compile_model(build_model(args, 10), args)
+    config = train_config("--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "1", "--M", "1", "--weights_dir", str(tmp_path))
+    model = training.compile_model(build_model(config.model, 10), config)
     x = np.zeros((8, 32, 32, 3), np.uint8)
     with pytest.raises(UserError, match=r"the validation split: the labels have shape \(8, 1\)"):
-        training.fit_snapshot_ensemble(model, dict(x_train=x, y_train=np.zeros(8, int), x_val=x,
-                                                   y_val=np.zeros((8, 1), int)), args, PREFIX)
+        training.fit_snapshot_ensemble(model, training.Splits(x_train=x, y_train=np.zeros(8, int), x_val=x,
+                                                              y_val=np.zeros((8, 1), int)), config)
 
 
 def test_archive_members_that_start_with_dot_slash_are_read(tmp_path):

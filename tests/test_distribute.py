@@ -27,6 +27,7 @@ from conftest import REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member
 from snapshot_ensembles import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]
@@ -97,7 +98,6 @@ def test_mirrored_over_two_cpu_devices_trains_the_single_device_run(single_devic
 # with the statistics of its own slice of the batch.
 UNSYNCHRONISED = """
 from snapshot_ensembles import distribute
-from snapshot_ensembles.run_folder import RunFolder
 distribute.Distribution.prepare_model = lambda self, model: model
 """
 

@@ -17,10 +17,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, wait_until
+from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, train_config, train_from_flags, wait_until
 from snapshot import EpochCosineScheduler
 from snapshot_ensembles import cli, files, run_state, training
 from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]
@@ -64,8 +65,7 @@ def visible_weight_files(weights):
 
 
 def assert_every_weight_file_loads(weights):
-    args = training.build_parser("cifar10").parse_args(WRN)
-    model = build_model(args, 10)
+    model = build_model(train_config(*WRN).model, 10)
     names = visible_weight_files(weights)
     for name in names:
         model.load_weights(os.path.join(weights, name))
@@ -81,7 +81,7 @@ def run_cli_in_process(argv, capsys):
     """train_cifar_10.py's main through run_cli, as the script runs it, without a new process."""
     capsys.readouterr()
     try:
-        cli.run_cli(training.main_for("cifar10"), argv)
+        cli.run_cli(cli.train_command("cifar10"), argv)
         code = 0
     except SystemExit as exit_:
         code = exit_.code
@@ -100,7 +100,7 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
                                                        f"{PREFIX}-state.weights.h5"]
     assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
 
-    training.train("cifar10", flags(cifar10_dir, weights))
+    train_from_flags("cifar10", flags(cifar10_dir, weights))
     assert partial_files(weights) == []  # the killed writer's leftover is cleared
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-{i}.weights.h5" for i in (1, 2, 3)] + [
         f"{PREFIX}-Best.weights.h5"]
@@ -110,7 +110,7 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
 def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cifar10_dir, tmp_path):
     from test_resume import assert_same_run
 
-    training.train("cifar10", flags(cifar10_dir, tmp_path / "reference"))
+    train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference"))
     weights = tmp_path / "w"
     moments = random.Random(0)
     for attempt in range(5):
@@ -121,7 +121,7 @@ def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cif
         if os.path.isdir(weights):
             assert_every_weight_file_loads(weights)
             run_state.read_state(RunFolder(str(weights), PREFIX).state)
-    training.train("cifar10", flags(cifar10_dir, weights))  # finishes whatever the kills left
+    train_from_flags("cifar10", flags(cifar10_dir, weights))  # finishes whatever the kills left
     assert_same_run(weights, tmp_path / "reference", cifar10_dir)
 
 
@@ -193,7 +193,6 @@ def _with_callback(callback):
 # ENOSPC, as on a full disk.
 DISK_FULL = """
 import errno, os
-from snapshot_ensembles.run_folder import RunFolder
 replace = os.replace
 def replace_failing(src, dst):
     if os.path.basename(dst) == os.environ["DISK_FULL_TARGET"]:

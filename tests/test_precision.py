@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import member_predictions, predict_argv
-from snapshot_ensembles import training
+from conftest import member_predictions, predict_argv, train_from_flags
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.modeling import accelerator_present
 from snapshot_ensembles.pipeline import images_dataset
@@ -37,7 +36,7 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     data_dir, sha = cifar10_dir
     weights = str(tmp_path / "w")
     model_flags = ["--wrn_N", "1", "--wrn_k", "1"]
-    model, history = training.train("cifar10", model_flags + [
+    model, history = train_from_flags("cifar10", model_flags + [
         "--nb_epoch", "2", "--M", "2", "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
         "--mixed_precision"])
     policy, compute = ("mixed_float16", "float16") if accelerator_present() else ("mixed_bfloat16", "bfloat16")

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script
-from snapshot_ensembles import ensemble, training
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script, train_from_flags
+from snapshot_ensembles import ensemble
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.original_release import RELEASE_DATA
@@ -23,7 +23,7 @@ MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
 def trained(cifar10_dir, tmp_path_factory):
     data_dir, sha = cifar10_dir
     weights = tmp_path_factory.mktemp("trained")
-    training.train("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
+    train_from_flags("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
                                        "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)])
     return str(weights)
 
