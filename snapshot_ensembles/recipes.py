@@ -47,7 +47,8 @@ def resolve(training, schedule, model):
     if training.recipe not in RECIPES:
         raise UserError(f"unknown recipe {training.recipe!r}: choose one of {', '.join(RECIPE_NAMES)}")
     values = recipe_values(training.recipe, model)
-    schedule = values.pop("schedule") if schedule is None else schedule
+    recipe_schedule = values.pop("schedule")
+    schedule = recipe_schedule if schedule is None else schedule
     filled = {name: value for name, value in values.items() if getattr(training, name) is None}
     training = dataclasses.replace(training, **filled)
     if training.nesterov and training.momentum == 0:
