@@ -303,11 +303,9 @@ def train_command(dataset):
 def predict_command(dataset):
     """The `main(argv)` of a prediction script for one dataset."""
     def main(argv=None):
-        config = predict_config(dataset, argv, script_name())  # flag errors answered before TensorFlow starts
-        load_tensorflow()
         from snapshot_ensembles import prediction
 
-        return prediction.predict(config)
+        return prediction.predict(predict_config(dataset, argv, script_name()))
 
     return main
 

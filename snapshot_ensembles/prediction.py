@@ -218,7 +218,8 @@ class MemberPredictor:
         from snapshot_ensembles.pipeline import images_dataset
 
         network = load_network()
-        return network.predict(images_dataset(images, self.config.batch_size, self.standardization), verbose=0)
+        return network.predict(images_dataset(images, self.config.batch_size, self.standardization),
+                               verbose=output.keras_predict_verbose())
 
     @functools.cached_property
     def standardization(self):
@@ -412,7 +413,9 @@ def compute_report(config, data=None):
 def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
-    report = compute_report(config.check(), data)
+    config.check()
+    output.load_tensorflow()  # its start-up lines hidden; the checks above answered without it
+    report = compute_report(config, data)
     render_report(report)
     if report.fit is not None:
         save_fit(report)

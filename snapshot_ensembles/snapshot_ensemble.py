@@ -147,8 +147,7 @@ class SnapshotEnsemble:
             if self.predict_member is not None:
                 probs = self.predict_member(member, x, lambda: self._loaded(member))
             else:
-                probs = self._loaded(member).predict(x, batch_size=self.batch_size,
-                                                     verbose=1 if output.verbosity() >= output.VERBOSE else 0)
+                probs = self._loaded(member).predict(x, batch_size=self.batch_size, verbose=output.keras_predict_verbose())
         return np.asarray(probs, dtype=np.float32)
 
     def predict(self, x, return_members=False, verbose=None):
