@@ -151,7 +151,7 @@ def add_output_flags(parser):
     group.add_argument("--quiet", dest="verbosity", action="store_const", const=output.QUIET, default=output.NORMAL,
                        help="print only warnings, notes and the final results")
     group.add_argument("--verbose", dest="verbosity", action="store_const", const=output.VERBOSE,
-                       help="also print Keras's per-step progress bars and the network's summary")
+                       help="also print Keras's progress bar of every training step")
     return group
 
 
@@ -172,6 +172,24 @@ def training_parser(dataset, prog=None):
     parser.add_argument("--alpha_zero", type=positive_float, default=0.1,
                         help="initial (peak) learning rate of every cycle (default: %(default)s)")
     add_model_flags(parser)
+    add_training_flags(parser)
+    add_distribute_flags(parser)
+    parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace weight files of this model in --weights_dir that no training run recorded "
+                             "(downloaded or converted weights)")
+    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the unfinished run of the same model in --weights_dir from its last "
+                             "completed epoch, with the same flags (default)")
+    resume.add_argument("--no_resume", dest="resume", action="store_false",
+                        help="start over: the files of the run found in --weights_dir are removed")
+    add_data_flags(parser)
+    add_output_flags(parser)
+    return parser
+
+
+def add_training_flags(parser):
     group = parser.add_argument_group("training (the flags marked 'recipe' default to the --recipe's value)")
     group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
                        help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
@@ -219,20 +237,7 @@ def training_parser(dataset, prog=None):
     group.add_argument("--mixed_precision", action="store_true",
                        help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
                             "weights stay float32, so snapshots load as usual")
-    add_distribute_flags(parser)
-    parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace weight files of this model in --weights_dir that no training run recorded "
-                             "(downloaded or converted weights)")
-    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
-                        help="continue the unfinished run of the same model in --weights_dir from its last "
-                             "completed epoch, with the same flags (default)")
-    resume.add_argument("--no_resume", dest="resume", action="store_false",
-                        help="start over: the files of the run found in --weights_dir are removed")
-    add_data_flags(parser)
-    add_output_flags(parser)
-    return parser
+    return group
 
 
 def prediction_parser(dataset, prog=None):

@@ -1,6 +1,6 @@
 """Building the networks of snapshot_ensembles.models from a config.ModelConfig (training and prediction)."""
 
-from snapshot_ensembles import recipes
+from snapshot_ensembles import output, recipes
 from snapshot_ensembles.naming import DATASETS
 
 INPUT_SHAPE = (32, 32, 3)
@@ -61,10 +61,10 @@ def set_precision(mixed):
     on_gpu = mixed and accelerator_present()
     policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if mixed else "float32"
     if mixed and not on_gpu and cpu_has_native_bfloat16() is False:
-        # Measured on an AVX2-only CPU: bfloat16 convolutions ran about 15 times slower than float32.
-        print("warning: --mixed_precision on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 / bf16 "
-              "flag in /proc/cpuinfo): TensorFlow emulates it and training is much SLOWER than float32; drop "
-              "the flag on this machine")
+        # bfloat16 emulated on AVX2 is many times slower than float32 (docs/performance.md).
+        output.always("warning: --mixed_precision on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 / bf16 "
+                      "flag in /proc/cpuinfo): TensorFlow emulates it and training is much SLOWER than float32; "
+                      "drop the flag on this machine")
     keras.mixed_precision.set_dtype_policy(policy)
     return policy
 

@@ -38,6 +38,16 @@ def _holder_text(fh):
     return text or "another process"
 
 
+def command_line():
+    """This process's command line as the system shows it (`ps`), for the message of a refused second run."""
+    try:
+        with open("/proc/self/cmdline", "rb") as fh:
+            words = fh.read().split(b"\0")
+    except OSError:  # no /proc (macOS): the interpreter's path at least
+        return sys.executable or "python"
+    return " ".join(word.decode(errors="replace") for word in words if word) or "python"
+
+
 @contextlib.contextmanager
 def hold_run_lock(weights_dir, prefix):
     """Hold the run lock of `prefix` in `weights_dir` until the block ends; RunInProgress if it is taken."""
@@ -50,7 +60,7 @@ def hold_run_lock(weights_dir, prefix):
         fh.seek(0)
         fh.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        fh.write(f"process {os.getpid()} (started {started}: {' '.join(sys.argv) or 'python'})\n")
+        fh.write(f"process {os.getpid()} (started {started}: {command_line()})\n")
         fh.flush()
         yield
     finally:
