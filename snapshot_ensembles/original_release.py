@@ -245,8 +245,8 @@ def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=F
         check_transport(asset.url)
 
     lines = []
-    folder = RunFolder(weights_dir, prefix)
-    targets = [folder.member(key) for key in ["Best", *range(1, len(assets))]]
+    run = RunFolder(weights_dir, prefix)
+    targets = [run.member(key) for key in ["Best", *range(1, len(assets))]]
     if all(_installed(record, asset, target) for asset, target in zip(assets, targets)):
         lines.append(f"{prefix}: the {len(assets)} release files are already converted in {weights_dir} and "
                      "unchanged in the release; nothing to download")
@@ -262,9 +262,9 @@ def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=F
         entries = [{"name": asset.name, "url": asset.url, "size": asset.size, "sha256": sha,
                     "converted_to": os.path.basename(target), "converted_sha256": sha256_of(target)}
                    for asset, (_, sha), target in zip(assets, sources, targets)]
-        write_json(folder.release_record, {"repository": repo, "release": release.tag, "release_page": release.page,
-                                           "files": entries})
-        lines.append(f"recorded the sources in {folder.release_record}")
+        write_json(run.release_record, {"repository": repo, "release": release.tag, "release_page": release.page,
+                                        "files": entries})
+        lines.append(f"recorded the sources in {run.release_record}")
     for path in own:  # with --overwrite: the replaced run's record, state, history and extra snapshots
         if path not in targets and os.path.exists(path):
             try:
