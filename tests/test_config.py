@@ -53,6 +53,12 @@ def test_a_program_builds_the_configuration_without_flags_and_gets_library_error
                 dataclasses.replace(config, dataset="mnist")):
         with pytest.raises(ValueError):
             bad.resolved()
+    # Worded for the program's author; the command line names the flag instead (test_training).
+    with pytest.raises(ValueError, match=r"^dn_depth=41 is not of the form 3n\+4"):
+        bad = dataclasses.replace(config, model=ModelConfig("dn", dn_depth=41))
+        bad.resolved()
+    with pytest.raises(ValueError, match=r"^nesterov needs a momentum: add for example momentum=0.9$"):
+        dataclasses.replace(config, training=TrainingConfig(nesterov=True, momentum=0.0)).resolved()
     with pytest.raises(ValueError, match="unknown configuration fields: colour"):
         TrainConfig.from_dict({"colour": "blue"})
 
