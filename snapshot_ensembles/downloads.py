@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from snapshot_ensembles import output
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of, write_json
 from snapshot_ensembles.run_folder import RunFolder
@@ -260,7 +261,8 @@ class Progress:
 
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.shown = output.verbosity() >= output.NORMAL  # nothing with --quiet
+        self.live = self.shown and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._line_len = 0
         self._drawn_name, self._drawn_at = None, 0.0  # redraw a file's line at most every 0.1 s
 
@@ -292,7 +294,7 @@ class Progress:
             self._draw(text)
             self.stream.write("\n")
             self._line_len = 0
-        else:
+        elif self.shown:
             print(text, file=self.stream, flush=True)
 
 

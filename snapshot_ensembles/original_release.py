@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from snapshot_ensembles import output
 from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason, remove_if_present
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of, write_json
@@ -227,11 +228,11 @@ def own_run_files(weights_dir, prefix, record):
     return sorted([path for path in records if os.path.isfile(path)] + members)
 
 
-def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
-    """Download, verify and convert the original release's files of `prefix` into `weights_dir`.
-
-    `args` carries the model flags. Returns the lines to print.
+def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
+    """Download, verify and convert the original release's files of the network `model_config` (a
+    config.ModelConfig) trained on `dataset` into `weights_dir`. Returns the lines to print.
     """
+    prefix = model_config.prefix(dataset)
     api, repo = github_api(api), github_repo(repo)
     record = read_record(weights_dir, prefix)
     own = own_run_files(weights_dir, prefix, record)
@@ -244,8 +245,8 @@ def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrit
         check_transport(asset.url)
 
     lines = []
-    targets = [RunFolder(weights_dir, prefix).best]
-    targets += [RunFolder(weights_dir, prefix).snapshot(i) for i in range(1, len(assets))]
+    run = RunFolder(weights_dir, prefix)
+    targets = [run.member(key) for key in ["Best", *range(1, len(assets))]]
     if all(_installed(record, asset, target) for asset, target in zip(assets, targets)):
         lines.append(f"{prefix}: the {len(assets)} release files are already converted in {weights_dir} and "
                      "unchanged in the release; nothing to download")
@@ -257,13 +258,13 @@ def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrit
             if previous and previous.get("sha256") != sha:
                 lines.append(f"{asset.name} changed in the release since the last download "
                              f"(SHA-256 {previous.get('sha256')} -> {sha})")
-        lines += _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo)
+        lines += _convert(model_config, dataset, weights_dir, assets, sources, targets, repo)
         entries = [{"name": asset.name, "url": asset.url, "size": asset.size, "sha256": sha,
                     "converted_to": os.path.basename(target), "converted_sha256": sha256_of(target)}
                    for asset, (_, sha), target in zip(assets, sources, targets)]
-        write_json(RunFolder(weights_dir, prefix).release_record, {"repository": repo, "release": release.tag,
-                                                      "release_page": release.page, "files": entries})
-        lines.append(f"recorded the sources in {RunFolder(weights_dir, prefix).release_record}")
+        write_json(run.release_record, {"repository": repo, "release": release.tag, "release_page": release.page,
+                                        "files": entries})
+        lines.append(f"recorded the sources in {run.release_record}")
     for path in own:  # with --overwrite: the replaced run's record, state, history and extra snapshots
         if path not in targets and os.path.exists(path):
             try:
@@ -318,20 +319,21 @@ def _download(asset, folder, repo):
         raise UserError(f"size mismatch for {asset.url}: got {size} bytes, GitHub lists {asset.size}; the "
                         "download was deleted, run again to retry")
     digest = sha256_of(path)
-    print(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
+    output.say(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
     return path, digest
 
 
-def _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo):
+def _convert(model_config, dataset, weights_dir, assets, sources, targets, repo):
     from snapshot_ensembles.legacy import convert_files
-    from snapshot_ensembles.modeling import build_model, describe_network
+    from snapshot_ensembles.modeling import build_model, nb_classes_of
 
     try:
         os.makedirs(weights_dir, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the weights folder {weights_dir}: {error_reason(err)}") from None
-    label, hint = describe_network(args, nb_classes)
-    model = build_model(args, nb_classes)
+    nb_classes = nb_classes_of(dataset)
+    label, hint = model_config.describe(nb_classes)
+    model = build_model(model_config, nb_classes)
     labels = [f"{asset.name} of the release of {repo}" for asset in assets]
     convert_files(model, [path for path, _ in sources], targets, model_label=label,
                   hint=f"it is not a Keras 1 weight file of this network ({hint})", labels=labels)

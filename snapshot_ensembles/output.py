@@ -61,6 +61,11 @@ def keras_verbose():
     return 1 if _level == VERBOSE or sys.stdout.isatty() else 2
 
 
+def keras_predict_verbose():
+    """The `verbose` of Keras's predict: its progress bar with --verbose only (one per member and split)."""
+    return 1 if _level == VERBOSE else 0
+
+
 def load_tensorflow():
     """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
 

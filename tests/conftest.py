@@ -34,6 +34,22 @@ def _isolated_keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
 
 
+@pytest.fixture(autouse=True)
+def _normal_verbosity():
+    """A command line parsed with --quiet or --verbose in one test leaves the next at the default."""
+    from snapshot_ensembles import output
+
+    yield
+    output.set_verbosity(output.NORMAL)
+
+
+def predict_argv(dataset, argv, data=None):
+    """The prediction flow on the PredictConfig that a prediction script builds from `argv`."""
+    from snapshot_ensembles import cli, prediction
+
+    return prediction.predict(cli.predict_config(dataset, list(argv)), data=data)
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cifar10")

@@ -170,13 +170,14 @@ def test_a_validation_split_that_leaves_fewer_training_images_than_classes(tmp_p
 ])
 def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
     from snapshot_ensembles import prediction
+    from snapshot_ensembles.run_folder import RunFolder
 
     folder = archive_with(tmp_path)
     dataset = data.load_cifar("cifar10", folder, "skip")
     with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
         fh.write(json.dumps(record).replace("Infinity", "1e999"))
     with pytest.raises(UserError, match=f"the training record .*{PREFIX}-run.json"):
-        prediction.fitting_split("cifar10", dataset, str(tmp_path), PREFIX)
+        prediction.fitting_split(dataset, RunFolder(str(tmp_path), PREFIX))
 
 
 def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):

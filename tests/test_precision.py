@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import member_predictions, train_from_flags
-from snapshot_ensembles import prediction
+from conftest import member_predictions, predict_argv, train_from_flags
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.modeling import accelerator_present
 from snapshot_ensembles.pipeline import images_dataset
@@ -57,8 +56,8 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     # Prediction in the same process (as demo.py runs it) computes in float32 whatever trained before,
     # so the cached probabilities never depend on that.
     assert keras.mixed_precision.dtype_policy().name == policy
-    summary = prediction.predict("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
-                                                           "--data_sha256", sha, "--weights_dir", weights])
+    summary = predict_argv("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
+                                                     "--data_sha256", sha, "--weights_dir", weights])
     assert keras.mixed_precision.dtype_policy().name == "float32"
     float32 = member_predictions(weights, "WRN-CIFAR10-10-1", ["2"], data.x_test)["2"]
     assert summary["member_accuracy"][-1] == pytest.approx(np.mean(np.argmax(float32, axis=1) == data.y_test))

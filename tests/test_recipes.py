@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snapshot_ensembles import prediction, run_state, training
+from snapshot_ensembles import cli, prediction, run_state, training
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.data import channel_statistics
 from snapshot_ensembles.pipeline import random_crop_flip, training_dataset
 from snapshot_ensembles.schedule import multistep_lr
-from conftest import train_config, train_from_flags
+from conftest import predict_argv, train_config, train_from_flags
 
 RECIPE_FLAGS = ("batch_size", "momentum", "nesterov", "weight_decay", "schedule", "augment", "normalize", "dropout")
 
@@ -230,9 +230,9 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
     assert prediction.recorded_standardization(str(tmp_path), "ResNet-CIFAR10-8") == tuple(info["standardization"])
 
     # The members predicted by the prediction flow are the model as training evaluated it.
-    predictor = prediction.MemberPredictor(prediction.build_parser("cifar10").parse_args(
-        ["--model", "resnet", "--resnet_depth", "8", "--weights_dir", str(tmp_path)]), "cifar10")
     member = prediction.Member("2", os.path.join(tmp_path, "ResNet-CIFAR10-8-2.weights.h5"))
+    predictor = prediction.MemberPredictor(cli.predict_config(
+        "cifar10", ["--model", "resnet", "--resnet_depth", "8", "--weights_dir", str(tmp_path)]), [member])
     from snapshot_ensembles.pipeline import images_dataset
 
     expected = model.predict(images_dataset(data.x_test, 64, info["standardization"]), verbose=0)
@@ -242,9 +242,9 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
 
     # The exported one-file ensemble standardises raw pixels as training did.
     export_path = str(tmp_path / "ensemble.keras")
-    result = prediction.predict("cifar10", ["--model", "resnet", "--resnet_depth", "8", "--data_dir", data_dir,
-                                            "--data_sha256", sha, "--weights_dir", str(tmp_path), "--optimize", "-1",
-                                            "--export", export_path])
+    result = predict_argv("cifar10", ["--model", "resnet", "--resnet_depth", "8", "--data_dir", data_dir,
+                                      "--data_sha256", sha, "--weights_dir", str(tmp_path), "--optimize", "-1",
+                                      "--export", export_path])
     exported = keras.saving.load_model(export_path).predict(data.x_test.astype("float32"), verbose=0)
     np.testing.assert_allclose(exported, result["probabilities"], rtol=0, atol=1e-5)
 
