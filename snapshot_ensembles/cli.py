@@ -13,7 +13,7 @@ import sys
 import threading
 
 from snapshot_ensembles import config, output, recipes
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.naming import dataset_title
 
 
@@ -333,7 +333,8 @@ def run_cli(main, argv=None):
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = err.command_line_message() if isinstance(err, ConfigError) else err
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
         cause = " (SIGTERM)" if isinstance(err, Terminated) else ""

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Optional
 
 from snapshot_ensembles import recipes
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.naming import model_prefix
 from snapshot_ensembles.schedule import SCHEDULE_MODES as SCHEDULES, check_snapshot_counts
 
@@ -36,13 +36,13 @@ class ModelConfig:
 
     def check(self):
         if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+            raise ConfigError(f"{{model}} is not a network: choose one of {', '.join(MODELS)}", model=("model", self.model))
         if self.model == "dn" and (self.dn_depth < 7 or (self.dn_depth - 4) % 3 != 0):
-            raise UserError(f"--dn_depth {self.dn_depth} is not of the form 3n+4 with n >= 1 "
-                            "(for example 40, 100, 190)")
+            raise ConfigError("{depth} is not of the form 3n+4 with n >= 1 (for example 40, 100, 190)",
+                              depth=("dn_depth", self.dn_depth))
         if self.model == "resnet" and (self.resnet_depth < 8 or (self.resnet_depth - 2) % 6 != 0):
-            raise UserError(f"--resnet_depth {self.resnet_depth} is not of the form 6n+2 with n >= 1 "
-                            "(for example 20, 56, 110)")
+            raise ConfigError("{depth} is not of the form 6n+2 with n >= 1 (for example 20, 56, 110)",
+                              depth=("resnet_depth", self.resnet_depth))
         return self
 
     def prefix(self, dataset):
@@ -86,11 +86,13 @@ class CycleConfig:
         try:
             check_snapshot_counts(self.nb_epoch, self.M)
         except ValueError as err:
-            raise UserError(f"--nb_epoch {self.nb_epoch} --M {self.M}: {err}") from None
+            raise ConfigError(f"{{epochs}} {{M}}: {err}", epochs=("nb_epoch", self.nb_epoch), M=("M", self.M)) from None
         if self.schedule not in (None, *SCHEDULES):
-            raise UserError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"{{schedule}} is not a schedule: choose one of {', '.join(SCHEDULES)}",
+                              schedule=("schedule", self.schedule))
         if self.schedule == "multistep" and self.M != 1:
-            raise UserError(f"--schedule multistep is the single-model baseline: use --M 1 (not {self.M})")
+            raise ConfigError(f"{{schedule}} is the single-model baseline: use {{M}} (not {self.M})",
+                              schedule=("schedule", "multistep"), M=("M", 1))
         return self
 
 
@@ -152,7 +154,8 @@ class TrainConfig:
     def resolved(self):
         """Checked, with the recipe's values in every training field left None."""
         if self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+            raise ConfigError(f"{{dataset}} is not a dataset here: choose one of {', '.join(DATASETS)}",
+                              dataset=("dataset", self.dataset))
         self.model.check()
         self.cycles.check()
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
@@ -214,6 +217,7 @@ class PredictConfig:
 
     def check(self):
         if self.optimize not in (-1, 0, 1):
-            raise UserError(f"optimize must be -1, 0 or 1, not {self.optimize!r}")
+            raise ConfigError("{optimize} is not a mode: -1 (equal weights), 0 (saved) or 1 (fit)",
+                              optimize=("optimize", self.optimize))
         self.model.check()
         return self

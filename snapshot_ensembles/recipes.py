@@ -13,7 +13,7 @@ This module imports no Keras, so that flags are resolved and checked before Tens
 
 import dataclasses
 
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.errors import ConfigError
 
 RECIPE_NAMES = ("original", "paper")
 AUGMENTATIONS = ("original", "paper", "none")
@@ -45,17 +45,20 @@ def resolve(training, schedule, model):
     `training` is a config.TrainingConfig; `schedule` the learning-rate schedule's mode or None.
     """
     if training.recipe not in RECIPES:
-        raise UserError(f"unknown recipe {training.recipe!r}: choose one of {', '.join(RECIPE_NAMES)}")
+        raise ConfigError(f"{{recipe}} is not a recipe: choose one of {', '.join(RECIPE_NAMES)}",
+                          recipe=("recipe", training.recipe))
     values = recipe_values(training.recipe, model)
     recipe_schedule = values.pop("schedule")
     schedule = recipe_schedule if schedule is None else schedule
     filled = {name: value for name, value in values.items() if getattr(training, name) is None}
     training = dataclasses.replace(training, **filled)
     if training.nesterov and training.momentum == 0:
-        raise UserError("--nesterov needs a momentum: add for example --momentum 0.9")
+        raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
+                          momentum=("momentum", 0.9))
     for name, allowed in (("augment", AUGMENTATIONS), ("normalize", NORMALIZATIONS)):
         if getattr(training, name) not in allowed:
-            raise UserError(f"unknown {name} {getattr(training, name)!r}: choose one of {', '.join(allowed)}")
+            raise ConfigError(f"{{value}} is not an option: choose one of {', '.join(allowed)}",
+                              value=(name, getattr(training, name)))
     return training, schedule
 
 

@@ -53,6 +53,12 @@ def test_a_program_builds_the_configuration_without_flags_and_gets_library_error
                 dataclasses.replace(config, dataset="mnist")):
         with pytest.raises(ValueError):
             bad.resolved()
+    # Worded for the program's author; the command line names the flag instead (test_training).
+    with pytest.raises(ValueError, match=r"^dn_depth=41 is not of the form 3n\+4"):
+        bad = dataclasses.replace(config, model=ModelConfig("dn", dn_depth=41))
+        bad.resolved()
+    with pytest.raises(ValueError, match=r"^nesterov needs a momentum: add for example momentum=0.9$"):
+        dataclasses.replace(config, training=TrainingConfig(nesterov=True, momentum=0.0)).resolved()
     with pytest.raises(ValueError, match="unknown configuration fields: colour"):
         TrainConfig.from_dict({"colour": "blue"})
 
@@ -102,3 +108,20 @@ def test_quiet_prints_only_notes_and_results_and_verbose_adds_keras_progress(cif
     assert "Epoch 1/2" in normal
     assert len(normal.splitlines()) > len(quiet)
     assert "━" in verbose and "━" not in normal  # Keras's progress bar: per step with --verbose only
+
+
+def test_the_readme_python_flows_build_the_configurations_the_scripts_would(monkeypatch):
+    """README "The CIFAR flows from Python": its code, run with the flows replaced by recorders."""
+    from snapshot_ensembles import prediction, training
+
+    with open(os.path.join(REPO, "README.md")) as fh:
+        section = fh.read().split("### The CIFAR flows from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    calls = []
+    monkeypatch.setattr(training, "train", lambda config, data=None: (calls.append(config), (None, {}))[1])
+    monkeypatch.setattr(prediction, "predict", lambda config, data=None: calls.append(config))
+    exec(compile(code, "README.md", "exec"), {})
+    the_script = cli.train_config("cifar10", ["--wrn_N", "2", "--wrn_k", "4", "--M", "5", "--nb_epoch", "200",
+                                              "--recipe", "paper", "--val_split", "0.1"])
+    assert calls[0].resolved() == the_script  # train() resolves what it is given, as the script did
+    assert calls[1] == cli.predict_config("cifar10", ["--wrn_N", "2", "--wrn_k", "4", "--optimize", "1"])
