@@ -6,6 +6,7 @@ and flag errors answer at once.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -118,8 +119,9 @@ def add_model_flags(parser, models=MODELS):
 
 def model_config(args):
     """The ModelConfig of parsed model flags, checked."""
-    return config.ModelConfig(**{field.name: getattr(args, field.name) for field in
-                                 dataclasses.fields(config.ModelConfig)}).check()
+    with flag_wording():
+        return config.ModelConfig(**{field.name: getattr(args, field.name) for field in
+                                     dataclasses.fields(config.ModelConfig)}).check()
 
 
 def add_data_flags(parser):
@@ -279,16 +281,27 @@ def train_config(dataset, argv=None, prog=None):
             raise UserError(f"--no_augment contradicts --augment {args.augment}: keep one of the two")
         args.augment = "none"
     flat = {name: value for name, value in vars(args).items() if name != "verbosity"}
-    return config.TrainConfig.from_dict(flat, dataset=dataset).resolved()
+    with flag_wording():
+        return config.TrainConfig.from_dict(flat, dataset=dataset).resolved()
 
 
 def predict_config(dataset, argv=None, prog=None):
     """The PredictConfig of a prediction command line, checked."""
     args = parse(prediction_parser(dataset, prog), argv)
-    return config.PredictConfig(
-        dataset=dataset, model=model_config(args), optimize=args.optimize, num_tests=args.num_tests, M=args.M,
-        batch_size=args.batch_size, seed=args.seed, plot=args.plot, report=args.report, export=args.export,
-        weights_dir=args.weights_dir, data=config.DataConfig(args.data_dir, args.data_sha256)).check()
+    with flag_wording():
+        return config.PredictConfig(
+            dataset=dataset, model=model_config(args), optimize=args.optimize, num_tests=args.num_tests, M=args.M,
+            batch_size=args.batch_size, seed=args.seed, plot=args.plot, report=args.report, export=args.export,
+            weights_dir=args.weights_dir, data=config.DataConfig(args.data_dir, args.data_sha256)).check()
+
+
+@contextlib.contextmanager
+def flag_wording():
+    """A configuration error of the block, reworded with the flags that set it (a UserError)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise UserError(err.command_line_message()) from None
 
 
 def script_name():
