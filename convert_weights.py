@@ -9,13 +9,15 @@ WRN-CIFAR100-16-4) it also writes the original's ensemble weights, so `--optimiz
 """
 
 import os
-import re
 
-from snapshot_ensembles.cli import ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, run_cli
+from snapshot_ensembles import output
+from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, add_output_flags, model_config,
+                                    parse, run_cli)
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.modeling import build_model, describe_network, nb_classes_of, prefix_for
+from snapshot_ensembles.modeling import build_model, nb_classes_of
 from snapshot_ensembles.naming import DATASETS
 from snapshot_ensembles.original_release import install_ensemble_weights
+from snapshot_ensembles.run_folder import RunFolder
 
 
 def build_parser():
@@ -39,6 +41,7 @@ def build_parser():
                              "as in the original release)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing .weights.h5 files")
+    add_output_flags(parser)
     return parser
 
 
@@ -46,18 +49,13 @@ def release_files(weights_dir, prefix):
     """`{prefix}-Best.h5`, then `{prefix}-1.h5`, `{prefix}-2.h5`, ... present in `weights_dir`."""
     if not os.path.isdir(weights_dir):
         raise UserError(f"--weights_dir {weights_dir} is not a folder")
-    snapshot = re.compile(re.escape(prefix) + r"-(\d+)\.h5")
-    best, snapshots = [], []
-    for name in os.listdir(weights_dir):
-        if name == f"{prefix}-Best.h5":
-            best.append(name)
-        elif match := snapshot.fullmatch(name):
-            snapshots.append((int(match.group(1)), name))
-    names = best + [name for _, name in sorted(snapshots)]
-    if not names:
+    folder = RunFolder(weights_dir, prefix)
+    found = folder.keras1_files()
+    if not found:
         raise UserError(f"no Keras 1 weight files for {prefix} in {weights_dir}: expected "
-                        f"{prefix}-Best.h5 and {prefix}-1.h5 ... (pass FILE to convert other names)")
-    return [os.path.join(weights_dir, name) for name in names]
+                        f"{os.path.basename(folder.keras1_file('Best'))} and "
+                        f"{os.path.basename(folder.keras1_file(1))} ... (pass FILE to convert other names)")
+    return [found[key] for key in sorted(found, key=lambda key: (key != "Best", key if key != "Best" else 0))]
 
 
 def output_path(path):
@@ -66,10 +64,10 @@ def output_path(path):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_model_flags(args)
+    args = parse(build_parser(), argv)
+    network = model_config(args)
     nb_classes = nb_classes_of(args.dataset)
-    prefix = prefix_for(args.dataset, args)
+    prefix = network.prefix(args.dataset)
     sources = args.files or release_files(args.weights_dir, prefix)
 
     # Every refusal that needs no conversion comes before any file is written.
@@ -85,16 +83,16 @@ def main(argv=None):
     # Keras loads only now, so that flag and file-name errors answer at once.
     from snapshot_ensembles.legacy import convert_files
 
-    label, hint = describe_network(args, nb_classes)
-    model = build_model(args, nb_classes)  # dropout as in training (WRN 0.0, DenseNet 0.2): no weights
+    label, hint = network.describe(nb_classes)
+    model = build_model(network, nb_classes)  # dropout as in training (WRN 0.0, DenseNet 0.2): no weights
     convert_files(model, sources, targets, backend=args.backend, dim_ordering=args.dim_ordering,
                   model_label=label, hint=hint)
     for source, target in zip(sources, targets):
-        print(f"wrote {target} (from {source}, {label})")
+        output.say(f"wrote {target} (from {source}, {label})")
     if not args.files:  # the release files of a prefix: the original's ensemble weights go with them
         note = install_ensemble_weights(args.weights_dir, prefix, args.overwrite)
         if note:
-            print(note)
+            output.say(note)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ also trained for the same number of epochs with one ordinary cosine cycle, the p
 import os
 import sys
 
-from snapshot_ensembles import cli, recipes
+from snapshot_ensembles import cli, output, recipes
 
 DEMO_DATASET = "digits"
 TEST_FRACTION = 0.7  # 1,258 test digits: fewer training images make the task hard enough to ensemble
@@ -39,6 +39,7 @@ def build_parser():
                              "(momentum, batch) still apply (default: %(default)s)")
     parser.add_argument("--mixed_precision", action="store_true",
                         help="train in bfloat16 on a CPU, float16 on a GPU (as the training scripts' flag)")
+    cli.add_output_flags(parser)
     return parser
 
 
@@ -61,51 +62,60 @@ def digits_dataset(seed):
     return Dataset(x_train, y_train, x_test, y_test, nb_classes=10, source="scikit-learn's bundled digits")
 
 
-def common_flags(args, weights_dir):
-    return ["--model", "wrn", "--wrn_N", str(args.wrn_N), "--wrn_k", str(args.wrn_k), "--weights_dir", weights_dir]
+def train_config(args, weights_dir, nb_snapshots):
+    """The TrainConfig of a demo run; every demo run trains afresh (resume off)."""
+    from snapshot_ensembles import config
+
+    return config.TrainConfig(
+        dataset=DEMO_DATASET, model=config.ModelConfig("wrn", wrn_N=args.wrn_N, wrn_k=args.wrn_k),
+        cycles=config.CycleConfig(M=nb_snapshots, nb_epoch=args.nb_epoch, alpha_zero=args.alpha_zero),
+        training=config.TrainingConfig(recipe=args.recipe, batch_size=args.batch_size, momentum=args.momentum,
+                                       bn_momentum=args.bn_momentum, seed=args.seed,
+                                       mixed_precision=args.mixed_precision),
+        data=config.DataConfig(val_split=VAL_FRACTION), weights_dir=weights_dir, resume=False).resolved()
+
+
+def predict_config(args, weights_dir, optimize):
+    from snapshot_ensembles import config
+
+    return config.PredictConfig(dataset=DEMO_DATASET, model=config.ModelConfig("wrn", wrn_N=args.wrn_N, wrn_k=args.wrn_k),
+                                optimize=optimize, weights_dir=weights_dir)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cli.load_tensorflow()
-    from snapshot_ensembles import naming, prediction, training
+    args = cli.parse(build_parser(), argv)
+    output.load_tensorflow()
+    from snapshot_ensembles import prediction, training
 
     data = digits_dataset(args.seed)
-    # Every demo run trains afresh (--no_resume).
-    train_flags = ["--nb_epoch", str(args.nb_epoch), "--alpha_zero", str(args.alpha_zero), "--momentum",
-                   str(args.momentum), "--bn_momentum", str(args.bn_momentum), "--batch_size", str(args.batch_size),
-                   "--val_split", str(VAL_FRACTION), "--seed", str(args.seed), "--recipe", args.recipe, "--no_resume"]
-    if args.mixed_precision:
-        train_flags.append("--mixed_precision")
     snapshot_dir = os.path.join(args.weights_dir, "snapshots")
-    print(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
-    training.train(DEMO_DATASET, common_flags(args, snapshot_dir) + train_flags + ["--M", str(args.M)], data=data)
-    print("\n== Ensemble prediction (fitted weights, then equal weights) ==")
-    report = prediction.predict(DEMO_DATASET, common_flags(args, snapshot_dir) + ["--optimize", "1"], data=data)
-    prediction.predict(DEMO_DATASET, common_flags(args, snapshot_dir) + ["--optimize", "-1"], data=data)
+    output.say(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
+    training.train(train_config(args, snapshot_dir, args.M), data=data)
+    output.say("\n== Ensemble prediction (fitted weights, then equal weights) ==")
+    report = prediction.predict(predict_config(args, snapshot_dir, 1), data=data)
+    prediction.predict(predict_config(args, snapshot_dir, -1), data=data)
 
     baseline = None
     if not args.no_baseline:
-        print(f"\n== Baseline: the same network, {args.nb_epoch} epochs, one cosine cycle ==")
-        baseline_dir = os.path.join(args.weights_dir, "baseline")
-        model, _ = training.train(DEMO_DATASET, common_flags(args, baseline_dir) + train_flags + ["--M", "1"],
-                                  data=data)
-        prefix = naming.model_prefix(DEMO_DATASET, "wrn", args.wrn_N, args.wrn_k)
-        baseline = training.test_probabilities(model, data, training.evaluation_batch_size(args),
-                                               prediction.recorded_standardization(baseline_dir, prefix))
+        output.say(f"\n== Baseline: the same network, {args.nb_epoch} epochs, one cosine cycle ==")
+        baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
+        model, _ = training.train(baseline_config, data=data)
+        baseline = training.test_probabilities(model, data, training.evaluation_batch_size(baseline_config),
+                                               prediction.recorded_standardization(baseline_config.weights_dir,
+                                                                                   baseline_config.prefix))
 
     result = summary_evaluation(report, data.y_test, args.seed)
     rows = summary_rows(result, baseline, data.y_test)
-    print(f"\n== Summary: {len(data.y_test)} held-out test digits (seed {args.seed}) ==")
-    print(f"  {'':<44}{'accuracy':>10}{'NLL':>9}{'ECE':>9}")
+    output.always(f"\n== Summary: {len(data.y_test)} held-out test digits (seed {args.seed}) ==")
+    output.always(f"  {'':<44}{'accuracy':>10}{'NLL':>9}{'ECE':>9}")
     for label, scores in rows.items():
-        print(f"  {label:<44}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.ece:9.4f}")
+        output.always(f"  {label:<44}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.ece:9.4f}")
     gain = result.gain
-    print(f"  fitted ensemble minus {result.member_labels[result.best_member]}, paired bootstrap 95 % interval "
+    output.always(f"  fitted ensemble minus {result.member_labels[result.best_member]}, paired bootstrap 95 % interval "
           f"({result.resamples} resamples): accuracy {prediction.format_interval(gain['accuracy'], 100, 2)} points, "
           f"NLL {prediction.format_interval(gain['nll'])}")
     if "nll_calibrated" in gain:
-        print(f"  the same, both with their temperature: NLL {prediction.format_interval(gain['nll_calibrated'])}")
+        output.always(f"  the same, both with their temperature: NLL {prediction.format_interval(gain['nll_calibrated'])}")
     return {"rows": {label: scores.to_dict() for label, scores in rows.items()},
             "gain": {name: interval.to_dict() for name, interval in gain.items()}}
 

@@ -6,11 +6,10 @@
     python download_weights.py --make_manifest weights      # maintainers: then upload weights/* as a release
 """
 
-from snapshot_ensembles import downloads, original_release
-from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, check_model_flags, positive_float,
-                                    run_cli)
-from snapshot_ensembles.modeling import nb_classes_of
-from snapshot_ensembles.naming import DATASETS, model_prefix
+from snapshot_ensembles import downloads, original_release, output
+from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, add_output_flags, model_config,
+                                    parse, positive_float, run_cli)
+from snapshot_ensembles.naming import DATASETS
 
 
 def build_parser():
@@ -44,29 +43,29 @@ def build_parser():
                            "DIR) so that DIR can be published as a release")
     parser.add_argument("--timeout", type=positive_float, default=downloads.DEFAULT_TIMEOUT,
                         help="seconds a connection may stall before giving up (default: %(default)s)")
+    add_output_flags(parser)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     if args.make_manifest is not None:
         path, count = downloads.make_manifest(args.make_manifest)
-        print(f"wrote {path}: {count} files")
+        output.always(f"wrote {path}: {count} files")
         return
-    check_model_flags(args)
-    prefix = model_prefix(args.dataset, args.model, args.wrn_N, args.wrn_k, args.dn_depth, args.dn_growth_rate)
+    network = model_config(args)
+    prefix = network.prefix(args.dataset)
     url = downloads.release_url(args.url)
     if url:
         results = downloads.download_model(prefix, args.weights_dir, url, timeout=args.timeout,
                                            overwrite=args.overwrite)
         fetched = sum(1 for _, outcome in results if outcome == "downloaded")
-        print(f"{prefix}: {len(results)} files verified in {args.weights_dir} "
-              f"({fetched} downloaded, {len(results) - fetched} already present)")
+        output.always(f"{prefix}: {len(results)} files verified in {args.weights_dir} "
+                      f"({fetched} downloaded, {len(results) - fetched} already present)")
         return
-    nb_classes = nb_classes_of(args.dataset)
-    for line in original_release.install(prefix, args, nb_classes, args.weights_dir, api=args.github_api,
+    for line in original_release.install(network, args.dataset, args.weights_dir, api=args.github_api,
                                          repo=args.github_repo, overwrite=args.overwrite, timeout=args.timeout):
-        print(line)
+        output.say(line)
 
 
 if __name__ == "__main__":

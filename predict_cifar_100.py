@@ -1,9 +1,8 @@
 """Predict CIFAR-100 with a snapshot ensemble. See README.md or --help for the flags."""
 
-from snapshot_ensembles.cli import run_cli
-from snapshot_ensembles.prediction import main_for
+from snapshot_ensembles.cli import predict_command, run_cli
 
-main = main_for("cifar100")
+main = predict_command("cifar100")
 
 if __name__ == "__main__":
     run_cli(main)

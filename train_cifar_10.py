@@ -1,9 +1,8 @@
 """Train a snapshot ensemble on CIFAR-10. See README.md or --help for the flags."""
 
-from snapshot_ensembles.cli import run_cli
-from snapshot_ensembles.training import main_for
+from snapshot_ensembles.cli import run_cli, train_command
 
-main = main_for("cifar10")
+main = train_command("cifar10")
 
 if __name__ == "__main__":
     run_cli(main)

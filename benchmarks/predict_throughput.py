@@ -38,22 +38,23 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
-from snapshot_ensembles import naming, prediction  # noqa: E402
+from snapshot_ensembles import config, prediction  # noqa: E402
 from snapshot_ensembles.data import Dataset  # noqa: E402
 from snapshot_ensembles.modeling import build_model, cpu_has_native_bfloat16  # noqa: E402
+from snapshot_ensembles.run_folder import RunFolder
 
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def write_members(weights_dir, prefix, args, nb_members, seed):
+def write_members(weights_dir, prefix, model_config, nb_members, seed):
     """Best + snapshots 1..nb_members-1, each a differently initialised network."""
-    paths = [naming.best_path(weights_dir, prefix)]
-    paths += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, nb_members)]
+    paths = [RunFolder(weights_dir, prefix).best]
+    paths += [RunFolder(weights_dir, prefix).snapshot(i) for i in range(1, nb_members)]
     for i, path in enumerate(paths):
         keras.utils.set_random_seed(seed + i)
-        build_model(args, 10).save_weights(path)
+        build_model(model_config, 10).save_weights(path)
     return paths
 
 
@@ -80,9 +81,8 @@ def main():
     except ImportError as err:
         torch_peer, peer_missing = None, f"PyTorch is not installed ({err}): pip install -r requirements-backends.txt"
 
-    model_flags = ["--model", "wrn", "--wrn_N", str(options.wrn_N), "--wrn_k", str(options.wrn_k)]
-    args = prediction.build_parser("cifar10").parse_args(model_flags)
-    prefix = naming.model_prefix("cifar10", "wrn", options.wrn_N, options.wrn_k)
+    network = config.ModelConfig("wrn", wrn_N=options.wrn_N, wrn_k=options.wrn_k)
+    prefix = network.prefix("cifar10")
     rng = np.random.default_rng(options.seed)
     x = rng.integers(0, 256, size=(options.images, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, size=options.images).astype(np.int32)
@@ -91,14 +91,14 @@ def main():
     peer_seconds = {"fp32": [], "bf16": []} if bf16 else {"fp32": []}
 
     if torch_peer is not None:
-        network, _ = torch_peer.build(args, 10)
-        torch_peer.check_same_size(torch_peer.sizes(network), build_model(args, 10))
+        peer_network, _ = torch_peer.build(network, 10)
+        torch_peer.check_same_size(torch_peer.sizes(peer_network), build_model(network, 10))
 
     def time_peer():
         if torch_peer is None:
             return
         for precision, seconds in peer_seconds.items():
-            predictor = torch_peer.Predictor(network, bfloat16=precision == "bf16")
+            predictor = torch_peer.Predictor(peer_network, bfloat16=precision == "bf16")
             for _ in range(options.repeats):
                 start = time.perf_counter()
                 predictor.predict(x_float, options.batch_size)
@@ -106,22 +106,22 @@ def main():
 
     weights_dir = tempfile.mkdtemp(prefix="predict-benchmark-")
     try:
-        paths = write_members(weights_dir, prefix, args, options.members, options.seed)
+        paths = write_members(weights_dir, prefix, network, options.members, options.seed)
         print(f"{prefix}: {len(paths)} members, {options.images} images, batch {options.batch_size}")
-        argv = model_flags + ["--optimize", "-1", "--weights_dir", weights_dir, "--batch_size",
-                              str(options.batch_size)]
+        predict_config = config.PredictConfig(dataset="cifar10", model=network, optimize=-1, weights_dir=weights_dir,
+                                              batch_size=options.batch_size)
         nb_predictions = options.images * len(paths)
 
         time_peer()  # before and after ours: a load that changes during the run weighs on both
         start = time.perf_counter()
-        summary = prediction.predict("cifar10", argv, data=data)
+        summary = prediction.predict(predict_config, data=data)
         ours_seconds = time.perf_counter() - start
         assert len(summary["networks_run"]) == len(paths)
         ours_rss = peak_rss_mb()
         time_peer()
 
         start = time.perf_counter()
-        summary = prediction.predict("cifar10", argv, data=data)
+        summary = prediction.predict(predict_config, data=data)
         cached_seconds = time.perf_counter() - start
         assert not summary["networks_run"], "the second run should take every member from the cache"
     finally:

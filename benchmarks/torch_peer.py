@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models.batch_norm import KERAS1_EPSILON  # noqa: E402
+from snapshot_ensembles.models.batch_norm import KERAS1_EPSILON  # noqa: E402
 from snapshot_ensembles.modeling import DEFAULT_DROPOUT  # noqa: E402
 
 TORCH_BN_MOMENTUM = 0.01  # PyTorch's momentum weighs the new batch: Keras's 0.99 is PyTorch's 0.01

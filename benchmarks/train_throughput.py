@@ -31,6 +31,7 @@ STARTED = time.perf_counter()  # the wall time counts from here, before the impo
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -40,6 +41,7 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
@@ -50,9 +52,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from snapshot_ensembles import training  # noqa: E402
-from snapshot_ensembles.data import Dataset  # noqa: E402
 from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
-from snapshot_ensembles.modeling import build_model, cpu_has_native_bfloat16, set_precision  # noqa: E402
+from snapshot_ensembles.config import CycleConfig, ModelConfig, TrainConfig, TrainingConfig  # noqa: E402
+from snapshot_ensembles.modeling import cpu_has_native_bfloat16, set_precision  # noqa: E402
 
 KERAS_BACKENDS = ("jax", "torch")
 
@@ -96,24 +98,23 @@ class InterleavedTimer(keras.callbacks.Callback):
                 self.peer_seconds[name].extend(peer.timed_steps(self.block))
 
 
-def time_our_flow(args, steps, warmup, mixed, weights_dir, block=None, peers=None, jit_compile=False):
+def time_our_flow(config, steps, warmup, mixed, weights_dir, block=None, peers=None, jit_compile=False):
     """Our flow for warmup + steps steps in one epoch; returns the InterleavedTimer."""
-    args = argparse.Namespace(**dict(vars(args), nb_epoch=1, M=1, mixed_precision=mixed))
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, mixed_precision=mixed))
     set_precision(mixed)
-    keras.utils.set_random_seed(args.seed)  # each precision starts from the same weights and data
+    keras.utils.set_random_seed(config.training.seed)  # each precision starts from the same weights and data
     try:
-        model = training.compile_model(build_model(args, 10, args.dropout), args, warmup + steps)
+        model = training.compile_model(training.build_training_model(config, 10), config, warmup + steps)
         if jit_compile:
             model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
-        rng = np.random.default_rng(args.seed)
-        nb_images = args.batch_size * (warmup + steps)
+        rng = np.random.default_rng(config.training.seed)
+        batch_size = config.training.batch_size
+        nb_images = batch_size * (warmup + steps)
         x = rng.integers(0, 256, size=(nb_images, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, size=nb_images).astype(np.int32)
-        random_images = Dataset(x, y, x[:args.batch_size], y[:args.batch_size], nb_classes=10, source="random images")
-        _, splits = training.load_training_data("cifar10", args, data=random_images)
+        splits = training.Splits(x_train=x, y_train=y, x_val=x[:batch_size], y_val=y[:batch_size])
         timer = InterleavedTimer(warmup, block, peers)
-        training.fit_snapshot_ensemble(model, splits, args, f"Benchmark-{'bf16' if mixed else 'fp32'}",
-                                       extra_callbacks=[timer])
+        training.fit_snapshot_ensemble(model, splits, config, extra_callbacks=[timer])
     finally:
         set_precision(False)
         shutil.rmtree(weights_dir, ignore_errors=True)
@@ -170,12 +171,12 @@ def keras_backend_column(backend, options, precisions):
     return json.loads(lines[-1])
 
 
-def child_main(options, args, weights_dir):
+def child_main(options, config, args, weights_dir):
     """--child: our flow alone on this process's Keras backend, one JSON line."""
     training.seed_everything(args.seed, options.deterministic)
     figures = {"backend": keras.backend.backend()}
     for precision in options.child.split(","):
-        timer = time_our_flow(args, options.steps, options.warmup, precision == "bf16", weights_dir)
+        timer = time_our_flow(config, options.steps, options.warmup, precision == "bf16", weights_dir)
         figures[precision] = rate_summary(timer.seconds, args.batch_size)
     print(json.dumps(figures))
 
@@ -220,14 +221,15 @@ def main():
         parser.error("--jit_compile needs --no_deterministic: Keras turns XLA off under op determinism")
 
     weights_dir = tempfile.mkdtemp(prefix="train-benchmark-")
-    args = training.build_parser("cifar10").parse_args([
-        "--model", options.model, "--weights_dir", weights_dir, "--seed", str(options.seed), "--no_resume",
-        "--alpha_zero", "0.01"])  # random images and labels: a small rate keeps the losses finite
-    training.check_args(args)
+    # One epoch of the original recipe; random images and labels: a small rate keeps the losses finite.
+    config = TrainConfig(model=ModelConfig(options.model), cycles=CycleConfig(M=1, nb_epoch=1, alpha_zero=0.01),
+                         training=TrainingConfig(seed=options.seed), weights_dir=weights_dir, resume=False).resolved()
+    # The flat view of the configuration: the flags by name, as the rows and the PyTorch peer read them.
+    args = SimpleNamespace(**config.to_dict())
     try:
         if options.child:
-            return child_main(options, args, weights_dir)
-        return parent_main(options, args, backends, weights_dir)
+            return child_main(options, config, args, weights_dir)
+        return parent_main(options, config, args, backends, weights_dir)
     finally:
         shutil.rmtree(weights_dir, ignore_errors=True)
 
@@ -252,13 +254,13 @@ class PhaseClock:
         return total, f"wall time {total:.0f} s ({total / 60:.1f} min): {parts}"
 
 
-def parent_main(options, args, backends, weights_dir):
+def parent_main(options, config, args, backends, weights_dir):
     clock = PhaseClock()
     cpu, flags = cpu_description()
     native_bf16 = bool(cpu_has_native_bfloat16())
     bf16 = options.bf16 in ("on", "only") or options.bf16 == "auto" and native_bf16
     precisions = ["bf16"] if options.bf16 == "only" else ["fp32", "bf16"] if bf16 else ["fp32"]
-    model = build_model(args, 10, args.dropout)
+    model = training.build_training_model(config, 10)
     flops = 3 * forward_flops(model)
     print(describe_cpu(cpu, flags, os.cpu_count()))
     print(f"{model.name}: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOP per training image, "
@@ -286,7 +288,7 @@ def parent_main(options, args, backends, weights_dir):
             for peer in peers.values():
                 peer.start(mixed, options.warmup)
             with clock.phase(f"ours+peer {precision}"):
-                timer = time_our_flow(args, options.steps, options.warmup, mixed, weights_dir, options.block, peers,
+                timer = time_our_flow(config, options.steps, options.warmup, mixed, weights_dir, options.block, peers,
                                       options.jit_compile)
             figures[f"ours_{precision}"] = rate_summary(timer.seconds, args.batch_size)
             if peers:

@@ -52,7 +52,7 @@ def main(weights_dir):
     for name, accuracy in zip(report.names, report.member_accuracy):
         print(f"{name:>6}: {accuracy:.2%}")
     print(f"equal weights: {report.equal_accuracy:.2%}, fitted weights: {report.weighted_accuracy:.2%} "
-          f"{[round(w, 3) for w in report.weights]}")
+          f"{[round(float(w), 3) for w in report.weights]}")
     return report
 
 

@@ -1,7 +1,7 @@
-"""The original suite's networks, rebuilt on Keras 3, and the paper's CIFAR ResNet."""
+"""The original suite's `models/` package: `from models import create_wide_residual_network` and
+`import models.wide_residual_net` work as before. The networks live in snapshot_ensembles.models.
+"""
 
-from models.dense_net import create_dense_net
-from models.resnet import create_resnet
-from models.wide_residual_net import create_wide_residual_network
+from snapshot_ensembles.models import create_dense_net, create_resnet, create_wide_residual_network
 
 __all__ = ["create_dense_net", "create_resnet", "create_wide_residual_network"]

@@ -1,19 +1,22 @@
-"""Command-line plumbing shared by every entry script.
+"""The command-line layer: every script's flags, their parsing into the typed configuration
+(snapshot_ensembles.config), and the turning of errors into one `error:` line and an exit code.
 
-Kept free of TensorFlow/Keras imports so that `--help` and flag errors answer at once.
+Nothing below this layer sees argv or argparse. Kept free of TensorFlow/Keras imports so that `--help`
+and flag errors answer at once.
 """
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import threading
 
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles import config, output, recipes
+from snapshot_ensembles.errors import ConfigError, UserError
+from snapshot_ensembles.naming import dataset_title
 
-# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -114,13 +117,11 @@ def add_model_flags(parser, models=MODELS):
     return group
 
 
-def check_model_flags(args):
-    if args.model == "dn" and (args.dn_depth < 7 or (args.dn_depth - 4) % 3 != 0):
-        raise UserError(f"--dn_depth {args.dn_depth} is not of the form 3n+4 with n >= 1 "
-                        "(for example 40, 100, 190)")
-    if args.model == "resnet" and (args.resnet_depth < 8 or (args.resnet_depth - 2) % 6 != 0):
-        raise UserError(f"--resnet_depth {args.resnet_depth} is not of the form 6n+2 with n >= 1 "
-                        "(for example 20, 56, 110)")
+def model_config(args):
+    """The ModelConfig of parsed model flags, checked."""
+    with flag_wording():
+        return config.ModelConfig(**{field.name: getattr(args, field.name) for field in
+                                     dataclasses.fields(config.ModelConfig)}).check()
 
 
 def add_data_flags(parser):
@@ -134,6 +135,199 @@ def add_data_flags(parser):
     return group
 
 
+def add_distribute_flags(parser):
+    group = parser.add_argument_group("scaling out (README: Scaling out)")
+    group.add_argument("--distribute", choices=config.DISTRIBUTIONS, default="none",
+                       help="none: one device; mirrored: every GPU of this machine (TensorFlow "
+                            "MirroredStrategy, or JAX DataParallel); multiworker: several machines, "
+                            "TensorFlow MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch_size "
+                            "is the global batch (default: %(default)s)")
+    group.add_argument("--cpu_devices", type=int_in_range(1, 256), default=None, metavar="N",
+                       help="with --distribute mirrored: split the CPU into N devices and mirror over them, "
+                            "to try or test data-parallel training on a machine without GPUs")
+    return group
+
+
+def add_output_flags(parser):
+    group = parser.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument("--quiet", dest="verbosity", action="store_const", const=output.QUIET, default=output.NORMAL,
+                       help="print only warnings, notes and the final results")
+    group.add_argument("--verbose", dest="verbosity", action="store_const", const=output.VERBOSE,
+                       help="also print Keras's progress bar of every training step")
+    return group
+
+
+def parse(parser, argv):
+    """Parse `argv` and set the verbosity it asks for."""
+    args = parser.parse_args(argv)
+    output.set_verbosity(getattr(args, "verbosity", output.NORMAL))
+    return args
+
+
+def training_parser(dataset, prog=None):
+    parser = ArgumentParser(
+        prog=prog, description=f"Train a snapshot ensemble on {dataset_title(dataset)} "
+                               "(one run, M cosine cycles, one snapshot per cycle).")
+    parser.add_argument("--M", type=positive_int, default=5, help="number of snapshots (cycles) (default: %(default)s)")
+    parser.add_argument("--nb_epoch", type=positive_int, default=200,
+                        help="total epochs T, a multiple of M (default: %(default)s)")
+    parser.add_argument("--alpha_zero", type=positive_float, default=0.1,
+                        help="initial (peak) learning rate of every cycle (default: %(default)s)")
+    add_model_flags(parser)
+    add_training_flags(parser)
+    add_distribute_flags(parser)
+    parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace weight files of this model in --weights_dir that no training run recorded "
+                             "(downloaded or converted weights)")
+    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the unfinished run of the same model in --weights_dir from its last "
+                             "completed epoch, with the same flags (default)")
+    resume.add_argument("--no_resume", dest="resume", action="store_false",
+                        help="start over: the files of the run found in --weights_dir are removed")
+    add_data_flags(parser)
+    add_output_flags(parser)
+    return parser
+
+
+def add_training_flags(parser):
+    group = parser.add_argument_group("training (the flags marked 'recipe' default to the --recipe's value)")
+    group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
+                       help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
+                            "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
+                            "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
+                            "crops and flips on per-channel standardised images, per-step annealing, weight decay "
+                            "5e-4 (wrn, resnet) or 1e-4 (dn), no dropout (default: %(default)s)")
+    group.add_argument("--batch_size", type=positive_int, default=None,
+                       help="recipe; the global batch, split over the devices with --distribute")
+    group.add_argument("--dropout", type=unit_interval, default=None, help="recipe; dropout rate")
+    group.add_argument("--momentum", type=unit_interval, default=None, help="recipe; SGD momentum")
+    nesterov = group.add_mutually_exclusive_group()
+    nesterov.add_argument("--nesterov", action="store_true", default=None,
+                          help="recipe; Nesterov momentum (needs --momentum > 0)")
+    nesterov.add_argument("--no_nesterov", dest="nesterov", action="store_false", help="plain momentum")
+    group.add_argument("--weight_decay", type=non_negative_float, default=None,
+                       help="recipe; as the paper's Torch SGD counts it: WD x w added to every weight's "
+                            "gradient, i.e. WD / 2 x sum(w^2) in the training loss, on every weight")
+    group.add_argument("--bn_momentum", type=unit_interval, default=config.TrainingConfig.bn_momentum,
+                       help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
+                            "original's 0.99; lower it when an epoch has few steps, so that the statistics "
+                            "saved with a snapshot are those of its weights (default: %(default)s)")
+    group.add_argument("--schedule", choices=("epoch", "batch", "multistep"), default=None,
+                       help="recipe; anneal the learning rate per epoch (the original) or per step (the paper); "
+                            "multistep: the paper's single-model baseline with --M 1, the learning rate divided "
+                            "by 10 at 50 %% and 75 %% of the epochs")
+    group.add_argument("--val_split", type=unit_interval, default=0.0,
+                       help="fraction of the training set held out for checkpoint selection and ensemble "
+                            "weighting; 0 validates on the test set as the original did (optimistic) "
+                            "(default: %(default)s)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
+    group.add_argument("--augment", choices=recipes.AUGMENTATIONS, default=None,
+                       help="recipe; original: random rotations (15 degrees) and shifts (5/32), as the original's "
+                            "ImageDataGenerator; paper: 4-pixel zero padding, random 32x32 crop, horizontal flip")
+    group.add_argument("--no_augment", action="store_true", help="the same as --augment none")
+    group.add_argument("--normalize", choices=recipes.NORMALIZATIONS, default=None,
+                       help="recipe; unit: pixels / 255 (the original); channel: per-channel mean and standard "
+                            "deviation of the training images (the paper); prediction reads it from the run record")
+    determinism = group.add_mutually_exclusive_group()
+    determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                             help="TensorFlow op determinism: the same seed and data give the same snapshots, "
+                                  "bit for bit (default)")
+    determinism.add_argument("--no_deterministic", dest="deterministic", action="store_false",
+                             help="let TensorFlow pick nondeterministic kernels (see README Performance)")
+    group.add_argument("--mixed_precision", action="store_true",
+                       help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
+                            "weights stay float32, so snapshots load as usual")
+    return group
+
+
+def prediction_parser(dataset, prog=None):
+    parser = ArgumentParser(prog=prog, description=f"Predict {dataset_title(dataset)} with a snapshot "
+                                                       "ensemble: equal, saved or fitted member weights.")
+    parser.add_argument("--optimize", type=int, choices=(-1, 0, 1), default=0,
+                        help="0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
+                             "-1: equal weights (default: %(default)s)")
+    parser.add_argument("--num_tests", type=positive_int, default=20,
+                        help="restarts of the weight fit; the fit is convex, so they only confirm the "
+                             "optimum (default: %(default)s)")
+    parser.add_argument("--M", type=positive_int, default=None,
+                        help="number of snapshots to use (default: every snapshot file present)")
+    add_model_flags(parser)
+    parser.add_argument("--batch_size", type=positive_int, default=256,
+                        help="prediction batch size (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the fit's restarts (default: %(default)s)")
+    parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                        help="save the ensemble-size curve, the members' agreement matrix and a reliability "
+                             "diagram (default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
+    parser.add_argument("--report", metavar="PATH.json", default=None,
+                        help="write every figure of the report (scores, temperatures, bootstrap intervals, "
+                             "diversity, reliability bins) to this JSON file")
+    parser.add_argument("--export", metavar="PATH.keras", default=None,
+                        help="save the ensemble in use (its members, weights and temperature) as one Keras model "
+                             "that keras.saving.load_model reads without this project")
+    parser.add_argument("--weights_dir", default="weights", help="folder of the weight files (default: %(default)s)")
+    add_data_flags(parser)
+    add_output_flags(parser)
+    return parser
+
+
+def train_config(dataset, argv=None, prog=None):
+    """The TrainConfig of a training command line, resolved (the recipe's values filled in) and checked."""
+    args = parse(training_parser(dataset, prog), argv)
+    if args.no_augment:
+        if args.augment not in (None, "none"):
+            raise UserError(f"--no_augment contradicts --augment {args.augment}: keep one of the two")
+        args.augment = "none"
+    flat = {name: value for name, value in vars(args).items() if name != "verbosity"}
+    with flag_wording():
+        return config.TrainConfig.from_dict(flat, dataset=dataset).resolved()
+
+
+def predict_config(dataset, argv=None, prog=None):
+    """The PredictConfig of a prediction command line, checked."""
+    args = parse(prediction_parser(dataset, prog), argv)
+    with flag_wording():
+        return config.PredictConfig(
+            dataset=dataset, model=model_config(args), optimize=args.optimize, num_tests=args.num_tests, M=args.M,
+            batch_size=args.batch_size, seed=args.seed, plot=args.plot, report=args.report, export=args.export,
+            weights_dir=args.weights_dir, data=config.DataConfig(args.data_dir, args.data_sha256)).check()
+
+
+@contextlib.contextmanager
+def flag_wording():
+    """A configuration error of the block, reworded with the flags that set it (a UserError)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise UserError(err.command_line_message()) from None
+
+
+def script_name():
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None
+
+
+def train_command(dataset):
+    """The `main(argv)` of a training script for one dataset."""
+    def main(argv=None):
+        from snapshot_ensembles import training
+
+        return training.train(train_config(dataset, argv, script_name()))
+
+    return main
+
+
+def predict_command(dataset):
+    """The `main(argv)` of a prediction script for one dataset."""
+    def main(argv=None):
+        from snapshot_ensembles import prediction
+
+        return prediction.predict(predict_config(dataset, argv, script_name()))
+
+    return main
+
+
 INTERRUPTED_EXIT_CODE = 130
 
 
@@ -145,26 +339,6 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def load_tensorflow():
-    """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
-    the messages users need. A Python error of the import still shows: it is raised after stderr is back.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            with contextlib.suppress(ImportError):  # TensorFlow-free backends: Keras says what is missing
-                import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def run_cli(main, argv=None):
     """Run an entry point; a UserError, Ctrl-C or SIGTERM becomes a short message and a non-zero exit."""
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
@@ -172,7 +346,8 @@ def run_cli(main, argv=None):
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = err.command_line_message() if isinstance(err, ConfigError) else err
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
         cause = " (SIGTERM)" if isinstance(err, Terminated) else ""

@@ -1,6 +1,6 @@
 """CIFAR-10/100 from local files first (no network needed), and the tf.data training pipeline.
 
-Loading order (SPEC section 6): `--data_dir` (the official python archive, checksum-verified, or
+Loading order: `--data_dir` (the official python archive, checksum-verified, or
 its extracted folder), then the Keras cache (`$KERAS_HOME` or `~/.keras`, `datasets/`), then
 Keras's own download. The batches are pickles: they are read with an unpickler that can only
 rebuild NumPy arrays, so a tampered file cannot run code.
@@ -258,7 +258,7 @@ def _download(spec):
 
 
 def load_cifar(dataset, data_dir=None, expected_sha256=None, allow_download=True):
-    """Load CIFAR-10 or CIFAR-100 as a Dataset, following the SPEC's loading order."""
+    """Load CIFAR-10 or CIFAR-100 as a Dataset, in the loading order of the module docstring."""
     spec = CIFAR[dataset]
     if data_dir is not None:
         if not os.path.isdir(data_dir):
@@ -300,3 +300,21 @@ def split_validation(x, y, fraction, seed):
     train_idx.sort()
     val_idx.sort()
     return train_idx, val_idx
+
+
+def channel_statistics(x, chunk=1024):
+    """Per-channel mean and standard deviation of uint8 images, in pixel units (0..255): the paper's
+    standardisation constants, computed on the training images.
+
+    Integer sums over chunks of images: exact, and no float copy of the whole training set.
+    """
+    x = np.asarray(x, np.uint8)
+    channels = x.shape[-1]
+    sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
+    for start in range(0, len(x), chunk):
+        pixels = x[start:start + chunk].reshape(-1, channels).astype(np.int64)
+        sums += pixels.sum(axis=0)
+        squares += (pixels * pixels).sum(axis=0)
+    count = x.size // channels
+    mean = sums / count
+    return mean.tolist(), np.sqrt(squares / count - mean ** 2).tolist()

@@ -21,24 +21,9 @@ import dataclasses
 import json
 import os
 
-from snapshot_ensembles import cli
 from snapshot_ensembles.errors import UserError
 
-MODES = ("none", "mirrored", "multiworker")
 TF_CONFIG = "TF_CONFIG"
-
-
-def add_flags(parser):
-    group = parser.add_argument_group("scaling out (README: Scaling out)")
-    group.add_argument("--distribute", choices=MODES, default="none",
-                       help="none: one device; mirrored: every GPU of this machine (TensorFlow "
-                            "MirroredStrategy, or JAX DataParallel); multiworker: several machines, "
-                            "TensorFlow MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch_size "
-                            "is the global batch (default: %(default)s)")
-    group.add_argument("--cpu_devices", type=cli.int_in_range(1, 256), default=None, metavar="N",
-                       help="with --distribute mirrored: split the CPU into N devices and mirror over them, "
-                            "to try or test data-parallel training on a machine without GPUs")
-    return group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +77,12 @@ def parse_tf_config(text):
     return Task(task_type, index, nb_workers, has_chief="chief" in cluster)
 
 
-def check_flags(args, environ=os.environ):
+def check_flags(device_config, environ=os.environ):
     """What can be checked before TensorFlow starts. Returns the multi-worker Task, or None."""
-    if args.cpu_devices is not None and args.distribute != "mirrored":
+    if device_config.cpu_devices is not None and device_config.distribute != "mirrored":
         raise UserError(f"--cpu_devices splits this machine's CPU for --distribute mirrored, not for "
-                        f"--distribute {args.distribute}: add --distribute mirrored or drop --cpu_devices")
-    if args.distribute != "multiworker":
+                        f"--distribute {device_config.distribute}: add --distribute mirrored or drop --cpu_devices")
+    if device_config.distribute != "multiworker":
         return None
     text = environ.get(TF_CONFIG, "").strip()
     if not text:
@@ -237,58 +222,58 @@ class Distribution:
                             "--no_resume")
 
 
-def setup(args, task):
-    """Create the Distribution for the parsed flags; call it before anything else runs TensorFlow ops."""
+def setup(device_config, task):
+    """Create the Distribution for `device_config` (a config.DeviceConfig); call it before anything else runs TensorFlow ops."""
     import keras
 
     backend = keras.backend.backend()
-    if args.distribute == "none":
+    if device_config.distribute == "none":
         return Distribution("none", backend)
     if backend == "torch":
-        raise UserError(f"--distribute {args.distribute} is not available on the torch backend (Keras 3 has no "
+        raise UserError(f"--distribute {device_config.distribute} is not available on the torch backend (Keras 3 has no "
                         "distribution API for PyTorch): use KERAS_BACKEND=tensorflow for mirrored and "
                         "multiworker, or KERAS_BACKEND=jax for mirrored")
     if backend == "jax":
-        if args.distribute == "multiworker":
+        if device_config.distribute == "multiworker":
             raise UserError("--distribute multiworker needs the TensorFlow backend (MultiWorkerMirroredStrategy): "
                             "use KERAS_BACKEND=tensorflow, or --distribute mirrored for the devices of one "
                             "machine on JAX")
-        return _setup_jax(args)
+        return _setup_jax(device_config)
     if backend != "tensorflow":
-        raise UserError(f"--distribute {args.distribute} needs the tensorflow or jax backend, not {backend}")
-    return _setup_tensorflow(args, task)
+        raise UserError(f"--distribute {device_config.distribute} needs the tensorflow or jax backend, not {backend}")
+    return _setup_tensorflow(device_config, task)
 
 
-def _setup_jax(args):
-    if args.cpu_devices:
+def _setup_jax(device_config):
+    if device_config.cpu_devices:
         # Read when JAX first lists its devices, which Keras has not done yet at this point.
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        flag = f"--xla_force_host_platform_device_count={device_config.cpu_devices}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     import jax
     import keras
 
-    devices = jax.devices("cpu") if args.cpu_devices else jax.devices()
-    if args.cpu_devices and len(devices) != args.cpu_devices:
-        raise UserError(f"--cpu_devices {args.cpu_devices}: JAX had already started with {len(devices)} CPU "
+    devices = jax.devices("cpu") if device_config.cpu_devices else jax.devices()
+    if device_config.cpu_devices and len(devices) != device_config.cpu_devices:
+        raise UserError(f"--cpu_devices {device_config.cpu_devices}: JAX had already started with {len(devices)} CPU "
                         f"device(s); set XLA_FLAGS=--xla_force_host_platform_device_count="
-                        f"{args.cpu_devices} before starting Python")
+                        f"{device_config.cpu_devices} before starting Python")
     names = [f"{d.platform}:{d.id}" for d in devices]
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
     return Distribution("mirrored", "jax", devices=names)
 
 
-def _setup_tensorflow(args, task):
+def _setup_tensorflow(device_config, task):
     import tensorflow as tf
 
-    if args.distribute == "mirrored":
+    if device_config.distribute == "mirrored":
         devices = None
-        if args.cpu_devices:
+        if device_config.cpu_devices:
             cpu = tf.config.list_physical_devices("CPU")[0]
             try:
                 tf.config.set_logical_device_configuration(
-                    cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_devices)
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * device_config.cpu_devices)
             except RuntimeError as err:  # the runtime had started: only a library user can get here
-                raise UserError(f"--cpu_devices {args.cpu_devices}: {err}") from None
+                raise UserError(f"--cpu_devices {device_config.cpu_devices}: {err}") from None
             devices = [device.name for device in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
         return Distribution("mirrored", "tensorflow", strategy, devices=_short_names(strategy))

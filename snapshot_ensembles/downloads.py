@@ -24,8 +24,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from snapshot_ensembles import output
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of, write_json
+from snapshot_ensembles.run_folder import RunFolder
 
 RELEASE_URL_ENV = "SNAPSHOT_RELEASE_URL"
 MANIFEST_NAME = "manifest.json"
@@ -225,11 +227,11 @@ def _is_plain_name(name):
 
 def _member_rank(name, prefix):
     """Download order of `name` among the files of `prefix` (Best, 1..M, JSONs), None if not one."""
-    match = re.fullmatch(re.escape(prefix) + r"-(Best|\d+)\.weights\.h5", name)
-    if match:
-        tag = match.group(1)
-        return (0, 0) if tag == "Best" else (1, int(tag))
-    extras = [f"Ensemble-weights-{prefix}.json", f"{prefix}-training.json", f"{prefix}-run.json"]
+    folder = RunFolder("", prefix)
+    key = folder.member_key(name)
+    if key is not None:
+        return (0, 0) if key == "Best" else (1, key)
+    extras = folder.shared_file_names()
     return (2, extras.index(name)) if name in extras else None
 
 
@@ -259,7 +261,8 @@ class Progress:
 
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.shown = output.verbosity() >= output.NORMAL  # nothing with --quiet
+        self.live = self.shown and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._line_len = 0
         self._drawn_name, self._drawn_at = None, 0.0  # redraw a file's line at most every 0.1 s
 
@@ -291,7 +294,7 @@ class Progress:
             self._draw(text)
             self.stream.write("\n")
             self._line_len = 0
-        else:
+        elif self.shown:
             print(text, file=self.stream, flush=True)
 
 

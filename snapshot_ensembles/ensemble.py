@@ -1,5 +1,5 @@
 """Ensemble weighting: the weighted average of member predictions, fitting its weights, and the
-ensemble-weight JSON files (SPEC section 5).
+ensemble-weight JSON files.
 
 The members are always `[Best, 1, ..., M]` in that order: the best checkpoint, then the
 snapshots. `member_probs` is a sequence of M arrays (or one (M, n, C) array) of class
@@ -19,7 +19,7 @@ from snapshot_ensembles import metrics
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
 from snapshot_ensembles.metrics import LOG_LOSS_EPS
-from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
+from snapshot_ensembles.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -43,13 +43,13 @@ def weighted_average(member_probs, weights):
     return total
 
 
-def ensemble_size_curve(member_probs, labels):
+def ensemble_size_curve(member_probs, labels, first_is_best=True):
     """[(m, Scores)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
 
-    member_probs[0] is the Best checkpoint and takes no part; "last m" is snapshots M-m+1..M,
-    so each step adds the next older snapshot to the latest, usually strongest, ones.
+    member_probs[0] is the Best checkpoint and takes no part (unless not `first_is_best`); "last m" is
+    snapshots M-m+1..M, so each step adds the next older snapshot to the latest, usually strongest, ones.
     """
-    snapshots = member_probs[1:]
+    snapshots = member_probs[1:] if first_is_best else member_probs
     curve = []
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
     for m in range(1, len(snapshots) + 1):
@@ -207,7 +207,8 @@ def normalised_weights(weights, n_members):
 
 def ensemble_json_candidates(weights_dir, prefix):
     """Where the ensemble weights may be, preferred first: ours, then the original's name."""
-    return [ensemble_json_path(weights_dir, prefix), legacy_ensemble_json_path(weights_dir, prefix)]
+    folder = RunFolder(weights_dir, prefix)
+    return [folder.ensemble_json, folder.legacy_ensemble_json]
 
 
 def find_ensemble_json(weights_dir, prefix):
@@ -218,19 +219,21 @@ def find_ensemble_json(weights_dir, prefix):
     return None
 
 
-def read_ensemble_weights(path, n_members, member_files=None):
+def read_ensemble_weights(path, n_members, member_files=None, remedy=None):
     """The `best_weights` of an ensemble JSON as floats normalised to sum 1.
 
     Accepts the original's files, whose weights do not sum exactly to 1. Anything unusable is a
     UserError that says what is wrong and how to get a good file. `member_files`, [(name, SHA-256)] of
     the members in order, is checked against the files the weights were fitted for, where the JSON
-    records them (ours do, the original's do not).
+    records them (ours do, the original's do not). `remedy` ends each message (default: the prediction
+    scripts' flags).
     """
-    content = _load_ensemble_json(path)
+    remedy = remedy or _REMEDY
+    content = _load_ensemble_json(path, remedy)
     if not isinstance(content, dict) or "best_weights" not in content:
         raise UserError(
             f"The ensemble weights file {path} has no 'best_weights' entry "
-            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {_REMEDY}"
+            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}"
         )
     raw = content["best_weights"]
     # bool is an int subclass in Python: reject `true` explicitly.
@@ -239,18 +242,18 @@ def read_ensemble_weights(path, n_members, member_files=None):
     ):
         raise UserError(
             f"The 'best_weights' entry of {path} must be a list of numbers, got {json.dumps(raw)}. "
-            f"{_REMEDY}"
+            f"{remedy}"
         )
     if len(raw) != n_members:
         # A file fitted for another --M is the usual cause: say which --M it was fitted for.
         file_m = (
             f" It was fitted with --M {len(raw) - 1}: pass --M {len(raw) - 1} if those snapshot "
-            f"files exist." if len(raw) > 1 else ""
+            f"files exist." if len(raw) > 1 and remedy == _REMEDY else ""
         )
         raise UserError(
             f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
             f"{n_members} members ({_members_text(n_members)}: the best checkpoint, then each "
-            f"snapshot, one weight each).{file_m} {_REMEDY}"
+            f"snapshot, one weight each).{file_m} {remedy}"
         )
     fitted_for = content.get("member_sha256")
     if member_files is not None and isinstance(fitted_for, list) and len(fitted_for) == n_members:
@@ -258,16 +261,16 @@ def read_ensemble_weights(path, n_members, member_files=None):
         if changed:
             raise UserError(
                 f"The ensemble weights in {path} were fitted for other weight files: {', '.join(changed)} "
-                f"changed since (trained again or replaced). {_REMEDY}"
+                f"changed since (trained again or replaced). {remedy}"
             )
     weights = np.array([_as_float(w) for w in raw])
     if not all(math.isfinite(w) and w >= 0 for w in weights):
         shown = json.dumps(raw) if len(json.dumps(raw)) < 200 else json.dumps(raw)[:200] + "..."
         raise UserError(
-            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {_REMEDY}"
+            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {remedy}"
         )
     if not weights.any():
-        raise UserError(f"The ensemble weights in {path} are all 0. {_REMEDY}")
+        raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
     weights /= weights.max()  # first, so that the sum of weights near the float maximum cannot overflow
     return weights / weights.sum()
 
@@ -284,12 +287,12 @@ _REMEDY = ("Rerun the prediction script with --optimize 1 to fit and save new we
            "or with --optimize -1 to use equal weights.")
 
 
-def _load_ensemble_json(path):
+def _load_ensemble_json(path, remedy=_REMEDY):
     try:
         with open(path) as fh:
             return json.load(fh)
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"Cannot read the ensemble weights file {path}: {error}. {_REMEDY}") from None
+        raise UserError(f"Cannot read the ensemble weights file {path}: {error}. {remedy}") from None
 
 
 def read_temperatures(path, n_members):

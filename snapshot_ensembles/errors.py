@@ -1,7 +1,31 @@
-"""The one exception type that the entry scripts turn into a clean message and exit code."""
+"""The exception type of input or environment problems that users can fix."""
 
 
-class UserError(Exception):
-    """Bad input or environment the user can fix: printed as one message, no traceback."""
+class UserError(ValueError):
+    """Bad input or environment the user can fix: the entry scripts print it as one `error:` line with
+    exit code `exit_code`, no traceback; library callers catch it as the ValueError it is."""
 
     exit_code = 2
+
+
+class ConfigError(UserError):
+    """A configuration value that cannot work, worded for whoever set it.
+
+    `template` mentions settings as `{key}` placeholders; each keyword names one as (field, value) or
+    (field,). A library caller reads `field=value`; the command line shows the flag, `--field value`.
+    """
+
+    def __init__(self, template, **mentions):
+        self.template = template
+        self.mentions = mentions
+        super().__init__(self._render(lambda field, *value: f"{field}={value[0]!r}" if value else field))
+
+    def command_line_message(self):
+        return self._render(lambda field, *value: f"--{field} {_flag_value(value[0])}" if value else f"--{field}")
+
+    def _render(self, mention):
+        return self.template.format(**{key: mention(*spec) for key, spec in self.mentions.items()})
+
+
+def _flag_value(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -36,6 +36,49 @@ class EnsembleEvaluation:
     resamples: int = metrics.BOOTSTRAP_RESAMPLES
     seed: int = 0
 
+    # The figures by name, as SnapshotEnsemble.evaluate's users read them (accuracies are fractions).
+    @property
+    def names(self):
+        return self.member_labels
+
+    @property
+    def member_accuracy(self):
+        return [scores.accuracy for scores in self.members]
+
+    @property
+    def member_log_loss(self):
+        return [scores.nll for scores in self.members]
+
+    @property
+    def equal_accuracy(self):
+        return self.equal.accuracy
+
+    @property
+    def equal_log_loss(self):
+        return self.equal.nll
+
+    @property
+    def in_use(self):
+        """The Scores of the ensemble in use: the weighted one, else the equal-weight one."""
+        return self.weighted if self.compared == "weighted" else self.equal
+
+    @property
+    def weighted_accuracy(self):
+        """Of the weighted ensemble; the equal-weight one's when there are no weights."""
+        return (self.weighted or self.equal).accuracy
+
+    @property
+    def weighted_log_loss(self):
+        return (self.weighted or self.equal).nll
+
+    @property
+    def size_curve(self):
+        return self.curve
+
+    @property
+    def nb_samples(self):
+        return int(len(self.probabilities))
+
     def to_dict(self):
         """Every figure, JSON-ready (the `--report` file)."""
         best = self.best_member
@@ -82,14 +125,15 @@ class _Scored:
 
 
 def evaluate(member_probs, labels, member_labels, weights=None, temperature=None, member_temperatures=None,
-             use_weights=True, best_member=None, seed=0, resamples=metrics.BOOTSTRAP_RESAMPLES):
+             use_weights=True, best_member=None, seed=0, resamples=metrics.BOOTSTRAP_RESAMPLES, first_is_best=True):
     """The EnsembleEvaluation of `member_probs` ([Best, 1..M] test probabilities) against `labels`.
 
     `weights` and `temperature` describe the weighted ensemble (None: there is none, or no temperature);
     `member_temperatures` holds one temperature per member (None: no calibrated best-member row).
     `use_weights` chooses the ensemble in use: the weighted one, else the equal-weight one. `best_member` is
-    the index of the member it is compared with (default: the most accurate on the test set). At most three
-    (n, C) arrays live at a time, whatever the number of members.
+    the index of the member it is compared with (default: the most accurate on the test set). The
+    ensemble-size curve leaves out the first member when `first_is_best` (the Best checkpoint). At most
+    three (n, C) arrays live at a time, whatever the number of members.
     """
     labels = np.asarray(labels)
     members = [metrics.score(probs, labels) for probs in member_probs]
@@ -124,7 +168,7 @@ def evaluate(member_probs, labels, member_labels, weights=None, temperature=None
     found = {name: item.scores for name, item in scored.items()}
     return EnsembleEvaluation(
         member_labels=list(member_labels), members=members, best_member=best, equal=found["equal"],
-        curve=ensemble.ensemble_size_curve(member_probs, labels),
+        curve=ensemble.ensemble_size_curve(member_probs, labels, first_is_best),
         disagreement=metrics.disagreement_matrix(member_probs), kl_divergence=metrics.kl_matrix(member_probs),
         compared=compared, gain=gain, reliability=reliability, probabilities=in_use,
         weights=None if weights is None else np.asarray(weights, dtype=np.float64),

@@ -1,37 +1,11 @@
-"""Building the networks of models/ from the scripts' flags (shared by training and prediction)."""
+"""Building the networks of snapshot_ensembles.models from a config.ModelConfig (training and prediction)."""
 
-from snapshot_ensembles import recipes
-from snapshot_ensembles.naming import DATASETS, model_prefix
+from snapshot_ensembles import output, recipes
+from snapshot_ensembles.naming import DATASETS
 
 INPUT_SHAPE = (32, 32, 3)
 DEFAULT_DROPOUT = recipes.ORIGINAL["dropout"]  # of the built network when no dropout is given (prediction)
 DEFAULT_BN_MOMENTUM = 0.99  # Keras's, and Keras 1's that the original trained with
-
-
-def prefix_for(dataset, args):
-    return model_prefix(dataset, args.model, args.wrn_N, args.wrn_k, args.dn_depth, args.dn_growth_rate,
-                        args.resnet_depth)
-
-
-def describe_architecture(args):
-    """The model flags that determine the weight shapes, as the user would type them."""
-    if args.model == "wrn":
-        return f"--model wrn --wrn_N {args.wrn_N} --wrn_k {args.wrn_k}"
-    if args.model == "resnet":
-        return f"--model resnet --resnet_depth {args.resnet_depth}"
-    return f"--model dn --dn_depth {args.dn_depth} --dn_growth_rate {args.dn_growth_rate} --dn_blocks {args.dn_blocks}"
-
-
-def describe_network(args, nb_classes):
-    """The network in words and the flags to check when a file does not fit it."""
-    if args.model == "wrn":
-        return (f"WRN-{6 * args.wrn_N + 4}-{args.wrn_k} for {nb_classes} classes",
-                "check --wrn_N/--wrn_k/--dataset")
-    hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
-    if args.dn_blocks != 1:
-        hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-    return (f"DenseNet-{args.dn_depth}-{args.dn_growth_rate} with {args.dn_blocks} dense "
-            f"block{'s' if args.dn_blocks > 1 else ''} for {nb_classes} classes", hint)
 
 
 def accelerator_present():
@@ -87,33 +61,33 @@ def set_precision(mixed):
     on_gpu = mixed and accelerator_present()
     policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if mixed else "float32"
     if mixed and not on_gpu and cpu_has_native_bfloat16() is False:
-        # Measured on an AVX2-only CPU: bfloat16 convolutions ran about 15 times slower than float32.
-        print("warning: --mixed_precision on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 / bf16 "
-              "flag in /proc/cpuinfo): TensorFlow emulates it and training is much SLOWER than float32; drop "
-              "the flag on this machine")
+        # bfloat16 emulated on AVX2 is many times slower than float32 (docs/performance.md).
+        output.always("warning: --mixed_precision on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 / bf16 "
+                      "flag in /proc/cpuinfo): TensorFlow emulates it and training is much SLOWER than float32; "
+                      "drop the flag on this machine")
     keras.mixed_precision.set_dtype_policy(policy)
     return policy
 
 
-def build_model(args, nb_classes, dropout=None, input_shape=INPUT_SHAPE, verbose=0):
-    """The network the flags describe; `args.bn_momentum` and `args.weight_decay`, when set (training),
-    replace BatchNormalization's momentum and the weights' penalties."""
-    from models import create_dense_net, create_resnet, create_wide_residual_network
+def build_model(model_config, nb_classes, dropout=None, bn_momentum=None, weight_decay=None,
+                input_shape=INPUT_SHAPE, verbose=0):
+    """The network that `model_config` (a config.ModelConfig) describes; `bn_momentum` and `weight_decay`,
+    when given (training), replace BatchNormalization's momentum and the weights' penalties."""
+    from snapshot_ensembles.models import create_dense_net, create_resnet, create_wide_residual_network
 
+    config = model_config
     if dropout is None:
-        dropout = DEFAULT_DROPOUT[args.model]
-    if args.model == "wrn":
-        model = create_wide_residual_network(input_shape, nb_classes=nb_classes, N=args.wrn_N, k=args.wrn_k,
+        dropout = DEFAULT_DROPOUT[config.model]
+    if config.model == "wrn":
+        model = create_wide_residual_network(input_shape, nb_classes=nb_classes, N=config.wrn_N, k=config.wrn_k,
                                              dropout=dropout, verbose=verbose)
-    elif args.model == "resnet":
-        model = create_resnet(input_shape, nb_classes=nb_classes, depth=args.resnet_depth, verbose=verbose)
+    elif config.model == "resnet":
+        model = create_resnet(input_shape, nb_classes=nb_classes, depth=config.resnet_depth, verbose=verbose)
     else:
-        model = create_dense_net(nb_classes, input_shape, depth=args.dn_depth, nb_dense_block=args.dn_blocks,
-                                 growth_rate=args.dn_growth_rate, dropout_rate=dropout or None, verbose=verbose)
-    bn_momentum = getattr(args, "bn_momentum", None)  # training only: inference never reads it
+        model = create_dense_net(nb_classes, input_shape, depth=config.dn_depth, nb_dense_block=config.dn_blocks,
+                                 growth_rate=config.dn_growth_rate, dropout_rate=dropout or None, verbose=verbose)
     if bn_momentum is not None:
         set_batch_norm_momentum(model, bn_momentum)
-    weight_decay = getattr(args, "weight_decay", None)
     if weight_decay is not None:
         set_weight_decay(model, weight_decay)
     return model

@@ -21,10 +21,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from snapshot_ensembles import naming
+from snapshot_ensembles import output
 from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason, remove_if_present
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of, write_json
+from snapshot_ensembles.run_folder import RunFolder
 
 DEFAULT_GITHUB_API = "https://api.github.com"
 GITHUB_API_ENV = "SNAPSHOT_GITHUB_API"
@@ -51,14 +52,9 @@ def github_repo(flag=None):
     return repo
 
 
-def record_path(weights_dir, prefix):
-    """What download_weights.py installed for `prefix`: each file's name, URL, size and SHA-256."""
-    return os.path.join(weights_dir, f"{prefix}-release.json")
-
-
 def shipped_ensemble_weights(prefix):
     """Path of the original's ensemble-weight JSON for `prefix` in release_data/, or None."""
-    path = os.path.join(RELEASE_DATA, os.path.basename(naming.ensemble_json_path("", prefix)))
+    path = os.path.join(RELEASE_DATA, os.path.basename(RunFolder("", prefix).ensemble_json))
     return path if os.path.isfile(path) else None
 
 
@@ -70,7 +66,7 @@ def install_ensemble_weights(weights_dir, prefix, overwrite=False):
     shipped = shipped_ensemble_weights(prefix)
     if shipped is None:
         return None
-    target = naming.ensemble_json_path(weights_dir, prefix)
+    target = RunFolder(weights_dir, prefix).ensemble_json
     with open(shipped, "rb") as fh:
         data = fh.read()
     if os.path.isfile(target):
@@ -215,7 +211,7 @@ def _shipped_member_count(prefix):
 def read_record(weights_dir, prefix):
     """{Keras 3 file name: record entry} of an earlier install; {} when there is none or it is unreadable."""
     try:
-        with open(record_path(weights_dir, prefix)) as fh:
+        with open(RunFolder(weights_dir, prefix).release_record) as fh:
             files = json.load(fh)["files"]
         return {entry["converted_to"]: entry for entry in files}
     except (OSError, ValueError, KeyError, TypeError):
@@ -224,18 +220,19 @@ def read_record(weights_dir, prefix):
 
 def own_run_files(weights_dir, prefix, record):
     """Files of `prefix` in `weights_dir` that an earlier install did not write: the user's own run."""
-    records = [path(weights_dir, prefix) for path in (naming.run_info_path, naming.history_path, naming.state_path)]
-    members = [path for path in naming.member_files(weights_dir, prefix).values()
+    folder = RunFolder(weights_dir, prefix)
+    records = [folder.run_record, folder.history, folder.state]
+    members = [path for path in RunFolder(weights_dir, prefix).member_files().values()
                if (entry := record.get(os.path.basename(path))) is None
                or sha256_of(path) != entry.get("converted_sha256")]
     return sorted([path for path in records if os.path.isfile(path)] + members)
 
 
-def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
-    """Download, verify and convert the original release's files of `prefix` into `weights_dir`.
-
-    `args` carries the model flags. Returns the lines to print.
+def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
+    """Download, verify and convert the original release's files of the network `model_config` (a
+    config.ModelConfig) trained on `dataset` into `weights_dir`. Returns the lines to print.
     """
+    prefix = model_config.prefix(dataset)
     api, repo = github_api(api), github_repo(repo)
     record = read_record(weights_dir, prefix)
     own = own_run_files(weights_dir, prefix, record)
@@ -248,8 +245,8 @@ def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrit
         check_transport(asset.url)
 
     lines = []
-    targets = [naming.best_path(weights_dir, prefix)]
-    targets += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, len(assets))]
+    run = RunFolder(weights_dir, prefix)
+    targets = [run.member(key) for key in ["Best", *range(1, len(assets))]]
     if all(_installed(record, asset, target) for asset, target in zip(assets, targets)):
         lines.append(f"{prefix}: the {len(assets)} release files are already converted in {weights_dir} and "
                      "unchanged in the release; nothing to download")
@@ -261,13 +258,13 @@ def install(prefix, args, nb_classes, weights_dir, api=None, repo=None, overwrit
             if previous and previous.get("sha256") != sha:
                 lines.append(f"{asset.name} changed in the release since the last download "
                              f"(SHA-256 {previous.get('sha256')} -> {sha})")
-        lines += _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo)
+        lines += _convert(model_config, dataset, weights_dir, assets, sources, targets, repo)
         entries = [{"name": asset.name, "url": asset.url, "size": asset.size, "sha256": sha,
                     "converted_to": os.path.basename(target), "converted_sha256": sha256_of(target)}
                    for asset, (_, sha), target in zip(assets, sources, targets)]
-        write_json(record_path(weights_dir, prefix), {"repository": repo, "release": release.tag,
-                                                      "release_page": release.page, "files": entries})
-        lines.append(f"recorded the sources in {record_path(weights_dir, prefix)}")
+        write_json(run.release_record, {"repository": repo, "release": release.tag, "release_page": release.page,
+                                        "files": entries})
+        lines.append(f"recorded the sources in {run.release_record}")
     for path in own:  # with --overwrite: the replaced run's record, state, history and extra snapshots
         if path not in targets and os.path.exists(path):
             try:
@@ -322,20 +319,21 @@ def _download(asset, folder, repo):
         raise UserError(f"size mismatch for {asset.url}: got {size} bytes, GitHub lists {asset.size}; the "
                         "download was deleted, run again to retry")
     digest = sha256_of(path)
-    print(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
+    output.say(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
     return path, digest
 
 
-def _convert(prefix, args, nb_classes, weights_dir, assets, sources, targets, repo):
+def _convert(model_config, dataset, weights_dir, assets, sources, targets, repo):
     from snapshot_ensembles.legacy import convert_files
-    from snapshot_ensembles.modeling import build_model, describe_network
+    from snapshot_ensembles.modeling import build_model, nb_classes_of
 
     try:
         os.makedirs(weights_dir, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the weights folder {weights_dir}: {error_reason(err)}") from None
-    label, hint = describe_network(args, nb_classes)
-    model = build_model(args, nb_classes)
+    nb_classes = nb_classes_of(dataset)
+    label, hint = model_config.describe(nb_classes)
+    model = build_model(model_config, nb_classes)
     labels = [f"{asset.name} of the release of {repo}" for asset in assets]
     convert_files(model, [path for path, _ in sources], targets, model_label=label,
                   hint=f"it is not a Keras 1 weight file of this network ({hint})", labels=labels)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+
 # The original's ImageDataGenerator(rotation_range=15, width_shift_range=5/32, height_shift_range=5/32)
 ROTATION_DEGREES = 15.0
 SHIFT_FRACTION = 5.0 / 32.0
@@ -68,24 +69,6 @@ def random_crop_flip(images, seed, padding=CROP_PADDING):
 
 
 AUGMENTATIONS = {"original": random_rotate_shift, "paper": random_crop_flip, "none": None}
-
-
-def channel_statistics(x, chunk=1024):
-    """Per-channel mean and standard deviation of uint8 images, in pixel units (0..255): the paper's
-    standardisation constants, computed on the training images.
-
-    Integer sums over chunks of images: exact, and no float copy of the whole training set.
-    """
-    x = np.asarray(x, np.uint8)
-    channels = x.shape[-1]
-    sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
-    for start in range(0, len(x), chunk):
-        pixels = x[start:start + chunk].reshape(-1, channels).astype(np.int64)
-        sums += pixels.sum(axis=0)
-        squares += (pixels * pixels).sum(axis=0)
-    count = x.size // channels
-    mean = sums / count
-    return mean.tolist(), np.sqrt(squares / count - mean ** 2).tolist()
 
 
 def _to_float(images, standardization=None):

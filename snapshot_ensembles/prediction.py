@@ -1,8 +1,10 @@
-"""The prediction flow behind predict_cifar_10.py and predict_cifar_100.py (SPEC section 5).
+"""The prediction flow behind predict_cifar_10.py and predict_cifar_100.py, on a config.PredictConfig.
 
-Members are `[Best, 1, ..., M]`. Their class probabilities are computed once per data split and
+Members are `[Best, 1, ..., M]`, run through the public SnapshotEnsemble API (one network, each
+member's weights loaded in turn). Their class probabilities are computed once per data split and
 cached next to the weights, keyed by the weight file's SHA-256 and a fingerprint of the split, so
-switching `--optimize` mode reruns no network and a replaced weight file is predicted again.
+switching the optimize mode reruns no network and a replaced weight file is predicted again.
+`compute_report` does the work; the `render_*` functions print it through snapshot_ensembles.output.
 """
 
 import dataclasses
@@ -10,48 +12,20 @@ import functools
 import itertools
 import json
 import os
-import sys
 
 import numpy as np
 
-from snapshot_ensembles import cli, ensemble, evaluation, metrics, naming
+from snapshot_ensembles import ensemble, metrics, naming, output
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import (FileWriteError, atomic_path, read_json_record, sha256_of, sha256_of_arrays,
-                                  write_json)
-from snapshot_ensembles.modeling import describe_architecture, nb_classes_of, prefix_for, set_precision
+from snapshot_ensembles.evaluation import EnsembleEvaluation
+from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
+from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
+from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble
 
-CACHE_FOLDER = ".prediction-cache"
+CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
-
-
-def build_parser(dataset, prog=None):
-    parser = cli.ArgumentParser(prog=prog, description=f"Predict {naming.dataset_title(dataset)} with a snapshot "
-                                                       "ensemble: equal, saved or fitted member weights.")
-    parser.add_argument("--optimize", type=int, choices=(-1, 0, 1), default=0,
-                        help="0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
-                             "-1: equal weights (default: %(default)s)")
-    parser.add_argument("--num_tests", type=cli.positive_int, default=20,
-                        help="restarts of the weight fit; the fit is convex, so they only confirm the "
-                             "optimum (default: %(default)s)")
-    parser.add_argument("--M", type=cli.positive_int, default=None,
-                        help="number of snapshots to use (default: every snapshot file present)")
-    cli.add_model_flags(parser)
-    parser.add_argument("--batch_size", type=cli.positive_int, default=256,
-                        help="prediction batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help="seed of the fit's restarts (default: %(default)s)")
-    parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                        help="save the ensemble-size curve, the members' agreement matrix and a reliability "
-                             "diagram (default file: WEIGHTS_DIR/PREFIX-ensemble.png)")
-    parser.add_argument("--report", metavar="PATH.json", default=None,
-                        help="write every figure of the report (scores, temperatures, bootstrap intervals, "
-                             "diversity, reliability bins) to this JSON file")
-    parser.add_argument("--export", metavar="PATH.keras", default=None,
-                        help="save the ensemble in use (its members, weights and temperature) as one Keras model "
-                             "that keras.saving.load_model reads without this project")
-    parser.add_argument("--weights_dir", default="weights", help="folder of the weight files (default: %(default)s)")
-    cli.add_data_flags(parser)
-    return parser
+RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged
 
 
 @dataclasses.dataclass
@@ -68,88 +42,90 @@ class Member:
         return sha256_of(self.path)
 
 
-def snapshot_count(weights_dir, prefix, requested):
-    """How many snapshots the ensemble takes: `requested` (--M), else the M that the training run recorded
-    (fewer while it is unfinished), else every snapshot file present. Says which, when it is not plain.
+def snapshot_count(folder, requested):
+    """How many snapshots the ensemble takes: `requested` (config.M), else the M that the training run
+    of `folder` (a RunFolder) recorded (fewer while it is unfinished), else every snapshot file present.
+    Says which, when it is not plain.
     """
-    present = sorted(key for key in naming.member_files(weights_dir, prefix) if key != "Best")
-    info = read_json_record(naming.run_info_path(weights_dir, prefix))
+    present = sorted(key for key in folder.member_files() if key != "Best")
+    info = folder.read_record()
     recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
-    unfinished = info.get("status") == "running" or os.path.isfile(naming.state_path(weights_dir, prefix))
+    unfinished = info.get("status") == "running" or os.path.isfile(folder.state)
     if unfinished:
-        print(f"note: the training run of {prefix} in {weights_dir} is unfinished ({run_progress(weights_dir, prefix)}): "
-              "the ensemble has only the snapshots saved so far")
+        output.always(f"note: the training run of {folder.prefix} in {folder.weights_dir} is unfinished "
+                      f"({run_progress(folder)}): the ensemble has only the snapshots saved so far")
     if requested is not None:
         return requested
-    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= cli.INT_FLAG_MAX:
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= RECORDED_M_MAX:
         return max(present, default=0)  # downloaded or converted weights: no run record
     count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
     unused = [i for i in present if i > count]
     if unused and not unfinished:
-        print(f"note: using the {recorded} snapshots that the training run recorded ({os.path.basename(naming.run_info_path(weights_dir, prefix))}); "
-              f"snapshot file(s) {', '.join(map(str, unused))} are present too and not used (--M chooses)")
+        output.always(f"note: using the {recorded} snapshots that the training run recorded "
+                      f"({os.path.basename(folder.run_record)}); snapshot file(s) {', '.join(map(str, unused))} "
+                      "are present too and not used (--M chooses)")
     return count
 
 
-def run_progress(weights_dir, prefix):
+def run_progress(folder):
     """'3 of 6 epochs done, process 1234 (...) is training it now', as far as the files tell."""
     from snapshot_ensembles import run_lock, run_state
 
     try:
-        state = run_state.read_state(naming.state_path(weights_dir, prefix))
+        state = run_state.read_state(folder.state)
     except UserError:
         state = None
     done = (f"{state.epoch} of {state.flags.get('nb_epoch')} epochs done" if state is not None
             else "no epoch finished yet")
-    holder = run_lock.running_process(weights_dir, prefix)
+    holder = run_lock.running_process(folder.weights_dir, folder.prefix)
     return done + (f", {holder} is training it now" if holder else ", not training now: rerun its command to finish it")
 
 
-def find_members(weights_dir, prefix, m, dataset, args):
+def find_members(config, folder):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
-    m = snapshot_count(weights_dir, prefix, m)
-    present = naming.member_files(weights_dir, prefix)
-    # Counted, not listed one by one: an --M of 2 billion must not build 2 billion paths.
+    m = snapshot_count(folder, config.M)
+    present = folder.member_files()
+    # Counted, not listed one by one: an M of 2 billion must not build 2 billion paths.
     nb_absent = m - sum(1 for key in present if key != "Best" and key <= m)
     absent = list(itertools.islice((i for i in itertools.count(1) if i not in present), min(nb_absent, 3)))
-    missing = ([] if "Best" in present else [naming.best_path(weights_dir, prefix)])
-    missing += [naming.snapshot_path(weights_dir, prefix, i) for i in absent]
+    missing = [folder.member(key) for key in (["Best"] if "Best" not in present else []) + absent]
     if nb_absent > len(absent):
         missing.append(f"and {nb_absent - len(absent)} more snapshots")
     if m == 0 or missing:
-        listed = ", ".join(missing) if missing else f"{prefix}-1.weights.h5 ... in {weights_dir}"
-        script = "train_cifar_10.py" if dataset == "cifar10" else "train_cifar_100.py"
+        listed = (", ".join(missing) if missing
+                  else f"{os.path.basename(folder.snapshot(1))} ... in {folder.weights_dir}")
+        script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
+        flags = config.model.flags()
         raise UserError(
             f"missing ensemble member files: {listed}. Train them with `python {script} "
-            f"{describe_architecture(args)} --weights_dir {weights_dir}`, or fetch the release weights with "
-            f"`python download_weights.py --dataset {dataset} {describe_architecture(args)} "
-            f"--weights_dir {weights_dir}` (and pass --M if you want fewer snapshots)")
-    return ([Member("Best", naming.best_path(weights_dir, prefix))]
-            + [Member(str(i), naming.snapshot_path(weights_dir, prefix, i)) for i in range(1, m + 1)])
+            f"{flags} --weights_dir {folder.weights_dir}`, or fetch the release weights with "
+            f"`python download_weights.py --dataset {config.dataset} {flags} "
+            f"--weights_dir {folder.weights_dir}` (and pass --M if you want fewer snapshots)")
+    return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
 
 
-def saved_ensemble_weights(args, prefix, members):
+def saved_ensemble_weights(config, folder, members):
     """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON; None for each
     when this mode does without it (the temperatures are None too in a file saved without them).
 
-    --optimize 0 needs it to match the members; --optimize 1 replaces it and never reads it; --optimize -1
-    shows it beside the equal weights only when it matches, and otherwise says why it left it out.
+    Optimize 0 needs it to match the members; 1 replaces it and never reads it; -1 shows it beside the
+    equal weights only when it matches, and otherwise says why it left it out.
     """
-    path = ensemble.find_ensemble_json(args.weights_dir, prefix)
-    if args.optimize == 0 and path is None:
-        raise UserError(f"--optimize 0 uses the saved ensemble weights, but {args.weights_dir} has no "
-                        f"Ensemble-weights-{prefix}.json: run with --optimize 1 first to fit and save them, "
-                        "or use --optimize -1 for equal weights")
-    if args.optimize == 1 or path is None:
+    path = ensemble.find_ensemble_json(folder.weights_dir, folder.prefix)
+    if config.optimize == 0 and path is None:
+        raise UserError(f"--optimize 0 uses the saved ensemble weights, but {folder.weights_dir} has no "
+                        f"{os.path.basename(folder.ensemble_json)}: run with --optimize 1 first to fit and save "
+                        "them, or use --optimize -1 for equal weights")
+    if config.optimize == 1 or path is None:
         return None, None, (None, None)
     member_files = [(os.path.basename(m.path), m.sha256) for m in members]
     try:
         return (path, ensemble.read_ensemble_weights(path, len(members), member_files),
                 ensemble.read_temperatures(path, len(members)))
     except UserError as err:
-        if args.optimize == 0:
+        if config.optimize == 0:
             raise
-        print(f"note: the saved ensemble weights are not shown: {err}")
+        output.always(f"note: the saved ensemble weights are not shown: {err}")
         return None, None, (None, None)
 
 
@@ -158,20 +134,26 @@ def array_fingerprint(*arrays):
 
 
 class PredictionCache:
-    """Member probabilities on disk, one .npy per (weight file content, data split).
+    """Member probabilities on disk, one .npy per (weight file content, data split), in the folder that
+    RunFolder names.
 
     The cache only saves time: an entry that cannot be read is recomputed, and when the folder cannot be
     written (a read-only weights folder) the members are predicted in memory, with one note saying so.
     """
 
-    def __init__(self, weights_dir, nb_classes):
-        self.folder = os.path.join(weights_dir, CACHE_FOLDER)
+    def __init__(self, folder, nb_classes):
+        self.folder = folder.prediction_cache
         self.nb_classes = nb_classes
         self.computed = []  # (member path, split) pairs that ran the network: tests and the report read it
         self.unwritable = None  # why the cache cannot be written, once a write failed
 
     def path(self, weights_sha, split_key):
         return os.path.join(self.folder, f"{weights_sha[:24]}-{split_key}.npy")
+
+    def split_probabilities(self, members, split, images, labels, predict):
+        """Every member's probabilities on the split named `split` ("test", "fit") of (images, labels)."""
+        split_key = f"{split}-{array_fingerprint(images, labels)}"
+        return [self.probabilities(member, split_key, images, predict) for member in members]
 
     def probabilities(self, member, split_key, images, predict):
         """Cached probabilities of `member` on a split, running `predict(member, images)` on a miss."""
@@ -183,19 +165,21 @@ class PredictionCache:
         self.computed.append((member.path, split_key))
         if self.unwritable is None:
             try:
-                os.makedirs(self.folder, exist_ok=True)
-                with atomic_path(path) as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, probs)
-                return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
+                return self._write(path, probs)
             except FileWriteError as err:
                 self.unwritable = err.reason
             except OSError as err:
                 self.unwritable = err.strerror or str(err)
-            if self.unwritable is not None:
-                print(f"note: cannot write the prediction cache {self.folder} ({self.unwritable}): predicting "
-                      "without it, so the next prediction runs every network again")
+            output.always(f"note: cannot write the prediction cache {self.folder} ({self.unwritable}): predicting "
+                          "without it, so the next prediction runs every network again")
         return probs
+
+    def _write(self, path, probs):
+        os.makedirs(self.folder, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, probs)
+        return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
 
     def _read(self, path, nb_samples):
         """The entry at `path` if it is complete and of the expected shape; None to compute it again."""
@@ -211,46 +195,59 @@ class PredictionCache:
 
 
 class MemberPredictor:
-    """One network, re-loaded with each member's weights; explains unloadable files."""
+    """The members as a SnapshotEnsemble of the configured network: `predictor(member, images)` runs one
+    member; a weight file that cannot be loaded is a UserError naming the flags to check."""
 
-    def __init__(self, args, dataset):
-        self.args = args
-        self.dataset = dataset
-        self.model = None
+    def __init__(self, config, members):
+        self.config = config
+        self.ensemble = SnapshotEnsemble.from_files(self._build_network, [m.path for m in members],
+                                                    names=[m.name for m in members], predict_member=self._predict)
+        self._index = {member.path: index for index, member in enumerate(members)}
 
     def __call__(self, member, images):
-        from snapshot_ensembles.modeling import build_model
+        try:
+            return self.ensemble.member_prediction(self._index[member.path], images)
+        except MemberLoadError as err:
+            raise member_load_error(member, err.cause, self.config) from None
+
+    def _build_network(self):
+        set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
+        return build_model(self.config.model, nb_classes_of(self.config.dataset))
+
+    def _predict(self, member, images, load_network):
         from snapshot_ensembles.pipeline import images_dataset
 
-        if self.model is None:
-            set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
-            self.model = build_model(self.args, nb_classes_of(self.dataset))
-        load_member_weights(self.model, member, self.args, self.dataset)
-        return self.model.predict(images_dataset(images, self.args.batch_size, self.standardization), verbose=0)
+        network = load_network()
+        return network.predict(images_dataset(images, self.config.batch_size, self.standardization),
+                               verbose=output.keras_predict_verbose())
 
     @functools.cached_property
     def standardization(self):
         """Read once, and only when a network runs: a run served from the cache never needs the record."""
-        return recorded_standardization(self.args.weights_dir, prefix_for(self.dataset, self.args))
+        return recorded_standardization(self.config.weights_dir, self.config.prefix)
 
 
-def load_member_weights(model, member, args, dataset):
+def member_load_error(member, cause, config):
+    """The UserError of a weight file that Keras could not load (`cause`) into the configured network."""
+    if isinstance(cause, OSError):
+        return UserError(f"cannot read {member.path} ({cause}): the file is truncated or not a Keras weights "
+                         "file; train it again or download the release weights again")
+    return UserError(
+        f"{member.path} does not fit the network {config.model.flags()} for "
+        f"{naming.dataset_title(config.dataset)} ({str(cause).splitlines()[0][:200]}): pass the model flags the "
+        "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
+
+
+def load_member_weights(model, member, config):
     try:
         model.load_weights(member.path)
-    except (ValueError, KeyError) as err:
-        raise UserError(
-            f"{member.path} does not fit the network {describe_architecture(args)} for "
-            f"{naming.dataset_title(dataset)} ({str(err).splitlines()[0][:200]}): pass the model flags the "
-            "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)"
-        ) from None
-    except OSError as err:
-        raise UserError(f"cannot read {member.path} ({err}): the file is truncated or not a Keras weights "
-                        "file; train it again or download the release weights again") from None
+    except (ValueError, KeyError, OSError) as err:
+        raise member_load_error(member, err, config) from None
 
 
-def training_record(weights_dir, prefix):
+def training_record(folder):
     """The run record training wrote beside the weights ({} when there is none, as for release weights)."""
-    info_path = naming.run_info_path(weights_dir, prefix)
+    info_path = folder.run_record
     if not os.path.isfile(info_path):
         return {}
     try:
@@ -265,8 +262,10 @@ def training_record(weights_dir, prefix):
 
 
 def recorded_standardization(weights_dir, prefix):
-    """The per-channel (mean, std) the run was trained with (--normalize channel), else None."""
-    standardization = training_record(weights_dir, prefix).get("standardization")
+    """The per-channel (mean, std) the run of `prefix` in `weights_dir` was trained with (normalize
+    "channel"), else None."""
+    folder = RunFolder(weights_dir, prefix)
+    standardization = training_record(folder).get("standardization")
     if standardization is None:
         return None
     try:
@@ -274,22 +273,22 @@ def recorded_standardization(weights_dir, prefix):
         if len(mean) != len(std) or not all(value > 0 for value in std):
             raise ValueError("one positive standard deviation per channel expected")
     except (ValueError, TypeError) as err:
-        raise UserError(f"the standardization in {naming.run_info_path(weights_dir, prefix)} is not readable "
+        raise UserError(f"the standardization in {folder.run_record} is not readable "
                         f"({err}): restore the file from the training run") from None
     return mean, std
 
 
-def fitting_split(dataset, data, weights_dir, prefix):
+def fitting_split(data, folder):
     """Images and labels to fit the ensemble weights on, the split's name, and whether the Best
     checkpoint was chosen on that same split.
 
-    The validation split recorded by training when there is one (never the test set), otherwise the
-    training set, as the original did.
+    The validation split recorded by the training run of `folder` when there is one (never the test
+    set), otherwise the training set, as the original did.
     """
     from snapshot_ensembles.data import split_validation
 
-    info_path = naming.run_info_path(weights_dir, prefix)
-    info = training_record(weights_dir, prefix)
+    info_path = folder.run_record
+    info = training_record(folder)
     try:
         val_split, seed = float(info.get("val_split", 0.0)), info.get("seed", 0)
         if not 0 <= val_split < 1 or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -307,21 +306,20 @@ def fitting_split(dataset, data, weights_dir, prefix):
     return data.x_train, data.y_train, "training set (no validation split was recorded)", False
 
 
-def check_output_paths(args, prefix, members):
-    """--report and --export: the right suffix, an existing folder, and none of the run's own files."""
+def check_output_paths(config, folder, members):
+    """The report and export paths: the right suffix, an existing folder, and none of the run's own files."""
     own = {os.path.realpath(path) for path in [m.path for m in members]
-           + ensemble.ensemble_json_candidates(args.weights_dir, prefix)
-           + [naming.run_info_path(args.weights_dir, prefix), naming.history_path(args.weights_dir, prefix)]}
-    for flag, path, suffix in (("--report", args.report, ".json"), ("--export", args.export, ".keras")):
+           + ensemble.ensemble_json_candidates(folder.weights_dir, folder.prefix) + [folder.run_record, folder.history]}
+    for flag, path, suffix in (("--report", config.report, ".json"), ("--export", config.export, ".keras")):
         if path is None:
             continue
-        folder = os.path.dirname(os.path.abspath(path))
+        target = os.path.dirname(os.path.abspath(path))
         if not path.endswith(suffix) or os.path.basename(path) == suffix:
             raise UserError(f"{flag} {path}: the file name must end in {suffix}")
-        if not os.path.isdir(folder):
-            raise UserError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"{flag} {path}: cannot write to the folder {folder}; choose another path")
+        if not os.path.isdir(target):
+            raise UserError(f"{flag} {path}: the folder {target} does not exist; create it or choose another path")
+        if not os.access(target, os.W_OK):
+            raise UserError(f"{flag} {path}: cannot write to the folder {target}; choose another path")
         if os.path.isdir(path) or os.path.realpath(path) in own:
             raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
 
@@ -338,21 +336,92 @@ class SplitFit:
     best_excluded: bool  # the Best checkpoint was chosen on this split and takes no part in the weights
 
 
-def fit_on_split(args, dataset, data, prefix, members, cache, predictor):
-    x_fit, y_fit, split_name, best_chosen_on_fit_split = fitting_split(dataset, data, args.weights_dir, prefix)
-    fit_key = f"fit-{array_fingerprint(x_fit, y_fit)}"
-    fit_probs = [cache.probabilities(m, fit_key, x_fit, predictor) for m in members]
-    if best_chosen_on_fit_split:
-        # The Best checkpoint is the epoch that scored highest on these very images, out of nb_epoch
-        # tries: its log-loss here is biased low, and a fit trusts it for that reason alone (measured
-        # on the demo: it took up to 100 % of the weight while scoring below the snapshots on test).
-        fitted = ensemble.fit_weights(fit_probs[1:], y_fit, num_tests=args.num_tests, seed=args.seed)
-        fitted = dataclasses.replace(fitted, weights=np.concatenate([[0.0], fitted.weights]))
-    else:
-        fitted = ensemble.fit_weights(fit_probs, y_fit, num_tests=args.num_tests, seed=args.seed)
+def fit_on_split(config, folder, data, members, cache, predictor):
+    """Fit the ensemble's weights (set in `predictor.ensemble`) and temperatures on the fit split."""
+    x_fit, y_fit, split_name, best_chosen_on_fit_split = fitting_split(data, folder)
+    fit_probs = cache.split_probabilities(members, "fit", x_fit, y_fit, predictor)
+    # The Best checkpoint is the epoch that scored highest on these very images, out of nb_epoch tries:
+    # its log-loss here is biased low, and a fit would trust it for that reason alone.
+    fitted = predictor.ensemble.fit_weights_to(fit_probs, y_fit, exclude=["Best"] if best_chosen_on_fit_split else [],
+                                               num_tests=config.num_tests, seed=config.seed)
     temperature = metrics.fit_temperature(ensemble.weighted_average(fit_probs, fitted.weights), y_fit)
     member_temperatures = [metrics.fit_temperature(probs, y_fit) for probs in fit_probs]
     return SplitFit(fitted, temperature, member_temperatures, split_name, int(len(y_fit)), best_chosen_on_fit_split)
+
+
+@dataclasses.dataclass
+class PredictionReport:
+    """Everything one prediction computed: what the scripts print and `predict` returns."""
+
+    config: object  # the PredictConfig
+    folder: RunFolder
+    members: list  # Member, [Best, 1..M]
+    evaluation: EnsembleEvaluation  # on the test set
+    fit: SplitFit = None  # optimize 1
+    saved_json: str = None  # the ensemble JSON whose weights the report shows, when they are saved ones
+    temperature: float = None  # of the weighted ensemble
+    member_temperatures: list = None
+    member_probabilities: list = None  # test probabilities of each member
+    networks_run: list = None  # (member path, split) pairs the networks computed (the rest came from the cache)
+    cache_folder: str = None
+
+    @property
+    def accuracy(self):
+        # The temperature keeps each image's most probable class: the accuracy is the ensemble's before it.
+        return self.evaluation.in_use.accuracy
+
+    def summary(self):
+        """The dict `predict` returns."""
+        result, weights = self.evaluation, self.evaluation.weights
+        return {"prefix": self.folder.prefix, "member_accuracy": [s.accuracy for s in result.members],
+                "equal_accuracy": result.equal.accuracy,
+                "weighted_accuracy": None if result.weighted is None else result.weighted.accuracy,
+                "weights": None if weights is None else [float(w) for w in weights], "accuracy": self.accuracy,
+                "temperature": self.temperature if self.config.optimize != -1 else None,
+                "member_temperatures": self.member_temperatures, "evaluation": result,
+                "member_probabilities": self.member_probabilities, "probabilities": result.probabilities,
+                "networks_run": list(self.networks_run)}
+
+
+def compute_report(config, data=None):
+    """Find the members, predict them (through the cache), fit or read the weights and evaluate."""
+    folder = RunFolder(config.weights_dir, config.prefix)
+    members = find_members(config, folder)
+    check_output_paths(config, folder, members)
+    saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(config, folder, members)  # before any network
+    if data is None:
+        from snapshot_ensembles.data import load_cifar
+
+        data = load_cifar(config.dataset, config.data.data_dir, config.data.data_sha256)
+    cache = PredictionCache(folder, nb_classes_of(config.dataset))
+    predictor = MemberPredictor(config, members)
+    test_probs = cache.split_probabilities(members, "test", data.x_test, data.y_test, predictor)
+    fit = fit_on_split(config, folder, data, members, cache, predictor) if config.optimize == 1 else None
+    # The weighted rows show the fitted weights, else the saved ones (also beside optimize -1).
+    if fit is not None:
+        temperature, member_temperatures = fit.temperature.temperature, [t.temperature for t in fit.member_temperatures]
+    else:
+        predictor.ensemble.weights = saved_weights  # read and normalised already: set_weights would round them again
+        temperature, member_temperatures = saved_temperatures
+    result = predictor.ensemble.evaluate_predictions(
+        test_probs, data.y_test, labels=[m.label for m in members], temperature=temperature,
+        member_temperatures=member_temperatures, use_weights=config.optimize != -1, seed=config.seed)
+    return PredictionReport(config, folder, members, result, fit, saved_json, temperature, member_temperatures,
+                            test_probs, cache.computed, cache.folder)
+
+
+def predict(config, data=None):
+    """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
+    return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
+    config.check()
+    output.load_tensorflow()  # its start-up lines hidden; the checks above answered without it
+    report = compute_report(config, data)
+    render_report(report)
+    if report.fit is not None:
+        save_fit(report)
+    render_result(report)
+    write_outputs(report)
+    return report.summary()
 
 
 HEADER = f"{'':<42}{'accuracy':>10}{'NLL':>9}{'Brier':>9}{'ECE':>9}"
@@ -368,69 +437,95 @@ def format_interval(interval, scale=1.0, digits=4):
             f"{interval.high * scale:+.{digits}f}]")
 
 
-def print_evaluation(result, fit, weights_file):
-    """The report of `result` (an EnsembleEvaluation); `fit` is the SplitFit of --optimize 1, else None and
+def render_report(report):
+    """The report's header and evaluation (snapshot_ensembles.output: normal verbosity and above)."""
+    members, y_count = report.members, len(report.evaluation.probabilities)
+    output.say(f"{naming.dataset_title(report.config.dataset)} test set: {y_count} images; ensemble "
+               f"{report.folder.prefix} with {len(members)} members (Best, snapshots 1..{len(members) - 1})")
+    needed = len(members) * (2 if report.fit is not None else 1)
+    output.say(f"  member predictions computed: {len(report.networks_run)} of {needed} (the rest came from the "
+               f"cache in {report.cache_folder})")
+    render_evaluation(report.evaluation, report.fit, os.path.basename(report.saved_json or ""))
+
+
+def render_evaluation(result, fit, weights_file):
+    """The report of `result` (an EnsembleEvaluation); `fit` is the SplitFit of optimize 1, else None and
     the weights come from `weights_file`."""
-    print("Members:" + HEADER[len("Members:"):])
+    say = output.say
+    say("Members:" + HEADER[len("Members:"):])
     for label, scores in zip(result.member_labels, result.members):
-        print(format_row(label, scores))
+        say(format_row(label, scores))
     best_label = result.member_labels[result.best_member]
-    print("Ensembles:")
-    print(format_row(f"single best member ({best_label})", result.members[result.best_member]))
+    say("Ensembles:")
+    say(format_row(f"single best member ({best_label})", result.members[result.best_member]))
     if result.best_member_calibrated is not None:
-        print(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
-    print(format_row("equal-weight ensemble", result.equal))
+        say(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
+    say(format_row("equal-weight ensemble", result.equal))
     if result.weighted is not None:
         source = "fitted" if fit is not None else f"saved in {weights_file}"
-        print(format_row(f"weighted ensemble ({source})", result.weighted))
+        say(format_row(f"weighted ensemble ({source})", result.weighted))
         if result.weighted_calibrated is not None:
-            print(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))
-        print("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]")
+            say(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))
+        say("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]")
     if fit is not None:
-        print_fit(fit)
+        render_fit(fit)
     elif result.weighted is not None and result.temperature is None:
-        print("  no temperature saved with these weights (fitted before temperature scaling): --optimize 1 fits one")
-    print(f"Gain of the {result.compared}{'' if result.compared == 'weighted' else '-weight'} ensemble over the "
-          f"single best member (paired bootstrap over test images, {result.resamples} resamples, 95 % interval):")
-    print(f"  accuracy {format_interval(result.gain['accuracy'], 100, 2)} points   "
-          f"NLL {format_interval(result.gain['nll'])}")
-    if "nll_calibrated" in result.gain:
-        print(f"  NLL, both with their temperature {format_interval(result.gain['nll_calibrated'])}")
-    print(f"Diversity of the members: mean pairwise disagreement "
-          f"{metrics.mean_off_diagonal(result.disagreement) * 100:.2f} %, "
-          f"mean KL divergence {metrics.mean_off_diagonal(result.kl_divergence):.4f} nats")
-    print("Ensemble size (equal weights, last m snapshots):")
+        say("  no temperature saved with these weights (fitted before temperature scaling): --optimize 1 fits one")
+    render_gain_and_diversity(result)
+    say("Ensemble size (equal weights, last m snapshots):")
     for m, scores in result.curve:
-        print(format_row(f"m={m}:", scores))
+        say(format_row(f"m={m}:", scores))
 
 
-def print_fit(fit):
+def render_gain_and_diversity(result):
+    output.say(f"Gain of the {result.compared}{'' if result.compared == 'weighted' else '-weight'} ensemble over "
+               f"the single best member (paired bootstrap over test images, {result.resamples} resamples, 95 % "
+               "interval):")
+    output.say(f"  accuracy {format_interval(result.gain['accuracy'], 100, 2)} points   "
+               f"NLL {format_interval(result.gain['nll'])}")
+    if "nll_calibrated" in result.gain:
+        output.say(f"  NLL, both with their temperature {format_interval(result.gain['nll_calibrated'])}")
+    output.say(f"Diversity of the members: mean pairwise disagreement "
+               f"{metrics.mean_off_diagonal(result.disagreement) * 100:.2f} %, "
+               f"mean KL divergence {metrics.mean_off_diagonal(result.kl_divergence):.4f} nats")
+
+
+def render_fit(fit):
     spread = max(fit.weights.restart_log_losses) - min(fit.weights.restart_log_losses)
-    print(f"  fitted on the {fit.split_name}, {fit.samples} images: log-loss {fit.weights.log_loss:.6f}, "
-          f"{len(fit.weights.restart_log_losses)} restarts agree to {spread:.1e}, {fit.weights.seconds:.2f} s")
+    output.say(f"  fitted on the {fit.split_name}, {fit.samples} images: log-loss {fit.weights.log_loss:.6f}, "
+               f"{len(fit.weights.restart_log_losses)} restarts agree to {spread:.1e}, {fit.weights.seconds:.2f} s")
     if fit.best_excluded:
-        print("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
+        output.say("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
     t = fit.temperature
-    print(f"  temperature fitted on the same images: {t.temperature:.4f} (NLL there {t.nll_before:.4f} -> "
-          f"{t.nll_after:.4f})")
+    output.say(f"  temperature fitted on the same images: {t.temperature:.4f} (NLL there {t.nll_before:.4f} -> "
+               f"{t.nll_after:.4f})")
     if t.at_bound or any(member.at_bound for member in fit.member_temperatures):
         low, high = metrics.TEMPERATURE_BOUNDS
-        print(f"  warning: a temperature reached the end of its range [{low:g}, {high:g}]: the fit split's "
-              "predictions are (nearly) all right and confident, as on a training set, so it cannot tell how "
-              "overconfident the test predictions are; record a validation split (--val_split) in training")
+        output.always(f"  warning: a temperature reached the end of its range [{low:g}, {high:g}]: the fit split's "
+                      "predictions are (nearly) all right and confident, as on a training set, so it cannot tell "
+                      "how overconfident the test predictions are; record a validation split (--val_split) in "
+                      "training")
 
 
-def save_fit(args, prefix, members, fit, result):
-    path = naming.ensemble_json_path(args.weights_dir, prefix)
+def render_result(report):
+    """The result lines, printed even when quiet."""
+    output.always(f"Ensemble with {MODES[report.config.optimize]}:")
+    output.always("Accuracy : ", report.accuracy * 100)
+    output.always("Error : ", 100 - report.accuracy * 100)
+
+
+def save_fit(report):
+    fit, members, result = report.fit, report.members, report.evaluation
+    path = report.folder.ensemble_json
     ensemble.write_ensemble_weights(
         path, fit.weights.weights, members=[os.path.basename(m.path) for m in members],
         member_sha256=[m.sha256 for m in members], fit_split=fit.split_name,
         best_excluded_from_fit=fit.best_excluded, fit_samples=fit.samples, fit_log_loss=fit.weights.log_loss,
-        restart_log_losses=fit.weights.restart_log_losses, num_tests=args.num_tests,
+        restart_log_losses=fit.weights.restart_log_losses, num_tests=report.config.num_tests,
         temperature=fit.temperature.temperature,
         member_temperatures=[t.temperature for t in fit.member_temperatures],
         test_accuracy=result.weighted.accuracy, test_log_loss=result.weighted.nll)
-    print(f"  ensemble weights and temperatures saved to {path}")
+    output.say(f"  ensemble weights and temperatures saved to {path}")
 
 
 def plot_report(path, result):
@@ -470,92 +565,41 @@ def plot_report(path, result):
     plt.close(fig)
 
 
-def predict(dataset, argv=None, prog=None, data=None):
-    """Run the prediction flow; `data` lets the demo pass its own Dataset. Returns a summary dict."""
-    args = build_parser(dataset, prog).parse_args(argv)
-    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
-    cli.check_model_flags(args)
-    prefix = prefix_for(dataset, args)
-    members = find_members(args.weights_dir, prefix, args.M, dataset, args)
-    check_output_paths(args, prefix, members)
-    saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(args, prefix, members)  # before any network
-
-    if data is None:
-        from snapshot_ensembles.data import load_cifar
-
-        data = load_cifar(dataset, args.data_dir, args.data_sha256)
-    cache = PredictionCache(args.weights_dir, nb_classes_of(dataset))
-    predictor = MemberPredictor(args, dataset)
-    test_key = f"test-{array_fingerprint(data.x_test, data.y_test)}"
-    test_probs = [cache.probabilities(m, test_key, data.x_test, predictor) for m in members]
-    fit = fit_on_split(args, dataset, data, prefix, members, cache, predictor) if args.optimize == 1 else None
-
-    # The weighted rows show the fitted weights, else the saved ones (also beside --optimize -1).
-    if fit is not None:
-        weights, temperature = fit.weights.weights, fit.temperature.temperature
-        member_temperatures = [t.temperature for t in fit.member_temperatures]
-    else:
-        weights, (temperature, member_temperatures) = saved_weights, saved_temperatures
-    result = evaluation.evaluate(test_probs, data.y_test, [m.label for m in members], weights, temperature,
-                                 member_temperatures, use_weights=args.optimize != -1, seed=args.seed)
-
-    print(f"{naming.dataset_title(dataset)} test set: {len(data.y_test)} images; ensemble {prefix} with "
-          f"{len(members)} members (Best, snapshots 1..{len(members) - 1})")
-    needed = len(members) * (2 if fit is not None else 1)
-    print(f"  member predictions computed: {len(cache.computed)} of {needed} (the rest came from the cache "
-          f"in {cache.folder})")
-    print_evaluation(result, fit, os.path.basename(saved_json or ""))
-    if fit is not None:
-        save_fit(args, prefix, members, fit, result)
-    # The temperature keeps each image's most probable class: the accuracy is the ensemble's before it.
-    accuracy = (result.weighted if result.compared == "weighted" else result.equal).accuracy
-    print(f"Ensemble with {MODES[args.optimize]}:")
-    print("Accuracy : ", accuracy * 100)
-    print("Error : ", 100 - accuracy * 100)
-    write_outputs(args, dataset, prefix, members, result)
-    return {"prefix": prefix, "member_accuracy": [s.accuracy for s in result.members],
-            "equal_accuracy": result.equal.accuracy,
-            "weighted_accuracy": None if result.weighted is None else result.weighted.accuracy,
-            "weights": None if weights is None else [float(w) for w in weights], "accuracy": accuracy,
-            "temperature": temperature if args.optimize != -1 else None, "member_temperatures": member_temperatures,
-            "evaluation": result,
-            "member_probabilities": test_probs, "probabilities": result.probabilities,
-            "networks_run": list(cache.computed)}
-
-
-def write_outputs(args, dataset, prefix, members, result):
-    """--plot, --report and --export, each written whole or not at all."""
-    if args.plot is not None:
-        plot_path = args.plot or naming.plot_path(args.weights_dir, prefix)
+def write_outputs(report):
+    """The plot, the JSON report and the exported model that the config asks for, each written whole or
+    not at all."""
+    config, result, members = report.config, report.evaluation, report.members
+    if config.plot is not None:
+        plot_path = config.plot or report.folder.plot
         plot_report(plot_path, result)
-        print(f"plot saved to {plot_path}")
-    if args.report is not None:
-        write_json(args.report, {"dataset": dataset, "ensemble": prefix, "mode": MODES[args.optimize],
-                                 "member_files": [os.path.basename(m.path) for m in members], **result.to_dict()})
-        print(f"report saved to {args.report}")
-    if args.export is not None:
+        output.say(f"plot saved to {plot_path}")
+    if config.report is not None:
+        write_json(config.report, {"dataset": config.dataset, "ensemble": report.folder.prefix,
+                                   "mode": MODES[config.optimize],
+                                   "member_files": [os.path.basename(m.path) for m in members], **result.to_dict()})
+        output.say(f"report saved to {config.report}")
+    if config.export is not None:
         in_use = result.weights if result.compared == "weighted" else np.ones(len(members))
-        export_ensemble(args.export, args, dataset, members, in_use,
+        export_ensemble(config.export, config, members, in_use,
                         result.temperature if result.compared == "weighted" else None)
-        print(f"ensemble model saved to {args.export} (load it with keras.saving.load_model)")
+        output.say(f"ensemble model saved to {config.export} (load it with keras.saving.load_model)")
 
 
-def export_ensemble(path, args, dataset, members, weights, temperature):
+def export_ensemble(path, config, members, weights, temperature):
     """The members with a weight > 0, loaded one by one, saved as one Keras model (snapshot_ensembles.export)."""
     import keras
 
     from snapshot_ensembles import export
-    from snapshot_ensembles.modeling import build_model
 
     set_precision(mixed=False)
     kept = [(member, weight) for member, weight in zip(members, weights) if weight > 0]
     models = []
     for member, _ in kept:
-        model = build_model(args, nb_classes_of(dataset))
-        load_member_weights(model, member, args, dataset)
+        model = build_model(config.model, nb_classes_of(config.dataset))
+        load_member_weights(model, member, config)
         models.append(model)
     # The members' input transform (snapshot_ensembles.pipeline._to_float) as a built-in layer.
-    standardization = recorded_standardization(args.weights_dir, prefix_for(dataset, args))
+    standardization = recorded_standardization(config.weights_dir, config.prefix)
     if standardization is None:
         preprocessing = keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range")
     else:
@@ -566,8 +610,3 @@ def export_ensemble(path, args, dataset, members, weights, temperature):
                                   names=[export.layer_name(member.label) for member, _ in kept],
                                   preprocessing=preprocessing)
     export.save_model(model, path)
-
-
-def main_for(dataset):
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    return lambda argv=None: predict(dataset, argv, prog)

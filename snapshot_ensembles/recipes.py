@@ -11,7 +11,9 @@ The original Keras DenseNet's L2(1e-4) penalty is therefore a weight decay of 2e
 This module imports no Keras, so that flags are resolved and checked before TensorFlow starts.
 """
 
-from snapshot_ensembles.errors import UserError
+import dataclasses
+
+from snapshot_ensembles.errors import ConfigError
 
 RECIPE_NAMES = ("original", "paper")
 AUGMENTATIONS = ("original", "paper", "none")
@@ -37,23 +39,27 @@ def recipe_values(recipe, model):
     return {name: value[model] if isinstance(value, dict) else value for name, value in RECIPES[recipe].items()}
 
 
-def resolve(args):
-    """Fill the flags left unset (None) on `args` from args.recipe; explicit flags are kept.
+def resolve(training, schedule, model):
+    """(training, schedule) with every value left None filled in from `training.recipe` for `model`.
 
-    --no_augment is the original's spelling of --augment none; it cannot be combined with another
-    --augment.
+    `training` is a config.TrainingConfig; `schedule` the learning-rate schedule's mode or None.
     """
-    if args.no_augment:
-        if args.augment not in (None, "none"):
-            raise UserError(f"--no_augment contradicts --augment {args.augment}: keep one of the two")
-        args.augment = "none"
-    for name, value in recipe_values(args.recipe, args.model).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.no_augment = args.augment == "none"
-    if args.nesterov and args.momentum == 0:
-        raise UserError("--nesterov needs a momentum: add for example --momentum 0.9")
-    return args
+    if training.recipe not in RECIPES:
+        raise ConfigError(f"{{recipe}} is not a recipe: choose one of {', '.join(RECIPE_NAMES)}",
+                          recipe=("recipe", training.recipe))
+    values = recipe_values(training.recipe, model)
+    recipe_schedule = values.pop("schedule")
+    schedule = recipe_schedule if schedule is None else schedule
+    filled = {name: value for name, value in values.items() if getattr(training, name) is None}
+    training = dataclasses.replace(training, **filled)
+    if training.nesterov and training.momentum == 0:
+        raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
+                          momentum=("momentum", 0.9))
+    for name, allowed in (("augment", AUGMENTATIONS), ("normalize", NORMALIZATIONS)):
+        if getattr(training, name) not in allowed:
+            raise ConfigError(f"{{value}} is not an option: choose one of {', '.join(allowed)}",
+                              value=(name, getattr(training, name)))
+    return training, schedule
 
 
 def flags_of_runs_before_recipes(saved_flags):

@@ -16,6 +16,7 @@ import sys
 import time
 
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 try:
     import fcntl
@@ -24,7 +25,7 @@ except ImportError:  # Windows: no flock; runs are then not protected against ea
 
 
 def lock_path(weights_dir, prefix):
-    return os.path.join(weights_dir, f".{prefix}.lock")
+    return RunFolder(weights_dir, prefix).lock
 
 
 class RunInProgress(UserError):
@@ -35,6 +36,16 @@ def _holder_text(fh):
     fh.seek(0)
     text = fh.read().strip()
     return text or "another process"
+
+
+def command_line():
+    """This process's command line as the system shows it (`ps`), for the message of a refused second run."""
+    try:
+        with open("/proc/self/cmdline", "rb") as fh:
+            words = fh.read().split(b"\0")
+    except OSError:  # no /proc (macOS): the interpreter's path at least
+        return sys.executable or "python"
+    return " ".join(word.decode(errors="replace") for word in words if word) or "python"
 
 
 @contextlib.contextmanager
@@ -49,7 +60,7 @@ def hold_run_lock(weights_dir, prefix):
         fh.seek(0)
         fh.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        fh.write(f"process {os.getpid()} (started {started}: {' '.join(sys.argv) or 'python'})\n")
+        fh.write(f"process {os.getpid()} (started {started}: {command_line()})\n")
         fh.flush()
         yield
     finally:

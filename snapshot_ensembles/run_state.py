@@ -32,7 +32,6 @@ import numpy as np
 
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of_arrays
-from snapshot_ensembles.naming import state_path  # noqa: F401 (callers find it here, beside the state)
 from snapshot_ensembles.recipes import flags_of_runs_before_recipes
 
 STATE_GROUP = "run_state"

@@ -2,6 +2,9 @@
 
 import math
 
+# Per epoch (the original), per optimizer step (the paper), or the paper's single-model multistep baseline.
+SCHEDULE_MODES = ("epoch", "batch", "multistep")
+
 
 def cosine_annealing_lr(t, cycle_length, alpha_zero):
     """lr(t) = alpha_zero / 2 * (cos(pi * (t mod c) / c) + 1); `t` is the zero-based epoch or step."""

@@ -17,7 +17,8 @@ import os
 import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
-from snapshot_ensembles import metrics, naming
+from snapshot_ensembles import evaluation, output
+from snapshot_ensembles.run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -29,38 +30,18 @@ class Member:
     path: str = None  # a weight file, loaded into the ensemble's shared network
 
 
-@dataclasses.dataclass
-class EnsembleReport:
-    """What `SnapshotEnsemble.evaluate` measures on (x, y); accuracies are fractions."""
-
-    names: list  # member names, in order
-    member_accuracy: list
-    member_log_loss: list
-    equal_accuracy: float
-    equal_log_loss: float
-    weights: list  # the ensemble's weights (equal when none were fitted or loaded)
-    weighted_accuracy: float
-    weighted_log_loss: float
-    size_curve: list  # [(m, accuracy)] of the equal-weight ensemble of the last m snapshots
-    disagreement: np.ndarray  # (M, M) fraction of samples on which two members predict different classes
-    nb_samples: int
-
-    @property
-    def best_member(self):
-        """Index of the member with the highest accuracy."""
-        return int(np.argmax(self.member_accuracy))
-
-
 class SnapshotEnsemble:
     """A weighted average of the softmax outputs of several snapshots of one classifier.
 
     `members`: a list of Member. `build_model`: a function returning the (uncompiled or compiled)
     network that weight-file members load into. `predict_member(member, x, load_model)`, when
     given, replaces `load_model().predict(x, batch_size=batch_size)` (an input pipeline, a
-    prediction cache...). `verbose`: 0 silent, 1 Keras progress bars.
+    prediction cache...). `verbose`, here and in the methods that run the networks: 0 silent, 1 the
+    default (the scripts' normal output), 2 Keras's progress bars too; None: the process's setting
+    (snapshot_ensembles.output).
     """
 
-    def __init__(self, members, build_model=None, weights=None, batch_size=256, predict_member=None, verbose=0):
+    def __init__(self, members, build_model=None, weights=None, batch_size=256, predict_member=None, verbose=None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         if any(member.model is None for member in members) and build_model is None:
@@ -89,13 +70,13 @@ class SnapshotEnsemble:
         Inputs reach the network as given: preprocess them as training did (a run of the CIFAR scripts
         with `--normalize channel` records its per-channel mean and std in `{prefix}-run.json`, key
         `standardization`; `prediction.recorded_standardization` reads them)."""
+        folder = RunFolder(weights_dir, prefix)
         if nb_snapshots is None:
-            nb_snapshots = max((key for key in naming.member_files(weights_dir, prefix) if key != "Best"), default=0)
-        paths = [naming.best_path(weights_dir, prefix)]
-        paths += [naming.snapshot_path(weights_dir, prefix, i) for i in range(1, nb_snapshots + 1)]
+            nb_snapshots = max((key for key in folder.member_files() if key != "Best"), default=0)
+        paths = [folder.member(key) for key in ["Best", *range(1, nb_snapshots + 1)]]
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing or not nb_snapshots:
-            raise MissingMembers(missing or [naming.snapshot_path(weights_dir, prefix, 1)])
+            raise MissingMembers(missing or [folder.snapshot(1)])
         return cls.from_files(build_model, paths, **options)
 
     @classmethod
@@ -121,13 +102,13 @@ class SnapshotEnsemble:
     def effective_weights(self):
         return self.weights if self.weights is not None else np.full(len(self), 1.0 / len(self))
 
-    def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0):
+    def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0, verbose=None):
         """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult.
 
         Members named in `exclude` get weight 0 (a Best checkpoint chosen on these same samples would
         be trusted for that alone). The objective is convex: `num_tests` restarts only confirm it.
         """
-        return self.fit_weights_to(self.member_predictions(x), y, exclude, num_tests, seed)
+        return self.fit_weights_to(self.member_predictions(x, verbose), y, exclude, num_tests, seed)
 
     def fit_weights_to(self, member_probs, y, exclude=(), num_tests=1, seed=0):
         """`fit_weights` on member probabilities already computed (`member_predictions`)."""
@@ -146,49 +127,53 @@ class SnapshotEnsemble:
         arithmetic.write_ensemble_weights(path, self.effective_weights, **{"members": self.names, **metadata})
 
     def load_weights_json(self, path):
-        """Read the weights of a JSON file written by save_weights_json, the scripts or the original project."""
-        self.weights = arithmetic.read_ensemble_weights(path, len(self))
+        """Read the weights of a JSON file written by save_weights_json, the scripts or the original project;
+        a ValueError says what is wrong with it."""
+        self.weights = arithmetic.read_ensemble_weights(
+            path, len(self), remedy="Fit the weights again (fit_weights, then save_weights_json), or use equal "
+                                    "weights (set_weights(None)).")
         return self.weights
 
     # ------------------------------------------------------------------ predictions
 
-    def member_predictions(self, x):
+    def member_predictions(self, x, verbose=None):
         """Each member's (n, classes) probabilities on x, computed one member after the other."""
-        return [self._predict_one(member, x) for member in self.members]
+        return [self.member_prediction(index, x, verbose) for index in range(len(self))]
 
-    def predict(self, x, return_members=False):
+    def member_prediction(self, index, x, verbose=None):
+        """The (n, classes) probabilities of the member at `index` on x."""
+        member = self.members[index]
+        with output.verbosity_set_to(self._verbosity(verbose)):
+            if self.predict_member is not None:
+                probs = self.predict_member(member, x, lambda: self._loaded(member))
+            else:
+                probs = self._loaded(member).predict(x, batch_size=self.batch_size, verbose=output.keras_predict_verbose())
+        return np.asarray(probs, dtype=np.float32)
+
+    def predict(self, x, return_members=False, verbose=None):
         """The weighted average of the members' probabilities; with return_members, also each member's."""
-        member_probs = self.member_predictions(x)
+        member_probs = self.member_predictions(x, verbose)
         probs = arithmetic.weighted_average(member_probs, self.effective_weights)
         return (probs, member_probs) if return_members else probs
 
-    def evaluate(self, x, y):
-        """An EnsembleReport on (x, y): every member, the equal-weight and the weighted ensembles."""
-        return self.report(self.member_predictions(x), y)
+    def evaluate(self, x, y, temperature=None, member_temperatures=None, seed=0, verbose=None):
+        """The report on (x, y) that the prediction scripts print (snapshot_ensembles.evaluation): every
+        member, the single best, the equal-weight ensemble and, with weights, the weighted one (with its
+        `temperature`, when given), the ensemble-size curve, the gain over the best member, diversity."""
+        return self.evaluate_predictions(self.member_predictions(x, verbose), y, temperature=temperature,
+                                         member_temperatures=member_temperatures, seed=seed)
 
-    def report(self, member_probs, y):
-        """`evaluate` on member probabilities already computed."""
-        y = np.asarray(y)
-        equal = arithmetic.weighted_average(member_probs, np.ones(len(self)))
-        weighted = arithmetic.weighted_average(member_probs, self.effective_weights)
-        snapshots_only = self.names[0] == "Best"
-        curve_members = member_probs if snapshots_only else [None] + list(member_probs)
-        return EnsembleReport(
-            names=self.names,
-            member_accuracy=[metrics.accuracy(p, y) for p in member_probs],
-            member_log_loss=[metrics.log_loss(p, y) for p in member_probs],
-            equal_accuracy=metrics.accuracy(equal, y), equal_log_loss=metrics.log_loss(equal, y),
-            weights=[float(w) for w in self.effective_weights],
-            weighted_accuracy=metrics.accuracy(weighted, y), weighted_log_loss=metrics.log_loss(weighted, y),
-            size_curve=arithmetic.ensemble_size_curve(curve_members, y) if len(curve_members) > 1 else [],
-            disagreement=metrics.disagreement_matrix(member_probs), nb_samples=len(y))
+    def evaluate_predictions(self, member_probs, y, labels=None, temperature=None, member_temperatures=None,
+                             use_weights=True, seed=0):
+        """`evaluate` on member probabilities already computed (`member_predictions`); `labels` name the
+        members in the report (default: their names); without `use_weights` the equal-weight ensemble is
+        the one in use, the weighted one only shown."""
+        return evaluation.evaluate(member_probs, y, labels or self.names, self.weights, temperature,
+                                   member_temperatures, use_weights=use_weights, seed=seed,
+                                   first_is_best=self.names[0] == "Best")
 
-    def _predict_one(self, member, x):
-        if self.predict_member is not None:
-            probs = self.predict_member(member, x, lambda: self._loaded(member))
-        else:
-            probs = self._loaded(member).predict(x, batch_size=self.batch_size, verbose=self.verbose)
-        return np.asarray(probs, dtype=np.float32)
+    def _verbosity(self, verbose):
+        return self.verbose if verbose is None else verbose
 
     def _loaded(self, member):
         """The member's network: its own model, or the shared network with its weight file loaded."""
@@ -200,9 +185,9 @@ class SnapshotEnsemble:
             self._network.load_weights(member.path)
         except (ValueError, KeyError) as err:
             raise MemberLoadError(member.path, f"it does not fit the network that build_model builds "
-                                               f"({str(err).splitlines()[0][:200]})") from None
+                                               f"({str(err).splitlines()[0][:200]})", err) from None
         except OSError as err:
-            raise MemberLoadError(member.path, f"it is truncated or not a Keras weights file ({err})") from None
+            raise MemberLoadError(member.path, f"it is truncated or not a Keras weights file ({err})", err) from None
         return self._network
 
 
@@ -215,12 +200,18 @@ class MissingMembers(FileNotFoundError):
 
 
 class MemberLoadError(ValueError):
-    """A member's weight file cannot be loaded into the ensemble's network."""
+    """A member's weight file cannot be loaded into the ensemble's network: `cause` is Keras's error, an
+    OSError when the file is unreadable, else the mismatch with the network."""
 
-    def __init__(self, path, reason):
+    def __init__(self, path, reason, cause=None):
         super().__init__(f"cannot load {path}: {reason}")
         self.path = path
         self.reason = reason
+        self.cause = cause
+
+    @property
+    def unreadable(self):
+        return isinstance(self.cause, OSError)
 
 
 def _name_of(path, index):

@@ -1,104 +1,41 @@
-"""The training flow behind train_cifar_10.py and train_cifar_100.py (SPEC section 4)."""
+"""The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig."""
 
+import dataclasses
 import os
-import sys
-import time
 
 import numpy as np
 
-from snapshot_ensembles import cli, distribute, naming, recipes, run_lock, run_state
+from snapshot_ensembles import distribute, output, run_lock, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files, write_json
-from snapshot_ensembles.modeling import DEFAULT_BN_MOMENTUM, build_model, prefix_for, set_precision
-from snapshot_ensembles.schedule import check_snapshot_counts
+from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files
+from snapshot_ensembles.modeling import build_model, set_precision
+from snapshot_ensembles.naming import dataset_title
+from snapshot_ensembles.run_folder import RunFolder
+
+COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
+EVALUATION_BATCH_SIZE = 256
 
 
-def build_parser(dataset, prog=None):
-    parser = cli.ArgumentParser(
-        prog=prog, description=f"Train a snapshot ensemble on {naming.dataset_title(dataset)} "
-                               "(one run, M cosine cycles, one snapshot per cycle).")
-    parser.add_argument("--M", type=cli.positive_int, default=5, help="number of snapshots (cycles) (default: %(default)s)")
-    parser.add_argument("--nb_epoch", type=cli.positive_int, default=200,
-                        help="total epochs T, a multiple of M (default: %(default)s)")
-    parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.1,
-                        help="initial (peak) learning rate of every cycle (default: %(default)s)")
-    cli.add_model_flags(parser)
-    group = parser.add_argument_group("training (the flags marked 'recipe' default to the --recipe's value)")
-    group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
-                       help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
-                            "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
-                            "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
-                            "crops and flips on per-channel standardised images, per-step annealing, weight decay "
-                            "5e-4 (wrn, resnet) or 1e-4 (dn), no dropout (default: %(default)s)")
-    group.add_argument("--batch_size", type=cli.positive_int, default=None,
-                       help="recipe; the global batch, split over the devices with --distribute")
-    group.add_argument("--dropout", type=cli.unit_interval, default=None, help="recipe; dropout rate")
-    group.add_argument("--momentum", type=cli.unit_interval, default=None, help="recipe; SGD momentum")
-    nesterov = group.add_mutually_exclusive_group()
-    nesterov.add_argument("--nesterov", action="store_true", default=None,
-                          help="recipe; Nesterov momentum (needs --momentum > 0)")
-    nesterov.add_argument("--no_nesterov", dest="nesterov", action="store_false", help="plain momentum")
-    group.add_argument("--weight_decay", type=cli.non_negative_float, default=None,
-                       help="recipe; as the paper's Torch SGD counts it: WD x w added to every weight's "
-                            "gradient, i.e. WD / 2 x sum(w^2) in the training loss, on every weight")
-    group.add_argument("--bn_momentum", type=cli.unit_interval, default=DEFAULT_BN_MOMENTUM,
-                       help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
-                            "original's 0.99; lower it when an epoch has few steps, so that the statistics "
-                            "saved with a snapshot are those of its weights (default: %(default)s)")
-    group.add_argument("--schedule", choices=("epoch", "batch", "multistep"), default=None,
-                       help="recipe; anneal the learning rate per epoch (the original) or per step (the paper); "
-                            "multistep: the paper's single-model baseline with --M 1, the learning rate divided "
-                            "by 10 at 50 %% and 75 %% of the epochs")
-    group.add_argument("--val_split", type=cli.unit_interval, default=0.0,
-                       help="fraction of the training set held out for checkpoint selection and ensemble "
-                            "weighting; 0 validates on the test set as the original did (optimistic) "
-                            "(default: %(default)s)")
-    group.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--augment", choices=recipes.AUGMENTATIONS, default=None,
-                       help="recipe; original: random rotations (15 degrees) and shifts (5/32), as the original's "
-                            "ImageDataGenerator; paper: 4-pixel zero padding, random 32x32 crop, horizontal flip")
-    group.add_argument("--no_augment", action="store_true", help="the same as --augment none")
-    group.add_argument("--normalize", choices=recipes.NORMALIZATIONS, default=None,
-                       help="recipe; unit: pixels / 255 (the original); channel: per-channel mean and standard "
-                            "deviation of the training images (the paper); prediction reads it from the run record")
-    determinism = group.add_mutually_exclusive_group()
-    determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
-                             help="TensorFlow op determinism: the same seed and data give the same snapshots, "
-                                  "bit for bit (default)")
-    determinism.add_argument("--no_deterministic", dest="deterministic", action="store_false",
-                             help="let TensorFlow pick nondeterministic kernels (see README Performance)")
-    group.add_argument("--mixed_precision", action="store_true",
-                       help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
-                            "weights stay float32, so snapshots load as usual")
-    distribute.add_flags(parser)
-    parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace weight files of this model in --weights_dir that no training run recorded "
-                             "(downloaded or converted weights)")
-    resume = parser.add_argument_group("resuming").add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
-                        help="continue the unfinished run of the same model in --weights_dir from its last "
-                             "completed epoch, with the same flags (default)")
-    resume.add_argument("--no_resume", dest="resume", action="store_false",
-                        help="start over: the files of the run found in --weights_dir are removed")
-    cli.add_data_flags(parser)
-    return parser
+class TrainingFailed(UserError):
+    """The run started but could not go on (the loss diverged)."""
+
+    exit_code = 1
 
 
-def check_args(args):
-    """Everything that can be checked before TensorFlow starts and data is read.
+@dataclasses.dataclass
+class Splits:
+    """The arrays a run trains and validates on; validation is the test set when val_split is 0."""
 
-    Returns this process's multi-worker task (TF_CONFIG) with --distribute multiworker, else None.
-    """
-    cli.check_model_flags(args)
-    try:
-        check_snapshot_counts(args.nb_epoch, args.M)
-    except ValueError as err:
-        raise UserError(f"--nb_epoch {args.nb_epoch} --M {args.M}: {err}") from None
-    recipes.resolve(args)
-    if args.schedule == "multistep" and args.M != 1:
-        raise UserError(f"--schedule multistep is the single-model baseline: use --M 1 (not {args.M})")
-    return distribute.check_flags(args)
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    standardization: object = None  # per-channel (mean, std) with normalize "channel", else None
+    fingerprint: str = None  # SHA-256 of the four arrays: a resumed run must see the same data
+
+    def __post_init__(self):
+        if self.fingerprint is None:
+            self.fingerprint = run_state.data_fingerprint(self.x_train, self.y_train, self.x_val, self.y_val)
 
 
 def prepare_weights_dir(path):
@@ -125,13 +62,7 @@ def seed_everything(seed, deterministic=True):
         tf.config.experimental.enable_op_determinism()
 
 
-class TrainingFailed(UserError):
-    """The run started but could not go on (the loss diverged)."""
-
-    exit_code = 1
-
-
-def compile_model(model, args, steps_per_epoch=None):
+def compile_model(model, config, steps_per_epoch=None):
     """SGD and the loss of the original; in batch mode with `steps_per_epoch`, the per-step schedule too.
 
     The batch-mode schedule is installed here rather than by StepCosineScheduler at the start of fit
@@ -140,192 +71,221 @@ def compile_model(model, args, steps_per_epoch=None):
     """
     import keras
 
-    import snapshot
+    from snapshot_ensembles import callbacks
 
-    learning_rate = args.alpha_zero
-    if args.schedule == "batch" and steps_per_epoch:
-        learning_rate = snapshot.StepCosineScheduler(args.nb_epoch, args.M,
-                                                     args.alpha_zero).schedule_for(steps_per_epoch)
-    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    cycles, training = config.cycles, config.training
+    learning_rate = cycles.alpha_zero
+    if cycles.schedule == "batch" and steps_per_epoch:
+        learning_rate = callbacks.StepCosineScheduler(cycles.nb_epoch, cycles.M,
+                                                      cycles.alpha_zero).schedule_for(steps_per_epoch)
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=training.momentum,
+                                     nesterov=training.nesterov)
     if model.dtype_policy.name == "mixed_float16":
-        optimizer = snapshot.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
+        optimizer = callbacks.StepCountingLossScaleOptimizer(optimizer)  # instead of Keras's: see its docstring
     # Sparse labels: the same categorical cross-entropy as the original, without one-hot tensors.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
-def load_training_data(dataset, args, data=None):
-    """Train / validation / test arrays; validation is the test set when --val_split is 0.
+def build_training_model(config, nb_classes, verbose=0):
+    """The network `config` trains: its dropout, BatchNormalization momentum and weight decay."""
+    training = config.training
+    return build_model(config.model, nb_classes, training.dropout, bn_momentum=training.bn_momentum,
+                       weight_decay=training.weight_decay, verbose=verbose)
 
-    The splits also hold "standardization", --normalize channel's statistics of the training images
-    (None otherwise), which every pipeline of the run applies.
+
+def load_training_data(config, data=None):
+    """(dataset, Splits); NumPy only, so that data errors answer before TensorFlow starts.
+
+    `data`, a snapshot_ensembles.data.Dataset, replaces the CIFAR loading (the demo's digits).
     """
-    from snapshot_ensembles.data import check_validation_split, load_cifar, split_validation
-    from snapshot_ensembles.pipeline import channel_statistics
+    from snapshot_ensembles.data import channel_statistics, check_validation_split, load_cifar, split_validation
 
     if data is None:
-        data = load_cifar(dataset, args.data_dir, args.data_sha256)
-    if args.val_split > 0:
-        check_validation_split(len(data.y_train), args.val_split, data.nb_classes)
-        train_idx, val_idx = split_validation(data.x_train, data.y_train, args.val_split, args.seed)
-        splits = dict(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx],
-                      x_val=data.x_train[val_idx], y_val=data.y_train[val_idx])
+        data = load_cifar(config.dataset, config.data.data_dir, config.data.data_sha256)
+    val_split = config.data.val_split
+    if val_split > 0:
+        check_validation_split(len(data.y_train), val_split, data.nb_classes)
+        train_idx, val_idx = split_validation(data.x_train, data.y_train, val_split, config.training.seed)
+        arrays = (data.x_train[train_idx], data.y_train[train_idx], data.x_train[val_idx], data.y_train[val_idx])
     else:
-        splits = dict(x_train=data.x_train, y_train=data.y_train, x_val=data.x_test, y_val=data.y_test)
-    splits["standardization"] = channel_statistics(splits["x_train"]) if args.normalize == "channel" else None
-    return data, splits
+        arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
+    standardization = channel_statistics(arrays[0]) if config.training.normalize == "channel" else None
+    return data, Splits(*arrays, standardization=standardization)
 
 
-def fit_snapshot_ensemble(model, splits, args, prefix, extra_callbacks=(), resume_from=None, distribution=None):
-    """Train with the snapshot callbacks, saving the run's state at every epoch end.
-
-    `resume_from`, a RunState read from the run's state file, continues that run from its last
-    completed epoch. Returns the history of every epoch, resumed ones included (name -> values).
-    `distribution`, a snapshot_ensembles.distribute.Distribution, is the one the model was built
-    under; only its chief writes files.
-    """
-    from snapshot import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder, TrainingDiverged
-    from snapshot_ensembles.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-
+def checked_splits(splits, nb_classes):
+    """`splits` with images and labels checked (shapes, dtypes, label range) for a network of nb_classes."""
     from snapshot_ensembles.data import check_images, check_labels
 
-    if distribution is None:
-        distribution = distribute.Distribution("none", None)
-    nb_classes = model.output_shape[-1]
-    splits = dict(splits)
+    arrays = {}
     for part, name in (("train", "training split"), ("val", "validation split")):
-        splits[f"x_{part}"] = check_images(splits[f"x_{part}"], f"the {name}")
-        splits[f"y_{part}"] = check_labels(splits[f"y_{part}"], nb_classes, len(splits[f"x_{part}"]), f"the {name}")
-    steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)  # of the global batch: replicas change nothing
-    builder = SnapshotCallbackBuilder(args.nb_epoch, args.M, args.alpha_zero, schedule=args.schedule,
-                                      steps_per_epoch=steps, weights_dir=args.weights_dir,
-                                      save_enabled=distribution.is_chief)
-    best, schedule, snapshots = builder.get_callbacks(model_prefix=prefix)
-    state_file = run_state.state_path(args.weights_dir, prefix)
-    fingerprint = check_same_data(resume_from, splits, state_file)
-    initial_epoch = 0
+        x = check_images(getattr(splits, f"x_{part}"), f"the {name}")
+        arrays[f"x_{part}"] = x
+        arrays[f"y_{part}"] = check_labels(getattr(splits, f"y_{part}"), nb_classes, len(x), f"the {name}")
+    return dataclasses.replace(splits, **arrays)
+
+
+def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from=None, distribution=None,
+                          record=None):
+    """Train with the snapshot callbacks; the run state is saved at every epoch end to resume from.
+
+    `resume_from`, a RunState read from the run's state file, continues that run from its last completed
+    epoch. `record` is the run record that the state callback writes. Returns the history of every epoch,
+    resumed ones included (name -> values). `distribution` (snapshot_ensembles.distribute) is the one
+    the model was built under; only its chief writes files.
+    """
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
+    distribution = distribution or distribute.Distribution("none", None)
+    splits = checked_splits(splits, model.output_shape[-1])
+    check_same_data(resume_from, splits, RunFolder(config.weights_dir, config.prefix).state)
+    steps = steps_per_epoch(len(splits.y_train), config.training.batch_size)  # global batch: replicas change nothing
+    callbacks, checkpoint = snapshot_callbacks(config, splits, steps, distribution, resume_from, record)
+    initial_epoch = resume_from.epoch if resume_from is not None else 0
     if resume_from is not None:
-        with distribution.scope():  # the optimizer's variables it builds must be mirrored like the model's
-            run_state.restore_state(model, state_file, resume_from, steps)
-        best.best = resume_from.best
-        initial_epoch = resume_from.epoch
-        print(f"Resuming {prefix} after epoch {initial_epoch} of {args.nb_epoch} (--no_resume starts over)")
-        if initial_epoch == args.nb_epoch:  # it stopped after its last epoch, before writing the history
-            return resume_from.history
-    checkpoint = RunStateCheckpoint(state_file, best, run_state.run_flags(vars(args)), fingerprint,
-                                    history=resume_from.history if resume_from else None,
-                                    save_enabled=distribution.is_chief)
-    # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
-    callbacks = [NonFiniteLossGuard(), best, schedule, snapshots, *extra_callbacks, checkpoint]
-    train_data = training_dataset(splits["x_train"], splits["y_train"], args.batch_size, args.seed, initial_epoch,
-                                  args.nb_epoch, augment=args.augment, standardization=splits["standardization"])
-    val_data = evaluation_dataset(splits["x_val"], splits["y_val"], evaluation_batch_size(args, distribution),
-                                  standardization=splits["standardization"])
+        output.say(f"Resuming {config.prefix} after epoch {initial_epoch} of {config.cycles.nb_epoch} "
+                   "(--no_resume starts over)")
+    with distribution.scope():  # the optimizer's variables it builds must be mirrored like the model's
+        if initial_epoch == config.cycles.nb_epoch:  # stopped after its last epoch, before recording it
+            checkpoint.set_model(model)
+            checkpoint.on_train_begin()
+            checkpoint.on_train_end()
+            return checkpoint.history
+    train_data, val_data = datasets(config, splits, initial_epoch, distribution)
     try:
-        model.fit(train_data, epochs=args.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_data=val_data, shuffle=False, callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
-    except TrainingDiverged as err:
-        raise TrainingFailed(
-            f"training diverged: the {err.metric} became {err.value} in epoch {err.epoch + 1} of {args.nb_epoch}, "
-            "so the run stopped without saving that epoch's weights; the snapshots and checkpoints saved "
-            f"before are kept. Lower the learning rate (for example --alpha_zero {args.alpha_zero / 10:g}) "
-            "and train again with --no_resume") from None
-    except FileWriteError as err:
-        done = checkpoint.saved_epochs or initial_epoch
-        resume = f"resume after epoch {done}" if done else "start again"
-        raise FileWriteError(f"{err}. Training stopped; once there is room (or permission) to write, rerun "
-                             f"the same command to {resume}") from None
+        model.fit(train_data, epochs=config.cycles.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=val_data, shuffle=False, callbacks=[*callbacks, *extra_callbacks, checkpoint],
+                  verbose=output.keras_verbose())
     except Exception as err:
-        lost = distribution.lost_worker(err)  # a multi-worker run whose peer died: say so, no traceback
-        if lost is None:
+        explained = explained_failure(err, config, checkpoint, distribution)
+        if explained is None:
             raise
-        raise lost from None
+        raise explained from None
     return checkpoint.history
 
 
+def snapshot_callbacks(config, splits, steps, distribution, resume_from, record):
+    """The callbacks of a run, in their order, and its RunStateCheckpoint."""
+    from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
+
+    cycles = config.cycles
+    builder = SnapshotCallbackBuilder(cycles.nb_epoch, cycles.M, cycles.alpha_zero, schedule=cycles.schedule,
+                                      steps_per_epoch=steps, weights_dir=config.weights_dir,
+                                      save_enabled=distribution.is_chief)
+    best, schedule, snapshots = builder.get_callbacks(model_prefix=config.prefix)
+    checkpoint = RunStateCheckpoint(RunFolder(config.weights_dir, config.prefix), best,
+                                    run_state.run_flags(config.to_dict()), splits.fingerprint, cycles.nb_epoch,
+                                    steps, resume_from=resume_from, record=record, save_enabled=distribution.is_chief)
+    # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
+    return [NonFiniteLossGuard(), best, schedule, snapshots], checkpoint
+
+
+def datasets(config, splits, initial_epoch, distribution):
+    """(training dataset, validation dataset) as fit takes them: the training one as `x`."""
+    from snapshot_ensembles.pipeline import evaluation_dataset, training_dataset
+
+    training = config.training
+    train_data = training_dataset(splits.x_train, splits.y_train, training.batch_size, training.seed, initial_epoch,
+                                  config.cycles.nb_epoch, augment=training.augment,
+                                  standardization=splits.standardization)
+    val_data = evaluation_dataset(splits.x_val, splits.y_val, evaluation_batch_size(config, distribution),
+                                  standardization=splits.standardization)
+    return train_data, val_data
+
+
+def explained_failure(err, config, checkpoint, distribution):
+    """The error to raise instead of an exception out of fit, where its cause is known; else None."""
+    from snapshot_ensembles.callbacks import TrainingDiverged
+
+    if isinstance(err, TrainingDiverged):
+        return TrainingFailed(
+            f"training diverged: the {err.metric} became {err.value} in epoch {err.epoch + 1} of "
+            f"{config.cycles.nb_epoch}, so the run stopped without saving that epoch's weights; the snapshots and "
+            f"checkpoints saved before are kept. Lower the learning rate (for example --alpha_zero "
+            f"{config.cycles.alpha_zero / 10:g}) and train again with --no_resume")
+    if isinstance(err, FileWriteError):
+        done = checkpoint.saved_epochs
+        resume = f"resume after epoch {done}" if done else "start again"
+        return FileWriteError(f"{err}. Training stopped; once there is room (or permission) to write, rerun "
+                              f"the same command to {resume}")
+    return distribution.lost_worker(err)  # a multi-worker run whose peer died: say so, no traceback
+
+
 def check_same_data(resume_from, splits, state_file):
-    """The splits' fingerprint; UserError when they are not the data of the run to resume."""
-    fingerprint = run_state.data_fingerprint(splits["x_train"], splits["y_train"], splits["x_val"], splits["y_val"])
-    if resume_from is not None and resume_from.data_fingerprint != fingerprint:
+    """UserError when `splits` are not the data of the run to resume."""
+    if resume_from is not None and resume_from.data_fingerprint != splits.fingerprint:
         raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
                         "with the same --data_dir and --val_split, or start over with --no_resume")
-    return fingerprint
 
 
-COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
-
-
-def find_run_to_resume(args, prefix):
+def find_run_to_resume(config):
     """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
 
     Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
     weights folder is only ever continued, or left alone, with the flags it was started with.
     """
-    state_file = run_state.state_path(args.weights_dir, prefix)
-    if not args.resume:
+    folder = RunFolder(config.weights_dir, config.prefix)
+    if not config.resume:
         return None  # the earlier run's files are removed once the new one is ready to start
-    flags = run_state.run_flags(vars(args))
-    saved = run_state.read_state(state_file)
+    flags = run_state.run_flags(config.to_dict())
+    saved = run_state.read_state(folder.state)
     if saved is not None:
-        run_state.check_same_run(saved.flags, flags, f"an unfinished run of {prefix} "
-                                 f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", args.weights_dir)
+        run_state.check_same_run(saved.flags, flags, f"an unfinished run of {config.prefix} "
+                                 f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", config.weights_dir)
         return saved
-    info = read_json_record(naming.run_info_path(args.weights_dir, prefix))
+    info = folder.read_record()
     if info.get("status") == "complete" and isinstance(info.get("args"), dict):
-        run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {prefix}",
-                                 args.weights_dir)
+        run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {config.prefix}",
+                                 config.weights_dir)
         return COMPLETE
     return None
 
 
-def check_foreign_weights(args, prefix):
-    """Refuse to train over weight files of `prefix` that no run here recorded, unless --overwrite.
+def check_foreign_weights(config):
+    """Refuse to train over weight files of the prefix that no run here recorded, unless `overwrite`.
 
     Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
     """
-    members = naming.member_files(args.weights_dir, prefix)
-    if members and not args.overwrite and not os.path.isfile(naming.run_info_path(args.weights_dir, prefix)):
+    folder = RunFolder(config.weights_dir, config.prefix)
+    members = folder.member_files()
+    if members and not config.overwrite and not os.path.isfile(folder.run_record):
         names = ", ".join(sorted(os.path.basename(path) for path in members.values()))
-        raise UserError(f"{args.weights_dir} holds weight files of {prefix} that no training run here recorded "
-                        f"(downloaded or converted weights?): {names}. Training would replace them: pass "
+        raise UserError(f"{config.weights_dir} holds weight files of {config.prefix} that no training run here "
+                        f"recorded (downloaded or converted weights?): {names}. Training would replace them: pass "
                         "--overwrite to do so, or choose another --weights_dir")
 
 
-def remove_earlier_run(args, prefix):
-    """A run that starts at epoch 0 first removes every file of an earlier run of `prefix`.
+def remove_earlier_run(folder):
+    """A run that starts at epoch 0 first removes every file of an earlier run in its RunFolder.
 
     Otherwise an earlier run's snapshots beyond this run's M, or its ensemble weights, would be taken
     for members of the new ensemble.
     """
-    earlier = naming.run_files(args.weights_dir, prefix)
+    earlier = folder.run_files()
     for path in earlier:
         try:
             os.remove(path)
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise UserError(f"cannot remove {path} of the earlier run of {prefix} ({err.strerror}): remove it "
-                            "yourself or choose another --weights_dir") from None
+            raise UserError(f"cannot remove {path} of the earlier run of {folder.prefix} ({err.strerror}): remove "
+                            "it yourself or choose another --weights_dir") from None
     if earlier:
-        print(f"Starting over: removed the files of the earlier run of {prefix} in {args.weights_dir}: "
-              + ", ".join(os.path.basename(path) for path in earlier))
+        output.say(f"Starting over: removed the files of the earlier run of {folder.prefix} in {folder.weights_dir}: "
+                   + ", ".join(os.path.basename(path) for path in earlier))
 
 
-EVALUATION_BATCH_SIZE = 256
-
-
-def evaluation_batch_size(args, distribution=None):
+def evaluation_batch_size(config, distribution=None):
     """Batch for validation and test predictions: at least 256 images on one device.
 
-    Inference keeps no activations for a backward pass, so a batch larger than the training batch
-    costs little memory and saves per-step overhead: with the demo's batch of 16, validating at 16
-    took about a seventh of the run. Distributed runs keep --batch_size, which their checks of even
-    per-device batches assume.
+    Inference keeps no activations for a backward pass, so a larger batch than the training batch costs
+    little memory and saves per-step overhead (docs/design.md). Distributed runs keep the training batch,
+    which their checks of even per-device batches assume.
     """
     if distribution is not None and distribution.mode != "none":
-        return args.batch_size
-    return max(args.batch_size, EVALUATION_BATCH_SIZE)
+        return config.training.batch_size
+    return max(config.training.batch_size, EVALUATION_BATCH_SIZE)
 
 
 def test_probabilities(model, data, batch_size, standardization=None):
@@ -341,113 +301,116 @@ def test_accuracy(model, data, batch_size, standardization=None):
                          == data.y_test))
 
 
-def load_completed_run(model, args, prefix):
+def load_completed_run(model, folder, nb_snapshots):
     """The final weights (the last snapshot: both are the weights after the last epoch) and the history."""
-    last = naming.snapshot_path(args.weights_dir, prefix, args.M)
+    last = folder.snapshot(nb_snapshots)
     model.optimizer.build(model.trainable_variables)  # snapshots hold optimizer variables too: load them all
     try:
         model.load_weights(last)
     except (OSError, ValueError) as err:
         raise UserError(f"the complete run's last snapshot {last} cannot be loaded ({err}): train again "
                         "with --no_resume") from None
-    return read_json_record(naming.history_path(args.weights_dir, prefix))
+    return read_json_record(folder.history)
 
 
-def train(dataset, argv=None, prog=None, data=None):
-    """The whole training flow; returns the final model and the history of every epoch.
+def train(config, data=None):
+    """The whole training flow of a TrainConfig; returns the final model and the history of every epoch.
 
     `data`, a snapshot_ensembles.data.Dataset, replaces the CIFAR loading (the demo's digits). A run
-    that already completed with the same flags is not trained again: its final weights are loaded.
+    that already completed with the same configuration is not trained again: its final weights are loaded.
     """
-    args = build_parser(dataset, prog).parse_args(argv)
-    cli.load_tensorflow()  # its start-up lines hidden; flag errors above answered without it
-    task = check_args(args)
-    chief = distribute.is_chief(task)  # the non-chief workers of a multi-worker run write no file at all
-    prefix = prefix_for(dataset, args)
-    if not chief:
-        return _train(dataset, args, prefix, task, chief, data)
-    prepare_weights_dir(args.weights_dir)
-    with run_lock.hold_run_lock(args.weights_dir, prefix):  # before anything reads or removes the run's files
-        return _train(dataset, args, prefix, task, chief, data)
+    config = config.resolved()
+    task = distribute.check_flags(config.devices)
+    if not distribute.is_chief(task):  # the non-chief workers of a multi-worker run write no file at all
+        return _train(config, task, data)
+    prepare_weights_dir(config.weights_dir)
+    with run_lock.hold_run_lock(config.weights_dir, config.prefix):  # before anything reads or removes its files
+        return _train(config, task, data)
 
 
-def _train(dataset, args, prefix, task, chief, data):
-    resume_from = find_run_to_resume(args, prefix)
+def _train(config, task, data):
+    chief = distribute.is_chief(task)
+    folder = RunFolder(config.weights_dir, config.prefix)
+    resume_from = find_run_to_resume(config)
     if resume_from is None and chief:
-        check_foreign_weights(args, prefix)
-    state_file = run_state.state_path(args.weights_dir, prefix)
+        check_foreign_weights(config)
     if resume_from is not COMPLETE and chief:
-        written = [naming.best_path(args.weights_dir, prefix), state_file,
-                   naming.history_path(args.weights_dir, prefix), naming.run_info_path(args.weights_dir, prefix)]
-        remove_partial_files(written + [naming.snapshot_path(args.weights_dir, prefix, i)
-                                        for i in range(1, args.M + 1)])
-
-    data, splits = load_training_data(dataset, args, data)  # before TensorFlow starts: data errors answer fast
+        remove_partial_files([folder.best, folder.state, folder.history, folder.run_record]
+                             + [folder.snapshot(i) for i in range(1, config.cycles.M + 1)])
+    data, splits = load_training_data(config, data)  # before TensorFlow starts: data errors answer fast
     if resume_from is not COMPLETE:
-        check_same_data(resume_from, splits, state_file)  # before the run record is rewritten
-    distribution = distribute.setup(args, task)  # before any TensorFlow op: devices and cluster are fixed then
-    # Every worker must start from the same epoch, or they would wait for each other forever.
-    distribution.agree_on(args.nb_epoch + 1 if resume_from is COMPLETE else getattr(resume_from, "epoch", 0),
-                          f"where the run of {prefix} in {args.weights_dir} stands")
-    distribution.check_even_batches(args.batch_size, {"training set": len(splits["y_train"]),
-                                                      "validation set": len(splits["y_val"]),
-                                                      "test set": len(data.y_test)})
-    seed_everything(args.seed, args.deterministic)
-    print(f"{naming.dataset_title(dataset)} from {data.source}: {len(splits['y_train'])} training images, "
-          f"{len(splits['y_val'])} validation images" + ("" if args.val_split else " (the test set)"))
-    if not args.val_split:
-        print("note: --val_split 0 validates on the TEST set, as the original did: the Best checkpoint and "
-              "fitted ensemble weights are then chosen on test data and their test figures are optimistic.")
-
-    from snapshot_ensembles.pipeline import steps_per_epoch
-
-    steps = steps_per_epoch(len(splits["y_train"]), args.batch_size)
-    policy = set_precision(args.mixed_precision)
-    if args.mixed_precision:
-        print(f"Mixed precision: Keras dtype policy {policy}")
-    description = distribution.describe(args.batch_size)
-    if description:
-        print(description)
-    with distribution.scope():  # the model's and the optimizer's variables are created mirrored
-        model = compile_model(distribution.prepare_model(build_model(args, data.nb_classes, args.dropout, verbose=1)),
-                              args, steps)
+        check_same_data(resume_from, splits, folder.state)  # before the run record is rewritten
+    output.load_tensorflow()  # its start-up lines hidden; data and flag errors answered without it
+    distribution = start_devices(config, task, resume_from, data, splits)
+    model = compiled_model(config, data.nb_classes, splits, distribution)
     if resume_from is COMPLETE:
-        print(f"{prefix} in {args.weights_dir} is already trained with these flags: nothing to train "
-              "(--no_resume trains it again).")
+        output.say(f"{config.prefix} in {config.weights_dir} is already trained with these flags: nothing to train "
+                   "(--no_resume trains it again).")
         with distribution.scope():
-            history = load_completed_run(model, args, prefix)
+            history = load_completed_run(model, folder, config.cycles.M)
     else:
-        run_info = {"dataset": dataset, "prefix": prefix, "args": vars(args), "val_split": args.val_split,
-                    "seed": args.seed, "nb_train": int(len(splits["y_train"])), "nb_val": int(len(splits["y_val"])),
-                    "standardization": splits["standardization"], "status": "running"}
-        if resume_from is not None:
-            run_info["resumed_after_epoch"] = resume_from.epoch
-        if chief:
-            if resume_from is None:
-                remove_earlier_run(args, prefix)
-            write_json(naming.run_info_path(args.weights_dir, prefix), run_info)
-        started = time.time()
-        history = fit_snapshot_ensemble(model, splits, args, prefix, resume_from=resume_from,
-                                        distribution=distribution)
-        if chief:
-            write_json(naming.history_path(args.weights_dir, prefix), history)
-            write_json(naming.run_info_path(args.weights_dir, prefix),
-                       dict(run_info, status="complete", train_seconds=round(time.time() - started, 1)))
-            os.remove(state_file)  # only once the run is recorded complete: a crash before resumes and finishes
-
-    accuracy = test_accuracy(model, data, evaluation_batch_size(args, distribution), splits["standardization"]) * 100
-    print(f"Final model on the test set ({len(data.y_test)} images):")
-    print("Accuracy : ", accuracy)
-    print("Error : ", 100 - accuracy)
-    if chief:
-        print(f"Snapshots, best checkpoint and history in {args.weights_dir}/ with prefix {prefix}")
-    else:
-        print("This worker wrote no files: the chief of the cluster wrote the snapshots, best checkpoint and "
-              f"history into its --weights_dir with prefix {prefix}")
+        if chief and resume_from is None:
+            remove_earlier_run(folder)
+        history = fit_snapshot_ensemble(model, splits, config, resume_from=resume_from, distribution=distribution,
+                                        record=run_record(config, splits, resume_from))
+    report_final_model(model, config, data, splits, distribution, chief)
     return model, history
 
 
-def main_for(dataset):
-    """The `main(argv)` of an entry script for one dataset."""
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    return lambda argv=None: train(dataset, argv, prog)
+def start_devices(config, task, resume_from, data, splits):
+    """The Distribution, checked against the data; seeds set. Before any other TensorFlow op."""
+    distribution = distribute.setup(config.devices, task)
+    # Every worker must start from the same epoch, or they would wait for each other forever.
+    start = config.cycles.nb_epoch + 1 if resume_from is COMPLETE else getattr(resume_from, "epoch", 0)
+    distribution.agree_on(start, f"where the run of {config.prefix} in {config.weights_dir} stands")
+    distribution.check_even_batches(config.training.batch_size, {"training set": len(splits.y_train),
+                                                                 "validation set": len(splits.y_val),
+                                                                 "test set": len(data.y_test)})
+    seed_everything(config.training.seed, config.training.deterministic)
+    output.say(f"{dataset_title(config.dataset)} from {data.source}: {len(splits.y_train)} training images, "
+               f"{len(splits.y_val)} validation images" + ("" if config.data.val_split else " (the test set)"))
+    if not config.data.val_split:
+        output.always("note: --val_split 0 validates on the TEST set, as the original did: the Best checkpoint "
+                      "and fitted ensemble weights are then chosen on test data and their test figures are "
+                      "optimistic.")
+    return distribution
+
+
+def compiled_model(config, nb_classes, splits, distribution):
+    """The network, built and compiled under the distribution's scope, in the run's precision."""
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
+    steps = steps_per_epoch(len(splits.y_train), config.training.batch_size)
+    policy = set_precision(config.training.mixed_precision)
+    if config.training.mixed_precision:
+        output.say(f"Mixed precision: Keras dtype policy {policy}")
+    description = distribution.describe(config.training.batch_size)
+    if description:
+        output.say(description)
+    summary = 1 if output.verbosity() >= output.NORMAL else 0
+    with distribution.scope():  # the model's and the optimizer's variables are created mirrored
+        model = build_training_model(config, nb_classes, verbose=summary)
+        return compile_model(distribution.prepare_model(model), config, steps)
+
+
+def run_record(config, splits, resume_from):
+    """The run record's content: what prediction and a later resumption read (RunFolder.run_record)."""
+    record = {"dataset": config.dataset, "prefix": config.prefix, "args": config.to_dict(),
+              "val_split": config.data.val_split, "seed": config.training.seed,
+              "nb_train": int(len(splits.y_train)), "nb_val": int(len(splits.y_val)),
+              "standardization": splits.standardization}
+    if resume_from is not None:
+        record["resumed_after_epoch"] = resume_from.epoch
+    return record
+
+
+def report_final_model(model, config, data, splits, distribution, chief):
+    accuracy = test_accuracy(model, data, evaluation_batch_size(config, distribution), splits.standardization) * 100
+    output.always(f"Final model on the test set ({len(data.y_test)} images):")
+    output.always("Accuracy : ", accuracy)
+    output.always("Error : ", 100 - accuracy)
+    if chief:
+        output.say(f"Snapshots, best checkpoint and history in {config.weights_dir}/ with prefix {config.prefix}")
+    else:
+        output.say("This worker wrote no files: the chief of the cluster wrote the snapshots, best checkpoint and "
+                   f"history into its --weights_dir with prefix {config.prefix}")

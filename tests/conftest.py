@@ -14,10 +14,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from cifar_fixtures import write_archive  # noqa: E402
 
 
+def train_from_flags(dataset, argv, data=None):
+    """The training flow on the TrainConfig that the training scripts build from `argv`."""
+    from snapshot_ensembles import cli, training
+
+    return training.train(cli.train_config(dataset, [str(arg) for arg in argv]), data=data)
+
+
+def train_config(*argv, dataset="cifar10"):
+    """The resolved TrainConfig of the training scripts' flags `argv`."""
+    from snapshot_ensembles import cli
+
+    return cli.train_config(dataset, [str(arg) for arg in argv])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_keras_home(tmp_path, monkeypatch):
     """No test may read or fill the user's real Keras cache."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+@pytest.fixture(autouse=True)
+def _normal_verbosity():
+    """A command line parsed with --quiet or --verbose in one test leaves the next at the default."""
+    from snapshot_ensembles import output
+
+    yield
+    output.set_verbosity(output.NORMAL)
+
+
+def predict_argv(dataset, argv, data=None):
+    """The prediction flow on the PredictConfig that a prediction script builds from `argv`."""
+    from snapshot_ensembles import cli, prediction
+
+    return prediction.predict(cli.predict_config(dataset, list(argv)), data=data)
 
 
 @pytest.fixture(scope="session")
@@ -90,12 +120,11 @@ def wait_until(condition, process, timeout=300, poll=0.05):
 
 def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1", "--wrn_k", "1")):
     """Test-set probabilities of the weight files `{prefix}-{name}.weights.h5`, name by name."""
-    from snapshot_ensembles import training
+    from snapshot_ensembles import cli
     from snapshot_ensembles.modeling import build_model
     from snapshot_ensembles.pipeline import images_dataset
 
-    args = training.build_parser("cifar10").parse_args(list(model_flags))
-    model = build_model(args, 10)
+    model = build_model(cli.train_config("cifar10", list(model_flags)).model, 10)
     predictions = {}
     for name in names:
         model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))

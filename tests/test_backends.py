@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
 from snapshot_ensembles import run_state
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]
@@ -99,7 +100,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(backend, trained, cifar1
     reference = trained(backend)
     weights = tmp_path / "w"
     argv = [*RUN, *data_flags(cifar10_dir, weights)]
-    state_file = run_state.state_path(str(weights), PREFIX)
+    state_file = RunFolder(str(weights), PREFIX).state
 
     def epochs_done():
         state = run_state.read_state(state_file)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import USER_ERROR, assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script, train_config
 from snapshot_ensembles import data, training
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.errors import UserError
@@ -93,14 +93,12 @@ def test_library_and_demo_datasets_are_checked_where_they_enter():
 def test_library_training_splits_are_checked_too(tmp_path):
     from snapshot_ensembles.modeling import build_model
 
-    args = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "1", "--M", "1",
-                                                        "--weights_dir", str(tmp_path)])
-    training.check_args(args)
-    model = training.compile_model(build_model(args, 10), args)
+    config = train_config("--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "1", "--M", "1", "--weights_dir", str(tmp_path))
+    model = training.compile_model(build_model(config.model, 10), config)
     x = np.zeros((8, 32, 32, 3), np.uint8)
     with pytest.raises(UserError, match=r"the validation split: the labels have shape \(8, 1\)"):
-        training.fit_snapshot_ensemble(model, dict(x_train=x, y_train=np.zeros(8, int), x_val=x,
-                                                   y_val=np.zeros((8, 1), int)), args, PREFIX)
+        training.fit_snapshot_ensemble(model, training.Splits(x_train=x, y_train=np.zeros(8, int), x_val=x,
+                                                              y_val=np.zeros((8, 1), int)), config)
 
 
 def test_archive_members_that_start_with_dot_slash_are_read(tmp_path):
@@ -172,13 +170,14 @@ def test_a_validation_split_that_leaves_fewer_training_images_than_classes(tmp_p
 ])
 def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
     from snapshot_ensembles import prediction
+    from snapshot_ensembles.run_folder import RunFolder
 
     folder = archive_with(tmp_path)
     dataset = data.load_cifar("cifar10", folder, "skip")
     with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
         fh.write(json.dumps(record).replace("Infinity", "1e999"))
     with pytest.raises(UserError, match=f"the training record .*{PREFIX}-run.json"):
-        prediction.fitting_split("cifar10", dataset, str(tmp_path), PREFIX)
+        prediction.fitting_split(dataset, RunFolder(str(tmp_path), PREFIX))
 
 
 def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):

@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from snapshot_ensembles import training
+from conftest import REPO, train_config
 from snapshot_ensembles.modeling import build_model
 
 torch = pytest.importorskip("torch", reason="the PyTorch peer needs torch: pip install -r requirements-backends.txt")
@@ -21,10 +20,9 @@ import torch_peer  # noqa: E402
     ["--model", "dn", "--dn_depth", "10", "--dn_growth_rate", "4", "--dn_blocks", "1"],
 ])
 def test_the_pytorch_peer_has_the_keras_networks_weights_and_statistics(model_flags):
-    args = training.build_parser("cifar10").parse_args(model_flags)
-    training.check_args(args)
-    network, _ = torch_peer.build(args, 10, args.dropout)
-    torch_peer.check_same_size(torch_peer.sizes(network), build_model(args, 10, args.dropout))
+    config = train_config(*model_flags)
+    network, _ = torch_peer.build(config.model, 10, config.training.dropout)
+    torch_peer.check_same_size(torch_peer.sizes(network), build_model(config.model, 10, config.training.dropout))
     trainer = torch_peer.Trainer(network, 4, 0.01, 0.0)
     assert len(trainer.timed_steps(2)) == 2
     probabilities = torch_peer.Predictor(network).predict(torch.rand(3, 32, 32, 3).numpy(), 2)
@@ -32,29 +30,28 @@ def test_the_pytorch_peer_has_the_keras_networks_weights_and_statistics(model_fl
 
 
 def test_a_different_network_fails_the_size_check():
-    args = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "2"])
-    training.check_args(args)
-    network, _ = torch_peer.build(args, 10)
-    wider = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "3"])
-    training.check_args(wider)
+    network, _ = torch_peer.build(train_config("--wrn_N", "1", "--wrn_k", "2").model, 10)
+    wider = train_config("--wrn_N", "1", "--wrn_k", "3").model
     with pytest.raises(AssertionError, match="not the same network"):
         torch_peer.check_same_size(torch_peer.sizes(network), build_model(wider, 10))
 
 
 def test_the_training_benchmark_alternates_our_flow_and_the_peer_in_blocks(tmp_path):
+    from types import SimpleNamespace
+
     import train_throughput
 
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
-    args = training.build_parser("cifar10").parse_args([
-        "--model", "wrn", "--wrn_N", "1", "--wrn_k", "1", "--batch_size", "8", "--weights_dir", str(weights_dir),
-        "--no_resume", "--alpha_zero", "0.01"])
-    training.check_args(args)
+    config = train_config("--model", "wrn", "--wrn_N", "1", "--wrn_k", "1", "--batch_size", "8", "--M", "1",
+                          "--nb_epoch", "1", "--alpha_zero", "0.01", "--weights_dir", weights_dir, "--no_resume")
+    args = SimpleNamespace(**config.to_dict())
     peer = torch_peer.TrainerProcess(args, args.batch_size, args.alpha_zero, args.seed)
     try:
         for mixed in (False, True):  # one peer process serves both precisions, each from a fresh trainer
             peer.start(mixed, 1)  # its start and warm-up overlap ours' build and tracing
-            timer = train_throughput.time_our_flow(args, 4, 1, mixed, str(weights_dir), block=2, peers={"peer": peer})
+            timer = train_throughput.time_our_flow(config, 4, 1, mixed, str(weights_dir), block=2,
+                                                   peers={"peer": peer})
             assert len(timer.seconds) == 4 and len(timer.peer_seconds["peer"]) == 4
     finally:
         peer.close()

@@ -1,6 +1,5 @@
 """Keras 1 (Theano) weight files -> Keras 3: snapshot_ensembles/legacy.py and convert_weights.py."""
 
-import argparse
 import os
 
 import h5py
@@ -15,6 +14,7 @@ import keras1_reference
 from models.dense_net import create_dense_net
 from models.wide_residual_net import create_wide_residual_network
 from snapshot_ensembles.cli import run_cli
+from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights, write_legacy_weights
 from snapshot_ensembles.modeling import build_model
@@ -293,6 +293,21 @@ def test_densenet_mismatch_suggests_one_dense_block(tmp_path, capsys):
     assert_same_predictions(source, restored)
 
 
+def test_quiet_conversion_prints_nothing_and_writes_the_same_file(tmp_path, capsys):
+    source = randomise(tiny_densenet(1, img_dim=(32, 32, 3)))
+    flags = ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4", "--dn_blocks", "1"]
+    for name in ("quiet", "normal"):
+        (tmp_path / name).mkdir()
+        write_legacy_weights(source, str(tmp_path / name / "DenseNet-CIFAR10-7-4-Best.h5"))
+    convert_weights.main([*flags, "--quiet", str(tmp_path / "quiet" / "DenseNet-CIFAR10-7-4-Best.h5")])
+    assert capsys.readouterr().out == ""
+    convert_weights.main([*flags, str(tmp_path / "normal" / "DenseNet-CIFAR10-7-4-Best.h5")])
+    assert capsys.readouterr().out.startswith("wrote ")
+    restored = tiny_densenet(1, img_dim=(32, 32, 3))
+    restored.load_weights(str(tmp_path / "quiet" / "DenseNet-CIFAR10-7-4-Best.weights.h5"))
+    assert_same_predictions(source, restored)
+
+
 def test_cli_converts_every_release_file_and_refuses_to_overwrite(tmp_path):
     sources = {name: randomise(tiny_wrn(), seed=i) for i, name in enumerate(["Best", "1", "2"])}
     for name, model in sources.items():
@@ -354,7 +369,7 @@ def test_converted_file_computes_what_the_original_network_computed(tmp_path, ne
 
     flags = [f"--{key}={value}" for key, value in model_flags.items()]
     convert_weights.main(["--dataset", "cifar10", *flags, "--weights_dir", str(tmp_path)])
-    model = build_model(argparse.Namespace(**model_flags), 10)
+    model = build_model(ModelConfig(**model_flags), 10)
     model.load_weights(str(tmp_path / f"{prefix}-Best.weights.h5"))
     # the original's ensemble weights come with the release prefix it published (WRN-16-4 only)
     assert (tmp_path / f"Ensemble-weights-{prefix}.json").exists() == network.startswith("wrn")

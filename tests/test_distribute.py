@@ -27,6 +27,7 @@ from conftest import REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member
 from snapshot_ensembles import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]
@@ -232,7 +233,7 @@ def test_a_run_resumes_on_more_or_fewer_devices_than_it_started_on(single_device
     weights = tmp_path / "w"
 
     def epochs_done():
-        state = run_state.read_state(run_state.state_path(str(weights), PREFIX))
+        state = run_state.read_state(RunFolder(str(weights), PREFIX).state)
         return state.epoch if state else 0
 
     run = start_script("train_cifar_10.py", *flags(cifar10_dir, weights, *started_on), log_path=tmp_path / "run.log")
@@ -262,7 +263,7 @@ def test_multi_worker_run_survives_a_dead_chief_and_resumes_from_shared_state(si
         return flags(cifar10_dir, folders[index], "--distribute", "multiworker")
 
     def epochs_done():
-        state = run_state.read_state(run_state.state_path(str(folders[0]), PREFIX))
+        state = run_state.read_state(RunFolder(str(folders[0]), PREFIX).state)
         return state.epoch if state else 0
 
     workers = start_workers(argv, free_ports(2), tmp_path, "killed")
@@ -285,7 +286,7 @@ def test_multi_worker_run_survives_a_dead_chief_and_resumes_from_shared_state(si
 
     # The same state for both, as on shared storage: the run resumes and ends as on one device.
     folders[1].mkdir()
-    state_file = run_state.state_path(str(folders[0]), PREFIX)
+    state_file = RunFolder(str(folders[0]), PREFIX).state
     shutil.copy(state_file, folders[1])
     outputs = wait_all(start_workers(argv, free_ports(2), tmp_path, "resumed"))
     for returncode, log in outputs:

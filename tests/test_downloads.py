@@ -351,6 +351,20 @@ def test_make_manifest_round_trip(tmp_path, capsys):
     assert len(os.listdir(weights)) == 5
 
 
+def test_quiet_download_prints_the_result_line_only(tmp_path, capsys):
+    release, _ = write_release_files(tmp_path / "trained")
+    download_weights.main(["--make_manifest", str(release), "--quiet"])
+    assert capsys.readouterr().out.startswith("wrote ")  # the result, even when quiet
+    flags = ["--dataset", "cifar10", "--model", "wrn", "--wrn_N", "2", "--wrn_k", "4", "--url", str(release)]
+    download_weights.main([*flags, "--weights_dir", str(tmp_path / "normal")])
+    normal = capsys.readouterr()
+    assert f"{PREFIX}-Best.weights.h5" in normal.err  # a line per file
+    download_weights.main([*flags, "--weights_dir", str(tmp_path / "quiet"), "--quiet"])
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out == normal.out.replace("normal", "quiet")
+    assert sorted(os.listdir(tmp_path / "quiet")) == sorted(os.listdir(tmp_path / "normal"))
+
+
 def test_without_url_the_originals_github_release_is_the_source(tmp_path, monkeypatch):
     monkeypatch.delenv(downloads.RELEASE_URL_ENV, raising=False)
     monkeypatch.setenv("SNAPSHOT_GITHUB_API", "http://127.0.0.1:9/unreachable")

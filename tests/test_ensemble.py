@@ -12,7 +12,7 @@ from sklearn.metrics import log_loss as sklearn_log_loss
 from conftest import RELEASE_DATA
 from snapshot_ensembles import ensemble, metrics
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.naming import ensemble_json_path, legacy_ensemble_json_path
+from snapshot_ensembles.run_folder import RunFolder
 
 UPSTREAM_PREFIXES = ["WRN-CIFAR10-16-4", "WRN-CIFAR100-16-4"]
 
@@ -198,7 +198,7 @@ def test_ensemble_size_curve_uses_the_last_snapshots():
 
 
 def upstream_files():
-    return [ensemble_json_path(RELEASE_DATA, prefix) for prefix in UPSTREAM_PREFIXES]
+    return [RunFolder(RELEASE_DATA, prefix).ensemble_json for prefix in UPSTREAM_PREFIXES]
 
 
 def test_upstream_files_load_with_six_members():
@@ -251,7 +251,7 @@ def test_missing_weight_file_fails_with_a_user_error(tmp_path):
 
 
 def test_write_then_read_round_trip(tmp_path):
-    path = ensemble_json_path(str(tmp_path), "WRN-CIFAR10-16-4")
+    path = RunFolder(str(tmp_path), "WRN-CIFAR10-16-4").ensemble_json
     weights = np.array([0.1, 0.2, 0.3, 0.4])
     ensemble.write_ensemble_weights(path, weights, fit_on="validation", log_loss=0.25)
     with open(path) as fh:
@@ -263,11 +263,11 @@ def test_write_then_read_round_trip(tmp_path):
 
 def test_find_ensemble_json_prefers_ours_and_falls_back_to_the_original_name(tmp_path):
     folder, prefix = str(tmp_path), "WRN-CIFAR100-16-4"
-    ours, legacy = ensemble_json_path(folder, prefix), legacy_ensemble_json_path(folder, prefix)
+    ours, legacy = RunFolder(folder, prefix).ensemble_json, RunFolder(folder, prefix).legacy_ensemble_json
     assert ensemble.ensemble_json_candidates(folder, prefix) == [ours, legacy]
     assert ensemble.find_ensemble_json(folder, prefix) is None
 
-    shutil.copy(ensemble_json_path(RELEASE_DATA, prefix), legacy)  # the original's file under the original's name
+    shutil.copy(RunFolder(RELEASE_DATA, prefix).ensemble_json, legacy)  # the original's file under the original's name
     assert os.path.basename(legacy) == f"Ensemble weights {prefix}.json"
     assert ensemble.find_ensemble_json(folder, prefix) == legacy
     assert ensemble.read_ensemble_weights(legacy, 6).shape == (6,)

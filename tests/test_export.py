@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_script
-from snapshot_ensembles import ensemble, export, metrics, prediction
+from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script
+from snapshot_ensembles import ensemble, export, metrics
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
 from test_prediction import PREFIX, predict, trained, weights_dir  # noqa: F401 (fixtures)
@@ -24,11 +24,11 @@ def saved_json(weights_dir):
 def test_temperature_never_sees_the_test_labels(weights_dir, cifar10_dir):
     data = load_cifar("cifar10", *cifar10_dir)
     flags = ["--wrn_N", "1", "--wrn_k", "1", "--weights_dir", weights_dir, "--optimize", "1"]
-    first = prediction.predict("cifar10", flags, data=data)
+    first = predict_argv("cifar10", flags, data=data)
     before = saved_json(weights_dir)
     relabelled = dataclasses.replace(data, y_test=(data.y_test + 1 + np.arange(len(data.y_test)) % 9) % 10)
     assert np.all(relabelled.y_test != data.y_test)
-    second = prediction.predict("cifar10", flags, data=relabelled)
+    second = predict_argv("cifar10", flags, data=relabelled)
     after = saved_json(weights_dir)
     assert second["evaluation"].weighted.nll != first["evaluation"].weighted.nll  # the test labels did change
     assert after["temperature"] == before["temperature"]

@@ -17,10 +17,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, wait_until
+from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, train_config, train_from_flags, wait_until
 from snapshot import EpochCosineScheduler
 from snapshot_ensembles import cli, files, run_state, training
 from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]
@@ -64,8 +65,7 @@ def visible_weight_files(weights):
 
 
 def assert_every_weight_file_loads(weights):
-    args = training.build_parser("cifar10").parse_args(WRN)
-    model = build_model(args, 10)
+    model = build_model(train_config(*WRN).model, 10)
     names = visible_weight_files(weights)
     for name in names:
         model.load_weights(os.path.join(weights, name))
@@ -81,7 +81,7 @@ def run_cli_in_process(argv, capsys):
     """train_cifar_10.py's main through run_cli, as the script runs it, without a new process."""
     capsys.readouterr()
     try:
-        cli.run_cli(training.main_for("cifar10"), argv)
+        cli.run_cli(cli.train_command("cifar10"), argv)
         code = 0
     except SystemExit as exit_:
         code = exit_.code
@@ -98,9 +98,9 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
     assert len(partial_files(weights)) == 1  # the snapshot being written, under its temporary name only
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-1.weights.h5", f"{PREFIX}-Best.weights.h5",
                                                        f"{PREFIX}-state.weights.h5"]
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 3
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
 
-    training.train("cifar10", flags(cifar10_dir, weights))
+    train_from_flags("cifar10", flags(cifar10_dir, weights))
     assert partial_files(weights) == []  # the killed writer's leftover is cleared
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-{i}.weights.h5" for i in (1, 2, 3)] + [
         f"{PREFIX}-Best.weights.h5"]
@@ -110,7 +110,7 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
 def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cifar10_dir, tmp_path):
     from test_resume import assert_same_run
 
-    training.train("cifar10", flags(cifar10_dir, tmp_path / "reference"))
+    train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference"))
     weights = tmp_path / "w"
     moments = random.Random(0)
     for attempt in range(5):
@@ -120,8 +120,8 @@ def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cif
         run.wait()
         if os.path.isdir(weights):
             assert_every_weight_file_loads(weights)
-            run_state.read_state(run_state.state_path(str(weights), PREFIX))
-    training.train("cifar10", flags(cifar10_dir, weights))  # finishes whatever the kills left
+            run_state.read_state(RunFolder(str(weights), PREFIX).state)
+    train_from_flags("cifar10", flags(cifar10_dir, weights))  # finishes whatever the kills left
     assert_same_run(weights, tmp_path / "reference", cifar10_dir)
 
 
@@ -137,7 +137,7 @@ def test_ctrl_c_while_writing_a_snapshot_exits_130_and_keeps_the_last_epoch(cifa
         "interrupted: files written before the interruption are complete and kept."]
     assert partial_files(weights) == []  # the interrupted write cleaned up after itself
     assert file_bytes(weights) == before
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 1
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 1
     assert assert_every_weight_file_loads(weights) == [f"{PREFIX}-Best.weights.h5", f"{PREFIX}-state.weights.h5"]
 
 
@@ -171,7 +171,7 @@ def test_diverging_mid_run_writes_no_nan_weights_and_keeps_earlier_snapshots(cif
     assert_clean_failure(result, RUN_FAILURE, "training diverged", "in epoch 3 of 6", "kept")
     # Cycle 1's snapshot, the best checkpoint and the state after epoch 2 are as they were before epoch 3.
     assert file_bytes(weights) == KeepFilesAtEpochStart.seen[2]
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 2
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 2
     for name in assert_every_weight_file_loads(weights):
         assert all(np.all(np.isfinite(values)) for values in float_datasets(weights / name)), name
 
@@ -211,7 +211,7 @@ def test_disk_full_while_saving_a_snapshot(cifar10_dir, tmp_path):
                          "previous version", "rerun the same command to resume after epoch 3")
     assert not snapshot.exists()
     assert partial_files(weights) == []
-    assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).epoch == 3
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
 
     # Room again: the same command picks up after epoch 3.
     resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))

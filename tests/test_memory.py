@@ -10,10 +10,9 @@ import tracemalloc
 
 import numpy as np
 
-from snapshot_ensembles import prediction
+from conftest import predict_argv, train_config
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.modeling import build_model
-from snapshot_ensembles.training import build_parser
 
 # Test images enough that even 3 members fill the evaluation's fixed-size blocks (metrics.kl_matrix works
 # on ~1M values at a time, however many members); the weights are fitted on the training images.
@@ -41,13 +40,13 @@ def test_prediction_memory_does_not_grow_with_members_times_samples_times_classe
     3 and with 24 members; the members' predictions come from the cache, as in every run after the first."""
     rng = np.random.default_rng(0)
     data = Dataset(*images_and_labels(rng, N_TRAIN), *images_and_labels(rng, N_SAMPLES), N_CLASSES, "synthetic")
-    model = build_model(build_parser("cifar100").parse_args(MODEL), N_CLASSES)
+    model = build_model(train_config(*MODEL, dataset="cifar100").model, N_CLASSES)
     for name in ["Best"] + [str(i) for i in range(1, 24)]:  # one network's weights: predicted once per split
         model.save_weights(os.path.join(tmp_path, f"{PREFIX}-{name}.weights.h5"))
 
     def predict(m):
-        return prediction.predict("cifar100", MODEL + ["--optimize", "1", "--num_tests", "2", "--M", str(m),
-                                                       "--weights_dir", str(tmp_path), "--plot"], data=data)
+        return predict_argv("cifar100", MODEL + ["--optimize", "1", "--num_tests", "2", "--M", str(m),
+                                                 "--weights_dir", str(tmp_path), "--plot"], data=data)
 
     assert len(predict(23)["networks_run"]) == 2  # fills the cache: test and training set
     few, many = peak_bytes(predict, 2), peak_bytes(predict, 23)

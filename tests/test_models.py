@@ -40,18 +40,18 @@ def test_densenet_refuses_depth_not_3n_plus_4(depth):
 @pytest.mark.parametrize("model_flags", [dict(model="wrn", wrn_N=1, wrn_k=1),
                                          dict(model="dn", dn_depth=7, dn_growth_rate=4, dn_blocks=1)])
 def test_bn_momentum_sets_how_fast_the_moving_statistics_follow_training(model_flags):
-    from types import SimpleNamespace
 
     import keras
     import numpy as np
 
+    from snapshot_ensembles.config import ModelConfig
     from snapshot_ensembles.modeling import batch_norm_layers, build_model
 
     images = np.random.default_rng(0).random((8, 32, 32, 3)).astype("float32")
     moving_means = {}
     for momentum in (0.99, 0.5, None):  # None: the flag absent (prediction), Keras's default stays
         keras.utils.set_random_seed(0)
-        model = build_model(SimpleNamespace(bn_momentum=momentum, **model_flags), 10, dropout=0.0)
+        model = build_model(ModelConfig(**model_flags), 10, dropout=0.0, bn_momentum=momentum)
         layers = batch_norm_layers(model)
         assert len(layers) >= 2 and {layer.momentum for layer in layers} == {momentum or 0.99}
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")

@@ -16,11 +16,11 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from conftest import USER_ERROR, assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script
 
 import download_weights
 import keras1_reference
-from snapshot_ensembles import original_release, prediction
+from snapshot_ensembles import original_release
 from snapshot_ensembles.errors import UserError
 
 REPO = original_release.DEFAULT_GITHUB_REPO
@@ -175,9 +175,9 @@ def test_download_then_predict_with_the_originals_ensemble_weights(github, tmp_p
     assert "Accuracy : " in result.stdout
 
     argv = [str(flag) for flag in data_flags]
-    equal = prediction.predict(dataset, ["--optimize", "-1", *argv])
+    equal = predict_argv(dataset, ["--optimize", "-1", *argv])
     assert equal["networks_run"] == []  # every member came from the cache of the run above
-    fitted = prediction.predict(dataset, ["--optimize", "1", *argv])
+    fitted = predict_argv(dataset, ["--optimize", "1", *argv])
     assert len(fitted["weights"]) == 6 and abs(sum(fitted["weights"]) - 1) < 1e-6
 
 

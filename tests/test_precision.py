@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import member_predictions
-from snapshot_ensembles import prediction, training
+from conftest import member_predictions, predict_argv, train_from_flags
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.modeling import accelerator_present
 from snapshot_ensembles.pipeline import images_dataset
@@ -37,7 +36,7 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     data_dir, sha = cifar10_dir
     weights = str(tmp_path / "w")
     model_flags = ["--wrn_N", "1", "--wrn_k", "1"]
-    model, history = training.train("cifar10", model_flags + [
+    model, history = train_from_flags("cifar10", model_flags + [
         "--nb_epoch", "2", "--M", "2", "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
         "--mixed_precision"])
     policy, compute = ("mixed_float16", "float16") if accelerator_present() else ("mixed_bfloat16", "bfloat16")
@@ -57,8 +56,8 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     # Prediction in the same process (as demo.py runs it) computes in float32 whatever trained before,
     # so the cached probabilities never depend on that.
     assert keras.mixed_precision.dtype_policy().name == policy
-    summary = prediction.predict("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
-                                                           "--data_sha256", sha, "--weights_dir", weights])
+    summary = predict_argv("cifar10", model_flags + ["--optimize", "-1", "--data_dir", data_dir,
+                                                     "--data_sha256", sha, "--weights_dir", weights])
     assert keras.mixed_precision.dtype_policy().name == "float32"
     float32 = member_predictions(weights, "WRN-CIFAR10-10-1", ["2"], data.x_test)["2"]
     assert summary["member_accuracy"][-1] == pytest.approx(np.mean(np.argmax(float32, axis=1) == data.y_test))

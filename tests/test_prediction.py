@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script
-from snapshot_ensembles import ensemble, prediction, training
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script, train_from_flags
+from snapshot_ensembles import ensemble
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.original_release import RELEASE_DATA
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
@@ -23,7 +24,7 @@ MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
 def trained(cifar10_dir, tmp_path_factory):
     data_dir, sha = cifar10_dir
     weights = tmp_path_factory.mktemp("trained")
-    training.train("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
+    train_from_flags("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
                                        "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)])
     return str(weights)
 
@@ -37,8 +38,8 @@ def weights_dir(trained, tmp_path):
 
 def predict(weights_dir, cifar10_dir, *flags):
     data_dir, sha = cifar10_dir
-    return prediction.predict("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha,
-                                                  "--weights_dir", weights_dir, *flags])
+    return predict_argv("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha,
+                                            "--weights_dir", weights_dir, *flags])
 
 
 def test_fit_then_saved_then_equal_weights_all_report(weights_dir, cifar10_dir, capsys):
@@ -210,3 +211,34 @@ def test_bad_ensemble_json_is_a_clear_error_through_the_script(weights_dir, cifa
 def test_missing_json_through_the_script(weights_dir, cifar10_dir):
     result = run_script("predict_cifar_100.py", *MODEL, "--weights_dir", weights_dir)
     assert_clean_failure(result, USER_ERROR, "missing ensemble member files", "WRN-CIFAR100-10-1-Best.weights.h5")
+
+
+def is_note_warning_or_result(line):
+    return (line.lstrip().startswith(("note:", "warning:"))
+            or line.startswith(("Ensemble with ", "Accuracy : ", "Error : ")))
+
+
+def test_quiet_prints_only_notes_warnings_and_the_result_lines(weights_dir, cifar10_dir, capsys):
+    # A snapshot file the run did not record: the prediction notes that it leaves it out.
+    shutil.copy(os.path.join(weights_dir, f"{PREFIX}-2.weights.h5"), os.path.join(weights_dir, f"{PREFIX}-3.weights.h5"))
+    normal = predict(weights_dir, cifar10_dir, "--optimize", "1")
+    normal_lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("note: using the 2 snapshots") for line in normal_lines)
+    assert any(not is_note_warning_or_result(line) for line in normal_lines)
+    quiet = predict(weights_dir, cifar10_dir, "--optimize", "1", "--quiet")
+    quiet_lines = capsys.readouterr().out.splitlines()
+    assert quiet_lines == [line for line in normal_lines if is_note_warning_or_result(line)]
+    assert quiet["accuracy"] == normal["accuracy"] and quiet["weights"] == normal["weights"]
+
+
+def test_verbose_adds_keras_progress_to_the_normal_report(weights_dir, cifar10_dir, capsys):
+    predict(weights_dir, cifar10_dir, "--optimize", "-1")
+    normal = capsys.readouterr().out
+    shutil.rmtree(RunFolder(weights_dir, PREFIX).prediction_cache)  # the networks run again, with progress bars
+    predict(weights_dir, cifar10_dir, "--optimize", "-1", "--verbose")
+    verbose = capsys.readouterr().out
+    cache_line = "  member predictions computed: "
+    for line in normal.splitlines():
+        if not line.startswith(cache_line):
+            assert line in verbose, line
+    assert "step" in verbose and "step" not in normal

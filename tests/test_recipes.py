@@ -9,19 +9,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snapshot_ensembles import prediction, run_state, training
+from snapshot_ensembles import cli, prediction, run_state, training
+from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
-from snapshot_ensembles.pipeline import channel_statistics, random_crop_flip, training_dataset
+from snapshot_ensembles.data import channel_statistics
+from snapshot_ensembles.pipeline import random_crop_flip, training_dataset
 from snapshot_ensembles.schedule import multistep_lr
+from conftest import predict_argv, train_config, train_from_flags
 
 RECIPE_FLAGS = ("batch_size", "momentum", "nesterov", "weight_decay", "schedule", "augment", "normalize", "dropout")
 
 
 def resolved(*argv):
-    args = training.build_parser("cifar10").parse_args(list(argv))
-    training.check_args(args)
-    return args
+    """The resolved configuration of the training flags `argv`, flat, as the run record stores it."""
+    return SimpleNamespace(**train_config(*argv).to_dict())
 
 
 def recipe_values(args):
@@ -107,7 +109,7 @@ def test_weight_decay_is_half_its_value_times_the_squared_weights_in_the_trainin
     labels = np.arange(8) % 10
     evaluated, trained, weights = {}, {}, None
     for weight_decay in (0.0, 1e-3):
-        model = build_model(SimpleNamespace(weight_decay=weight_decay, **model_flags), 10, dropout=0.0)
+        model = build_model(ModelConfig(**model_flags), 10, dropout=0.0, weight_decay=weight_decay)
         weights = weights or model.get_weights()
         model.set_weights(weights)  # the same weights: only the penalty differs
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
@@ -123,8 +125,8 @@ def test_the_densenet_original_weight_decay_is_its_builders_penalty_unchanged():
     images = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
     losses, weights = [], None
     for weight_decay in (None, 2e-4):  # None: the builder's own L2(1e-4) on every weight
-        model = build_model(SimpleNamespace(model="dn", dn_depth=7, dn_growth_rate=4, dn_blocks=1,
-                                            weight_decay=weight_decay), 10, dropout=0.0)
+        model = build_model(ModelConfig(model="dn", dn_depth=7, dn_growth_rate=4, dn_blocks=1), 10, dropout=0.0,
+                            weight_decay=weight_decay)
         weights = weights or model.get_weights()
         model.set_weights(weights)
         losses.append([float(loss) for loss in model.losses])
@@ -218,19 +220,19 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
     data_dir, sha = cifar10_dir
     argv = ["--model", "resnet", "--resnet_depth", "8", "--recipe", "paper", "--nb_epoch", "2", "--M", "2",
             "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(tmp_path)]
-    model, _ = training.train("cifar10", argv)
+    model, _ = train_from_flags("cifar10", argv)
     info = json.loads((tmp_path / "ResNet-CIFAR10-8-run.json").read_text())
     assert {name: info["args"][name] for name in RECIPE_FLAGS} == dict(
         batch_size=64, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="batch", augment="paper",
         normalize="channel", dropout=0.0)
-    data, splits = training.load_training_data("cifar10", resolved(*argv))
-    np.testing.assert_allclose(info["standardization"], channel_statistics(splits["x_train"]))
+    data, splits = training.load_training_data(train_config(*argv))
+    np.testing.assert_allclose(info["standardization"], channel_statistics(splits.x_train))
     assert prediction.recorded_standardization(str(tmp_path), "ResNet-CIFAR10-8") == tuple(info["standardization"])
 
     # The members predicted by the prediction flow are the model as training evaluated it.
-    predictor = prediction.MemberPredictor(prediction.build_parser("cifar10").parse_args(
-        ["--model", "resnet", "--resnet_depth", "8", "--weights_dir", str(tmp_path)]), "cifar10")
     member = prediction.Member("2", os.path.join(tmp_path, "ResNet-CIFAR10-8-2.weights.h5"))
+    predictor = prediction.MemberPredictor(cli.predict_config(
+        "cifar10", ["--model", "resnet", "--resnet_depth", "8", "--weights_dir", str(tmp_path)]), [member])
     from snapshot_ensembles.pipeline import images_dataset
 
     expected = model.predict(images_dataset(data.x_test, 64, info["standardization"]), verbose=0)
@@ -240,9 +242,9 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
 
     # The exported one-file ensemble standardises raw pixels as training did.
     export_path = str(tmp_path / "ensemble.keras")
-    result = prediction.predict("cifar10", ["--model", "resnet", "--resnet_depth", "8", "--data_dir", data_dir,
-                                            "--data_sha256", sha, "--weights_dir", str(tmp_path), "--optimize", "-1",
-                                            "--export", export_path])
+    result = predict_argv("cifar10", ["--model", "resnet", "--resnet_depth", "8", "--data_dir", data_dir,
+                                      "--data_sha256", sha, "--weights_dir", str(tmp_path), "--optimize", "-1",
+                                      "--export", export_path])
     exported = keras.saving.load_model(export_path).predict(data.x_test.astype("float32"), verbose=0)
     np.testing.assert_allclose(exported, result["probabilities"], rtol=0, atol=1e-5)
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script, start_script, wait_until
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script, start_script, train_from_flags, wait_until
 from snapshot import RunStateCheckpoint
 from snapshot_ensembles import run_state, training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.run_folder import RunFolder
 
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]
 WRN_PREFIX = "WRN-CIFAR10-10-1"
@@ -26,7 +27,7 @@ def flags(cifar10_dir, weights, *extra, model=WRN):
 
 
 def state_epoch(weights, prefix=WRN_PREFIX):
-    state = run_state.read_state(run_state.state_path(str(weights), prefix))
+    state = run_state.read_state(RunFolder(str(weights), prefix).state)
     return state.epoch if state else 0
 
 
@@ -50,7 +51,7 @@ def assert_same_run(resumed, reference, cifar10_dir, prefix=WRN_PREFIX, model_fl
 def reference(cifar10_dir, tmp_path_factory):
     """The uninterrupted run that every interrupted one must reproduce."""
     weights = tmp_path_factory.mktemp("reference")
-    training.train("cifar10", flags(cifar10_dir, weights))
+    train_from_flags("cifar10", flags(cifar10_dir, weights))
     return str(weights)
 
 
@@ -65,7 +66,7 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
         run.wait()
     killed_at = state_epoch(weights)
     assert 3 <= killed_at < 6
-    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    state_file = RunFolder(str(weights), WRN_PREFIX).state
     state_bytes = open(state_file, "rb").read()
 
     # Other flags would silently train a different run on top of this one: refused, the state untouched.
@@ -120,31 +121,31 @@ def interrupt_after_epoch(monkeypatch, epochs_done):
                  "DenseNet-CIFAR10-7-4", marks=pytest.mark.slow),
 ])
 def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, model_flags, extra, prefix):
-    training.train("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))
+    train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))
     with monkeypatch.context() as patch:
         interrupt_after_epoch(patch, 3)
         with pytest.raises(KeyboardInterrupt):
-            training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
+            train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
     assert state_epoch(tmp_path / "w", prefix) == 3
     assert not os.path.exists(tmp_path / "w" / f"{prefix}-2.weights.h5")
 
     other_data = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
     with pytest.raises(UserError, match="data differ .* --no_resume"):
-        training.train("cifar10", flags(other_data, tmp_path / "w", *extra, model=model_flags))
+        train_from_flags("cifar10", flags(other_data, tmp_path / "w", *extra, model=model_flags))
 
-    training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
+    train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
     assert_same_run(tmp_path / "w", tmp_path / "reference", cifar10_dir, prefix, model_flags)
 
 
 def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir, tmp_path, capsys):
     weights = tmp_path / "w"
     weights.mkdir()
-    state_file = run_state.state_path(str(weights), WRN_PREFIX)
+    state_file = RunFolder(str(weights), WRN_PREFIX).state
     with open(state_file, "wb") as fh:
         fh.write(b"not HDF5 at all")
     with pytest.raises(UserError, match="cannot read the saved state .* --no_resume"):
-        training.train("cifar10", flags(cifar10_dir, weights))
-    model, history = training.train("cifar10", flags(cifar10_dir, weights, "--no_resume", "--nb_epoch", "1",
+        train_from_flags("cifar10", flags(cifar10_dir, weights))
+    model, history = train_from_flags("cifar10", flags(cifar10_dir, weights, "--no_resume", "--nb_epoch", "1",
                                                      "--M", "1"))
     assert f"Starting over: removed the files of the earlier run of {WRN_PREFIX} in {weights}: " \
            f"{WRN_PREFIX}-state.weights.h5" in capsys.readouterr().out
@@ -156,16 +157,16 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
     with monkeypatch.context() as patch:
         interrupt_after_epoch(patch, 1)  # the state says 1 of 1 epochs; no history, run not marked complete
         with pytest.raises(KeyboardInterrupt):
-            training.train("cifar10", argv)
+            train_from_flags("cifar10", argv)
     assert not os.path.exists(tmp_path / f"{WRN_PREFIX}-training.json")
     capsys.readouterr()
-    _, history = training.train("cifar10", argv)
+    _, history = train_from_flags("cifar10", argv)
     out = capsys.readouterr().out
     assert "Resuming WRN-CIFAR10-10-1 after epoch 1 of 1" in out and "Epoch " not in out
     assert len(history["loss"]) == 1
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
     assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
-    assert not os.path.exists(run_state.state_path(str(tmp_path), WRN_PREFIX))
+    assert not os.path.exists(RunFolder(str(tmp_path), WRN_PREFIX).state)
 
 
 def test_a_run_saved_before_a_flag_existed_resumes_with_that_flag_off(tmp_path):
@@ -192,7 +193,7 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_
     """
     import keras
 
-    import snapshot
+    from snapshot_ensembles import callbacks as snapshot
     from snapshot_ensembles import modeling
     from snapshot_ensembles.schedule import cosine_annealing_lr
 
@@ -204,12 +205,12 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_
     monkeypatch.setattr(snapshot, "StepCountingLossScaleOptimizer", OverflowingLossScale)
     steps, extra = 7, ["--schedule", "batch", "--batch_size", "32", "--mixed_precision"]
     try:
-        model, reference = training.train("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra))
+        model, reference = train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra))
         with monkeypatch.context() as patch:
             interrupt_after_epoch(patch, 3)
             with pytest.raises(KeyboardInterrupt):
-                training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
-        resumed_model, resumed = training.train("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
+                train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
+        resumed_model, resumed = train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "w", *extra))
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     for trained in (model, resumed_model):

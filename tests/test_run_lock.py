@@ -6,6 +6,7 @@ import pytest
 
 from conftest import USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
 from snapshot_ensembles import run_lock, run_state
+from snapshot_ensembles.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]
@@ -18,7 +19,7 @@ def flags(cifar10_dir, weights, *extra, nb_epoch=6):
 
 
 def state_epoch(weights):
-    state = run_state.read_state(run_state.state_path(str(weights), PREFIX))
+    state = run_state.read_state(RunFolder(str(weights), PREFIX).state)
     return state.epoch if state else 0
 
 
@@ -33,7 +34,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_kille
             assert_clean_failure(second, USER_ERROR, f"{weights} is in use", f"process {first.pid} ",
                                  f"is training {PREFIX}", "--weights_dir")
             assert first.poll() is None  # the first run goes on
-        assert run_state.read_state(run_state.state_path(str(weights), PREFIX)).flags["alpha_zero"] == 0.1
+        assert run_state.read_state(RunFolder(str(weights), PREFIX).state).flags["alpha_zero"] == 0.1
         assert run_lock.running_process(str(weights), PREFIX).startswith(f"process {first.pid} ")
     finally:
         first.send_signal(signal.SIGKILL)

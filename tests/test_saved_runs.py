@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, predict_argv, train_from_flags
 from cifar_fixtures import write_archive
-from snapshot_ensembles import prediction, training
 
 SAVED_RUN = os.path.join(REPO, "tests", "fixtures", "saved-run-v1")
 PREFIX = "WRN-CIFAR10-10-1"
@@ -22,14 +21,14 @@ def test_an_unfinished_run_saved_by_the_first_version_resumes_and_predicts(tmp_p
     _, sha = write_archive(data_dir, "cifar10")
     data_flags = ["--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)]
 
-    _, history = training.train("cifar10", FLAGS + data_flags)
+    _, history = train_from_flags("cifar10", FLAGS + data_flags)
     out = capsys.readouterr().out
     assert f"Resuming {PREFIX} after epoch 3 of 4" in out
     assert len(history["loss"]) == 4
     assert json.loads((weights / f"{PREFIX}-run.json").read_text())["status"] == "complete"
     assert not os.path.exists(weights / f"{PREFIX}-state.weights.h5")
 
-    report = prediction.predict("cifar10", ["--wrn_N", "1", "--wrn_k", "1", "--optimize", "1"] + data_flags)
+    report = predict_argv("cifar10", ["--wrn_N", "1", "--wrn_k", "1", "--optimize", "1"] + data_flags)
     assert len(report["member_accuracy"]) == 3  # Best, snapshots 1 and 2
     assert "validation split (0.2 of the training set)" in capsys.readouterr().out
     saved = json.loads((weights / f"Ensemble-weights-{PREFIX}.json").read_text())

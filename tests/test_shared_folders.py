@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_script
-from snapshot_ensembles import prediction, training
+from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script, train_from_flags
+from snapshot_ensembles import prediction
 from snapshot_ensembles.errors import UserError
 from test_resume import interrupt_after_epoch
 
@@ -24,11 +24,11 @@ def data_flags(cifar10_dir):
 
 
 def train(cifar10_dir, weights, *extra):
-    return training.train("cifar10", [*MODEL, *data_flags(cifar10_dir), "--weights_dir", str(weights), *extra])
+    return train_from_flags("cifar10", [*MODEL, *data_flags(cifar10_dir), "--weights_dir", str(weights), *extra])
 
 
 def predict(cifar10_dir, weights, *extra):
-    return prediction.predict("cifar10", [*MODEL, *data_flags(cifar10_dir), "--weights_dir", str(weights), *extra])
+    return predict_argv("cifar10", [*MODEL, *data_flags(cifar10_dir), "--weights_dir", str(weights), *extra])
 
 
 def predict_script(cifar10_dir, weights, *extra):

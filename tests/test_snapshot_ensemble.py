@@ -94,3 +94,43 @@ def test_evaluate_reports_members_and_ensembles():
     assert report.weighted_log_loss == pytest.approx(metrics.log_loss((each[1] + each[2]) / 2, Y), rel=1e-5)
     assert [m for m, _ in report.size_curve] == [1, 2]  # Best takes no part in the size curve
     assert report.disagreement.shape == (3, 3) and report.nb_samples == 50
+
+
+def test_members_without_a_best_checkpoint_all_enter_the_size_curve():
+    """Models named by position (no "Best" first): the curve takes every member, the last m of them."""
+    models = trained_like_members(3)
+    each = [model.predict(X, verbose=0) for model in models]
+    report = SnapshotEnsemble.from_models(models).evaluate(X, Y)
+    assert [m for m, _ in report.size_curve] == [1, 2, 3]
+    assert report.size_curve[1][1].accuracy == metrics.accuracy((each[1] + each[2]) / 2, Y)
+
+
+def test_evaluate_is_the_scripts_report_with_the_temperature_given():
+    members = SnapshotEnsemble.from_models(trained_like_members(3), names=["Best", "1", "2"])
+    members.set_weights([0, 1, 1])
+    report = members.evaluate(X, Y, temperature=2.0, member_temperatures=[1.5, 2.0, 2.5])
+    each = members.member_predictions(X)
+    calibrated = metrics.apply_temperature((each[1] + each[2]) / 2, 2.0)
+    assert report.compared == "weighted" and report.temperature == 2.0
+    assert report.weighted_calibrated.nll == pytest.approx(metrics.log_loss(calibrated, Y), rel=1e-5)
+    assert set(report.gain) == {"accuracy", "nll", "nll_calibrated"}
+    assert SnapshotEnsemble.from_models(trained_like_members(2)).evaluate(X, Y).weighted is None  # no weights
+
+
+def test_verbose_2_shows_keras_progress_and_0_nothing(capsys):
+    members = SnapshotEnsemble.from_models(trained_like_members(2))
+    members.predict(X, verbose=0)
+    members.predict(X)  # the default: the scripts' normal output, no progress bars
+    assert capsys.readouterr().out == ""
+    members.predict(X, verbose=2)
+    assert "━" in capsys.readouterr().out  # Keras's progress bar
+    with pytest.raises(ValueError, match="verbosity"):
+        members.predict(X, verbose=5)
+
+
+def test_a_bad_weights_json_is_a_value_error_worded_for_the_api(tmp_path):
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"best_weights": [0.5, 0.5]}))
+    with pytest.raises(ValueError, match="holds 2 weights") as err:
+        SnapshotEnsemble.from_models(trained_like_members(3)).load_weights_json(str(path))
+    assert "--" not in str(err.value) and "fit_weights" in str(err.value)

@@ -3,17 +3,19 @@
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_script
+from conftest import USER_ERROR, assert_clean_failure, run_script, train_config
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.pipeline import images_dataset
+from snapshot_ensembles.run_folder import RunFolder
 
 ORIGINAL_DEFAULTS = {"--M": "5", "--nb_epoch": "200", "--alpha_zero": "0.1", "--model": "wrn", "--wrn_N": "2",
                      "--wrn_k": "4", "--dn_depth": "40", "--dn_growth_rate": "12"}
@@ -56,12 +58,10 @@ def test_tiny_run_leaves_exactly_the_snapshots_best_and_history(request, tmp_pat
 
 def test_each_snapshot_reloads_to_the_predictions_made_at_the_end_of_its_cycle(cifar10_dir, tmp_path):
     data_dir, sha = cifar10_dir
-    args = training.build_parser("cifar10").parse_args(
-        ["--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "6", "--M", "3", "--data_dir", data_dir,
-         "--data_sha256", sha, "--weights_dir", str(tmp_path), "--momentum", "0.9"])
-    training.check_args(args)
+    config = train_config("--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "6", "--M", "3", "--data_dir", data_dir,
+                          "--data_sha256", sha, "--weights_dir", str(tmp_path), "--momentum", "0.9")
     training.seed_everything(0)
-    data, splits = training.load_training_data("cifar10", args)
+    data, splits = training.load_training_data(config)
     probe = images_dataset(data.x_test, 32)
 
     class CycleEndPredictions(keras.callbacks.Callback):
@@ -71,20 +71,19 @@ def test_each_snapshot_reloads_to_the_predictions_made_at_the_end_of_its_cycle(c
             if (epoch + 1) % 2 == 0:
                 self.seen[(epoch + 1) // 2] = self.model.predict(probe, verbose=0)
 
-    model = training.compile_model(build_model(args, 10, args.dropout), args)
-    training.fit_snapshot_ensemble(model, splits, args, "T", extra_callbacks=[CycleEndPredictions()])
+    model = training.compile_model(training.build_training_model(config, 10), config)
+    training.fit_snapshot_ensemble(model, splits, config, extra_callbacks=[CycleEndPredictions()])
     assert sorted(CycleEndPredictions.seen) == [1, 2, 3]
-    fresh = build_model(args, 10, args.dropout)
+    fresh = training.build_training_model(config, 10)
     for index, expected in CycleEndPredictions.seen.items():
-        fresh.load_weights(str(tmp_path / f"T-{index}.weights.h5"))
+        fresh.load_weights(RunFolder(str(tmp_path), config.prefix).snapshot(index))
         np.testing.assert_allclose(fresh.predict(probe, verbose=0), expected, rtol=0, atol=1e-6)
     # The snapshots differ from each other: each cycle really moved the weights.
     assert not np.allclose(CycleEndPredictions.seen[1], CycleEndPredictions.seen[3], atol=1e-4)
 
 
 def snapshot_predictions(weights_dir, prefix, m, x):
-    args = training.build_parser("cifar10").parse_args(["--wrn_N", "1", "--wrn_k", "1"])
-    model = build_model(args, 10)
+    model = build_model(train_config("--wrn_N", "1", "--wrn_k", "1").model, 10)
     out = []
     for name in ["Best"] + [str(i) for i in range(1, m + 1)]:
         model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))
@@ -200,8 +199,7 @@ def test_no_deterministic_leaves_op_determinism_off_and_is_part_of_the_run(monke
 
     calls = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(True))
-    parser = training.build_parser("cifar10")
-    default, fast = parser.parse_args([]), parser.parse_args(["--no_deterministic"])
+    default, fast = (SimpleNamespace(**train_config(*argv).to_dict()) for argv in ([], ["--no_deterministic"]))
     training.seed_everything(0, default.deterministic)
     assert calls == [True]
     training.seed_everything(0, fast.deterministic)

@@ -1,0 +1,316 @@
+"""Snapshot Ensembles callbacks for any compiled Keras 3 model (Huang et al., ICLR 2017).
+
+    from snapshot_ensembles.callbacks import SnapshotCallbackBuilder   # or, as in the original: from snapshot import ...
+    snapshot = SnapshotCallbackBuilder(nb_epochs=200, nb_snapshots=5, init_lr=0.1)
+    model.fit(x, y, validation_data=(xv, yv), callbacks=snapshot.get_callbacks(model_prefix="Model_"))
+
+The learning rate follows a cyclic cosine annealing,
+
+    lr(t) = alpha_zero / 2 * (cos(pi * (t mod c) / c) + 1),
+
+per epoch (default, as the original) or per optimizer step (the paper's per-iteration annealing),
+and the weights at the end of each of the M cycles are saved as snapshots. For the paper's
+single-model baseline, schedule="multistep" (with one snapshot) divides the learning rate by 10 at 50 %
+and at 75 % of the epochs instead.
+"""
+
+import math
+import os
+import time
+
+import keras
+
+from snapshot_ensembles import run_state
+from snapshot_ensembles.files import save_weights, write_json
+from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.schedule import SCHEDULE_MODES, check_snapshot_counts, cosine_annealing_lr, multistep_lr
+
+__all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
+           "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
+           "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr",
+           "check_snapshot_counts"]
+
+# Keras names the accuracy metric after the string it was compiled with.
+VALIDATION_ACCURACY_KEYS = ("val_accuracy", "val_acc", "val_categorical_accuracy",
+                            "val_sparse_categorical_accuracy")
+
+
+@keras.saving.register_keras_serializable(package="snapshot")
+class SnapshotCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-step cyclic cosine annealing, evaluated inside the compiled train step (no Python per batch)."""
+
+    def __init__(self, alpha_zero, cycle_steps):
+        self.alpha_zero = float(alpha_zero)
+        self.cycle_steps = int(cycle_steps)
+
+    def __call__(self, step):
+        position = keras.ops.mod(keras.ops.cast(step, "float32"), float(self.cycle_steps))
+        return self.alpha_zero / 2 * (keras.ops.cos(math.pi * position / self.cycle_steps) + 1)
+
+    def get_config(self):
+        return {"alpha_zero": self.alpha_zero, "cycle_steps": self.cycle_steps}
+
+
+@keras.saving.register_keras_serializable(package="snapshot")
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling (mixed_float16), with every training step counted in `iterations`.
+
+    Keras 3's LossScaleOptimizer skips a step whose gradients overflow, halving the loss scale, and
+    only a step it applies advances the inner optimizer's `iterations`. The per-step cosine schedule
+    reads that counter as the global step, and a resumed run checks it against the completed epochs:
+    counting skipped steps too keeps every cycle ending with the epoch whose snapshot is saved.
+    Compile a mixed_float16 model with it (`model.compile(optimizer=StepCountingLossScaleOptimizer(sgd))`);
+    Keras then does not wrap the optimizer again.
+    """
+
+    def _stateful_handle_non_finite_grads(self):  # TensorFlow and PyTorch
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer._iterations.assign_add(1)  # the counter the learning-rate schedule reads
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):  # JAX
+        trainable_variables, optimizer_variables = super()._stateless_handle_non_finite_grads(
+            optimizer_variables, trainable_variables)
+        index = next(i for i, variable in enumerate(self.variables) if variable is self.inner_optimizer._iterations)
+        optimizer_variables[index] = optimizer_variables[index] + 1
+        return trainable_variables, optimizer_variables
+
+
+class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):
+    """Epoch mode: the learning rate is set once at the start of every epoch, as in the original."""
+
+    def __init__(self, nb_epochs, nb_snapshots, alpha_zero, verbose=0):
+        self.cycle_epochs = nb_epochs // nb_snapshots
+        self.alpha_zero = alpha_zero
+        super().__init__(self.learning_rate_at, verbose=verbose)
+
+    def learning_rate_at(self, epoch, current_lr=None):
+        return float(cosine_annealing_lr(epoch, self.cycle_epochs, self.alpha_zero))
+
+
+class MultiStepScheduler(keras.callbacks.LearningRateScheduler):
+    """The paper's single-model schedule, set at the start of every epoch: ÷10 at 50 % and 75 % of training."""
+
+    def __init__(self, nb_epochs, alpha_zero, verbose=0):
+        self.nb_epochs = nb_epochs
+        self.alpha_zero = alpha_zero
+        super().__init__(self.learning_rate_at, verbose=verbose)
+
+    def learning_rate_at(self, epoch, current_lr=None):
+        return float(multistep_lr(epoch, self.nb_epochs, self.alpha_zero))
+
+
+class StepCosineScheduler(keras.callbacks.Callback):
+    """Batch mode: installs SnapshotCosineSchedule on the optimizer, which anneals at every step.
+
+    The schedule reads the optimizer's own step counter, so a resumed run (whose optimizer state
+    was restored) continues at the right point. The cycle length needs the steps per epoch, taken
+    from `fit`'s parameters when not given.
+    """
+
+    def __init__(self, nb_epochs, nb_snapshots, alpha_zero, steps_per_epoch=None):
+        super().__init__()
+        self.nb_epochs = nb_epochs
+        self.nb_snapshots = nb_snapshots
+        self.alpha_zero = alpha_zero
+        self.steps_per_epoch = steps_per_epoch
+
+    def schedule_for(self, steps_per_epoch):
+        cycle_steps = self.nb_epochs // self.nb_snapshots * steps_per_epoch
+        return SnapshotCosineSchedule(self.alpha_zero, cycle_steps)
+
+    def on_train_begin(self, logs=None):
+        steps = self.steps_per_epoch or self.params.get("steps")
+        if not steps:
+            raise ValueError("batch-mode annealing needs the number of steps per epoch: pass "
+                             "steps_per_epoch to the builder or to fit()")
+        optimizer = self.model.optimizer
+        wanted = self.schedule_for(steps)
+        current = optimizer._learning_rate  # the schedule object itself, not its value at this step
+        if not (isinstance(current, SnapshotCosineSchedule) and current.get_config() == wanted.get_config()):
+            optimizer.learning_rate = wanted
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class SnapshotModelCheckpoint(keras.callbacks.Callback):
+    """Saves the weights at the end of every cycle as `{fn_prefix}-{i}.weights.h5`, i = 1..M."""
+
+    def __init__(self, nb_epochs, nb_snapshots, fn_prefix="Model", save_enabled=True):
+        super().__init__()
+        check_snapshot_counts(nb_epochs, nb_snapshots)
+        self.check = nb_epochs // nb_snapshots
+        self.fn_prefix = fn_prefix
+        self.save_enabled = save_enabled  # False on non-chief workers of a multi-worker run
+
+    def snapshot_path(self, index):
+        return RunFolder(os.path.dirname(self.fn_prefix), os.path.basename(self.fn_prefix)).snapshot(index)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Unlike the original, which skipped epoch 0, this also saves when a cycle is one epoch long.
+        if (epoch + 1) % self.check == 0 and self.save_enabled:
+            save_weights(self.model, self.snapshot_path((epoch + 1) // self.check))
+
+
+class BestWeightsCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation accuracy, whatever the metric is called.
+
+    `best` is public so that a resumed run can restore it.
+    """
+
+    def __init__(self, filepath, save_enabled=True):
+        super().__init__()
+        self.filepath = filepath
+        self.save_enabled = save_enabled
+        self.best = -math.inf
+        self.monitor = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor is None:
+            self.monitor = next((key for key in VALIDATION_ACCURACY_KEYS if key in logs), None)
+            if self.monitor is None:
+                raise ValueError(
+                    "the best-weights checkpoint monitors the validation accuracy, but the logs have "
+                    f"none of {', '.join(VALIDATION_ACCURACY_KEYS)}: compile with metrics=['accuracy'] "
+                    "and pass validation data to fit()")
+        current = float(logs[self.monitor])
+        if current > self.best:
+            self.best = current
+            if self.save_enabled:
+                save_weights(self.model, self.filepath)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+    def __init__(self, epoch, metric, value):
+        super().__init__(f"{metric} is {value} at the end of epoch {epoch + 1}")
+        self.epoch = epoch  # zero-based
+        self.metric = metric
+        self.value = value
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the end of an epoch whose loss or validation loss is not finite.
+
+    Put it first among the callbacks: raising ends `fit` before any later callback of that epoch
+    runs, so no snapshot, best checkpoint or run state is written with diverged weights. Keras's
+    TerminateOnNaN only sets `stop_training`, after which the epoch still ends normally and every
+    checkpoint would save. The check is per epoch, not per batch, because a batch-end hook would
+    make every step wait for its loss; a step that breaks the weights shows up in the epoch's mean
+    loss, or, when it is the last of the epoch, in the validation loss.
+    """
+
+    MONITORED = ("loss", "val_loss")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for metric in self.MONITORED:
+            value = (logs or {}).get(metric)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDiverged(epoch, metric, float(value))
+
+
+class RunStateCheckpoint(keras.callbacks.Callback):
+    """Keras's BackupAndRestore for a snapshot run: the one owner of the run's state file and record.
+
+    - train begin: restores `resume_from` (a run_state.RunState read from the state file) into the model,
+      its optimizer and the best checkpoint, and writes the run record with status "running";
+    - every epoch end: saves the state (snapshot_ensembles.run_state), to resume from;
+    - the end of the last epoch: writes the history and the record with status "complete", then removes
+      the state file (in that order: a crash in between resumes and finishes).
+
+    Put it last, so that it records an epoch only once that epoch's snapshot and best checkpoints are
+    written and the learning rate is in the logs. `folder` is the run's RunFolder, `record` the run
+    record's content; on non-chief workers (`save_enabled` False) it keeps the history and writes nothing.
+    """
+
+    def __init__(self, folder, best_checkpoint, flags, data_fingerprint, nb_epoch, steps_per_epoch,
+                 resume_from=None, record=None, save_enabled=True):
+        super().__init__()
+        self.folder = folder
+        self.best_checkpoint = best_checkpoint
+        self.flags = flags
+        self.data_fingerprint = data_fingerprint
+        self.nb_epoch = nb_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.resume_from = resume_from
+        self.record = dict(record or {})
+        self.save_enabled = save_enabled
+        self.history = {name: list(values) for name, values in (resume_from.history if resume_from else {}).items()}
+        self.saved_epochs = resume_from.epoch if resume_from else 0  # completed epochs the state file records
+        self.started = None
+
+    @property
+    def path(self):
+        return self.folder.state
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+        if self.resume_from is not None:
+            run_state.restore_state(self.model, self.path, self.resume_from, self.steps_per_epoch)
+            self.best_checkpoint.best = self.resume_from.best
+        if self.save_enabled:
+            write_json(self.folder.run_record, dict(self.record, status="running"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        state = run_state.RunState(epoch=epoch + 1, best=self.best_checkpoint.best, history=self.history,
+                                   flags=self.flags, data_fingerprint=self.data_fingerprint)
+        if self.save_enabled:
+            run_state.save_state(self.model, self.path, state)
+        self.saved_epochs = epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.saved_epochs != self.nb_epoch or not self.save_enabled:
+            return
+        write_json(self.folder.history, self.history)
+        write_json(self.folder.run_record, dict(self.record, status="complete",
+                                                train_seconds=round(time.time() - self.started, 1)))
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+class SnapshotCallbackBuilder:
+    """Builds the original suite's three callbacks: best checkpoint, cosine schedule, snapshots."""
+
+    def __init__(self, nb_epochs, nb_snapshots, init_lr=0.1, schedule="epoch", steps_per_epoch=None,
+                 weights_dir="weights", save_enabled=True):
+        check_snapshot_counts(nb_epochs, nb_snapshots)
+        if schedule not in SCHEDULE_MODES:
+            raise ValueError(f"schedule must be one of {SCHEDULE_MODES}, got {schedule!r}")
+        if schedule == "multistep" and nb_snapshots != 1:
+            raise ValueError(f"the multistep schedule trains one model: it takes one snapshot, not {nb_snapshots}")
+        if not init_lr > 0:
+            raise ValueError(f"the initial learning rate must be positive, got {init_lr!r}")
+        self.T = nb_epochs
+        self.M = nb_snapshots
+        self.alpha_zero = float(init_lr)
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.weights_dir = weights_dir
+        self.save_enabled = save_enabled
+
+    def learning_rate_callback(self):
+        if self.schedule == "epoch":
+            return EpochCosineScheduler(self.T, self.M, self.alpha_zero)
+        if self.schedule == "multistep":
+            return MultiStepScheduler(self.T, self.alpha_zero)
+        return StepCosineScheduler(self.T, self.M, self.alpha_zero, self.steps_per_epoch)
+
+    def get_callbacks(self, model_prefix="Model"):
+        """[best-weights checkpoint, learning-rate schedule, snapshot checkpoint]."""
+        if self.save_enabled:
+            os.makedirs(self.weights_dir, exist_ok=True)
+        return [
+            BestWeightsCheckpoint(RunFolder(self.weights_dir, model_prefix).best, save_enabled=self.save_enabled),
+            self.learning_rate_callback(),
+            SnapshotModelCheckpoint(self.T, self.M, fn_prefix=os.path.join(self.weights_dir, model_prefix),
+                                    save_enabled=self.save_enabled),
+        ]
+
+    def _cosine_anneal_schedule(self, t):
+        """The original's epoch schedule, kept under its old name."""
+        return float(cosine_annealing_lr(t, self.T // self.M, self.alpha_zero))
