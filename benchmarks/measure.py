@@ -1,5 +1,7 @@
 """What both throughput benchmarks report: the CPU they ran on and a rate's median and spread."""
 
+import os
+
 import numpy as np
 
 from snapshot_ensembles.modeling import cpu_flags
@@ -29,3 +31,8 @@ def rate_summary(seconds, images):
     rates = images / np.asarray(seconds)
     return {"img_s": round(float(images / np.median(seconds)), 2),
             "spread": [round(float(v), 2) for v in np.percentile(rates, [25, 75])]}
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them: other jobs on the machine slow a run."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())

@@ -8,21 +8,27 @@ ours:   the prediction flow of predict_cifar_10.py (--optimize -1) with an empty
         each file's SHA-256, runs every member through the tf.data image pipeline, caches the
         probabilities and builds the report;
 peer:   the same network in PyTorch (benchmarks/torch_peer.py, parameter counts checked): eval
-        mode, no autograd, channels_last, each member's softmax over the same in-memory images, in
-        float32 and, where the CPU has bfloat16 instructions (or with --bf16 on), bfloat16 autocast;
-        timed --repeats times before and after ours (median and 25th-75th percentile);
+        mode, no autograd, channels_last, softmax over the same in-memory images, in float32 and,
+        where the CPU has bfloat16 instructions (or with --bf16 on), bfloat16 autocast; --repeats
+        passes over every image before ours and as many after (median and 25th-75th percentile).
+        The members differ in their weights only, so a pass predicts with one member: the same
+        work per image as each of ours, in a third of the time for 3 members;
 cached: the prediction flow again: every member's probabilities now come from the cache.
-It also prints the process's peak resident memory. The last line of output is one JSON object.
+It also prints the process's peak resident memory and its wall time. The last line of output is
+one JSON object.
 """
 
-import argparse
-import json
-import os
-import resource
-import shutil
-import sys
-import tempfile
 import time
+
+STARTED = time.perf_counter()  # the wall time counts from here, before the imports
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
@@ -31,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from measure import cpu_description, describe_cpu, rate_summary  # noqa: E402
+from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
 from snapshot_ensembles import config, prediction  # noqa: E402
 from snapshot_ensembles.data import Dataset  # noqa: E402
 from snapshot_ensembles.modeling import build_model, cpu_has_native_bfloat16  # noqa: E402
@@ -60,7 +66,7 @@ def main():
     parser.add_argument("--wrn_k", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2,
-                        help="peer passes over every member before and after ours each (default: %(default)s)")
+                        help="peer passes over every image before ours, and as many after (default: %(default)s)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="time the peer in bfloat16; auto: where the CPU has bfloat16 instructions")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,17 +90,18 @@ def main():
     x_float = x.astype(np.float32) / 255.0
     peer_seconds = {"fp32": [], "bf16": []} if bf16 else {"fp32": []}
 
+    if torch_peer is not None:
+        peer_network, _ = torch_peer.build(network, 10)
+        torch_peer.check_same_size(torch_peer.sizes(peer_network), build_model(network, 10))
+
     def time_peer():
         if torch_peer is None:
             return
-        peer_network, _ = torch_peer.build(network, 10)
-        torch_peer.check_same_size(torch_peer.sizes(peer_network), build_model(network, 10))
         for precision, seconds in peer_seconds.items():
             predictor = torch_peer.Predictor(peer_network, bfloat16=precision == "bf16")
             for _ in range(options.repeats):
                 start = time.perf_counter()
-                for _ in range(options.members):  # the members differ in their weights only
-                    predictor.predict(x_float, options.batch_size)
+                predictor.predict(x_float, options.batch_size)
                 seconds.append(time.perf_counter() - start)
 
     weights_dir = tempfile.mkdtemp(prefix="predict-benchmark-")
@@ -129,7 +136,7 @@ def main():
             print(f"PyTorch {precision}  -  {peer_missing}")
             figures[f"peer_{precision}_img_s"] = figures[f"ours_vs_peer_{precision}"] = None
             continue
-        peer = rate_summary(seconds, nb_predictions)
+        peer = rate_summary(seconds, options.images)
         figures[f"peer_{precision}_img_s"] = peer["img_s"]
         figures[f"ours_vs_peer_{precision}"] = round(ours / peer["img_s"], 4)
         print(f"PyTorch {precision}  {peer['img_s']:8.1f} img/s ({peer['spread'][0]:.1f}-{peer['spread'][1]:.1f})"
@@ -138,10 +145,14 @@ def main():
         print("PyTorch bf16 not timed: this CPU has no avx512_bf16 or amx_bf16 (--bf16 on times it emulated)")
     print(f"cached        {cached_seconds:8.2f} s for the whole flow on the second run")
     print(f"peak resident memory: {ours_rss:.0f} MiB after our flow, {peak_rss_mb():.0f} MiB at the end")
+    seconds = time.perf_counter() - STARTED
+    print(f"wall time {seconds:.0f} s ({seconds / 60:.1f} min); load average "
+          f"{load_average()} at the end")
     print(json.dumps({"model": prefix, "images": options.images, "members": len(paths), "cpu": cpu,
                       "cpu_flags": flags, **figures, "peer_bf16_img_s": figures.get("peer_bf16_img_s"),
                       "ours_vs_peer_bf16": figures.get("ours_vs_peer_bf16"),
-                      "cached_seconds": round(cached_seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}))
+                      "cached_seconds": round(cached_seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "seconds": round(seconds), "load_average": os.getloadavg()}))
 
 
 if __name__ == "__main__":

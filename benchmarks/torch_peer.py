@@ -174,27 +174,41 @@ class TrainerProcess:
     """A Trainer in a process of its own, driven block by block from the benchmark.
 
     TensorFlow's thread pools then never share a process with PyTorch's, so neither waits on the
-    other's idle threads. Its `sizes` are the network's, for check_same_size.
+    other's idle threads. One process serves every precision: `start` asks for a fresh, seeded
+    Trainer and its warm-up steps without waiting, so that the process starts and warms up while
+    the benchmark builds and traces its own model; `wait_started` collects both replies.
     """
 
-    def __init__(self, args, batch_size, learning_rate, bfloat16=False, seed=0):
+    def __init__(self, args, batch_size, learning_rate, seed=0):
         spec = {name: getattr(args, name) for name in MODEL_FLAGS}
-        spec.update(batch_size=batch_size, learning_rate=learning_rate, bfloat16=bfloat16, seed=seed)
+        spec.update(batch_size=batch_size, learning_rate=learning_rate, seed=seed)
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=dict(os.environ, KERAS_BACKEND="torch"))  # no TensorFlow in there
-        self.sizes = json.loads(self._reply())
+
+    def _ask(self, request):
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
 
     def _reply(self):
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the PyTorch peer process ended (exit {self.process.wait()})")
-        return line
+        return json.loads(line)
+
+    def start(self, bfloat16, warmup):
+        """Ask for a fresh Trainer in this precision and `warmup` untimed steps; returns at once."""
+        self._ask({"bfloat16": bfloat16})
+        self._ask({"steps": warmup})
+
+    def wait_started(self, keras_model):
+        """Wait for `start`'s trainer and warm-up; AssertionError unless its network is `keras_model`'s size."""
+        check_same_size(self._reply(), keras_model)
+        self._reply()
 
     def timed_steps(self, count):
-        self.process.stdin.write(f"{count}\n")
-        self.process.stdin.flush()
-        return json.loads(self._reply())
+        self._ask({"steps": count})
+        return self._reply()
 
     def close(self):
         self.process.stdin.close()
@@ -202,13 +216,23 @@ class TrainerProcess:
 
 
 def serve(spec):
-    """The TrainerProcess side: report the network's sizes, then time the blocks of steps asked for on stdin."""
+    """The TrainerProcess side: a request per line on stdin, a JSON reply per line on stdout.
+
+    {"bfloat16": b}: a new Trainer, its network seeded anew; replies with the network's sizes.
+    {"steps": n}: n steps of that Trainer; replies with the seconds of each.
+    """
     args = argparse.Namespace(**{name: spec[name] for name in MODEL_FLAGS})
-    network, weight_decay = build(args, 10, spec["dropout"])
-    print(json.dumps(sizes(network)), flush=True)
-    trainer = Trainer(network, spec["batch_size"], spec["learning_rate"], weight_decay, spec["bfloat16"], spec["seed"])
+    trainer = None
     for line in sys.stdin:
-        print(json.dumps(trainer.timed_steps(int(line))), flush=True)
+        request = json.loads(line)
+        if "bfloat16" in request:
+            torch.manual_seed(spec["seed"])  # the same initial weights for every precision
+            network, weight_decay = build(args, 10, spec["dropout"])
+            trainer = Trainer(network, spec["batch_size"], spec["learning_rate"], weight_decay, request["bfloat16"],
+                              spec["seed"])
+            print(json.dumps(sizes(network)), flush=True)
+        else:
+            print(json.dumps(trainer.timed_steps(request["steps"])), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,30 +10,38 @@ ours:        train_cifar_10.py's training flow on TensorFlow, training.fit_snaps
 peer:        the same network in PyTorch (benchmarks/torch_peer.py, parameter counts checked), a plain
              loop on one in-memory batch: SGD, channels_last, float32 or bfloat16 under torch.autocast,
              in a process of its own (no TensorFlow threads beside it);
-keras-jax,   our flow on Keras 3's JAX and PyTorch backends, each in a subprocess
-keras-torch: (KERAS_BACKEND); a missing backend's column says why.
+keras-jax,   our flow on Keras 3's JAX and PyTorch backends, each in a subprocess (KERAS_BACKEND), run
+keras-torch: first; --backend_steps timed steps (5: fewer than ours and the peer's, since JAX alone
+             spends minutes compiling DenseNet-40-12); a missing backend's column says why.
 limit:       a large float32 matmul's rate divided by the network's FLOPs per training image.
 
 Ours and the peer alternate in blocks of --block steps inside one run (the peer's block runs
 between two of our steps), so that a machine whose load changes slows both alike; their ratio is
 the median of the ratios of neighbouring blocks. Every rate is the batch over the median step time
-of --steps timed steps after --warmup untimed ones; the spread is the 25th-75th percentile of the
-per-step rates. The bfloat16 columns run where the CPU has bfloat16 instructions (avx512_bf16 or
-amx_bf16), or with --bf16 on. The last line of output is one JSON object with the figures.
+of --steps timed steps after --warmup untimed ones (the first traces the step); the spread is the
+25th-75th percentile of the per-step rates. The peer starts and warms up while ours builds and
+traces, never while a timed step runs. The bfloat16 columns run where the CPU has bfloat16
+instructions (avx512_bf16 or amx_bf16), or with --bf16 on. The run ends with its wall time, phase by
+phase; the last line of output is one JSON object with the figures.
 """
 
-import argparse
-import dataclasses
-import importlib.util
-import json
-import os
-import resource
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from types import SimpleNamespace
+
+STARTED = time.perf_counter()  # the wall time counts from here, before the imports
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
@@ -44,7 +52,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from snapshot_ensembles import training  # noqa: E402
-from measure import cpu_description, describe_cpu, rate_summary  # noqa: E402
+from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
 from snapshot_ensembles.config import CycleConfig, ModelConfig, TrainConfig, TrainingConfig  # noqa: E402
 from snapshot_ensembles.modeling import cpu_has_native_bfloat16, set_precision  # noqa: E402
 
@@ -62,7 +70,8 @@ class InterleavedTimer(keras.callbacks.Callback):
 
     A step is timed from its batch-begin to its batch-end hook, after its loss is read (JAX
     dispatches asynchronously: reading the loss waits for the step). The first `warmup` steps
-    (tracing, compilation) are not timed.
+    (tracing, compilation) are not timed; after them, it waits for each peer's own start and
+    warm-up (torch_peer.TrainerProcess.start), so that no peer runs beside a timed step.
     """
 
     def __init__(self, warmup, block=None, peers=None):
@@ -78,6 +87,9 @@ class InterleavedTimer(keras.callbacks.Callback):
         float((logs or {}).get("loss", 0.0))
         elapsed = time.perf_counter() - self.start
         self.steps_done += 1
+        if self.steps_done == self.warmup:
+            for peer in self.peers.values():
+                peer.wait_started(self.model)
         if self.steps_done <= self.warmup:
             return
         self.seconds.append(elapsed)
@@ -90,6 +102,7 @@ def time_our_flow(config, steps, warmup, mixed, weights_dir, block=None, peers=N
     """Our flow for warmup + steps steps in one epoch; returns the InterleavedTimer."""
     config = dataclasses.replace(config, training=dataclasses.replace(config.training, mixed_precision=mixed))
     set_precision(mixed)
+    keras.utils.set_random_seed(config.training.seed)  # each precision starts from the same weights and data
     try:
         model = training.compile_model(training.build_training_model(config, 10), config, warmup + steps)
         if jit_compile:
@@ -142,9 +155,9 @@ def keras_backend_column(backend, options, precisions):
     """This script's --child run of our flow on `backend` in a subprocess: its figures, or why there are none."""
     if importlib.util.find_spec(backend) is None:
         return {"skipped": f"{backend} is not installed (pip install -r requirements-backends.txt)"}
-    command = [sys.executable, os.path.abspath(__file__), "--model", options.model, "--steps", str(options.steps),
-               "--warmup", str(options.warmup), "--block", str(options.block), "--seed", str(options.seed),
-               "--child", ",".join(precisions)]
+    command = [sys.executable, os.path.abspath(__file__), "--model", options.model,
+               "--steps", str(options.backend_steps), "--warmup", str(options.warmup),
+               "--block", str(options.backend_steps), "--seed", str(options.seed), "--child", ",".join(precisions)]
     if not options.deterministic:
         command.append("--no_deterministic")
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
@@ -152,7 +165,9 @@ def keras_backend_column(backend, options, precisions):
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"the {backend} run failed (exit {result.returncode}): {last}"}
+        ended = (f"killed by {signal.Signals(-result.returncode).name}" if result.returncode < 0
+                 else f"exit {result.returncode}")
+        return {"skipped": f"the {backend} run failed ({ended}): {last}"}
     return json.loads(lines[-1])
 
 
@@ -177,12 +192,16 @@ def print_row(name, figures, note=""):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("wrn", "dn"), default="wrn")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per column (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="timed steps of ours and of the peer per precision (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps first; the first traces the step (default: %(default)s)")
     parser.add_argument("--block", type=int, default=5,
                         help="steps of ours, then of the peer, alternating (default: %(default)s)")
     parser.add_argument("--backends", default=",".join(KERAS_BACKENDS),
                         help="Keras backends to time our flow on besides TensorFlow, or 'none' (default: %(default)s)")
+    parser.add_argument("--backend_steps", type=int, default=5,
+                        help="timed steps per precision of each --backends column (default: %(default)s)")
     parser.add_argument("--bf16", choices=("auto", "on", "off", "only"), default="auto",
                         help="time the bfloat16 columns; auto: where the CPU has bfloat16 instructions; "
                              "only: not the float32 ones")
@@ -193,8 +212,9 @@ def main():
     parser.add_argument("--child", help=argparse.SUPPRESS)  # precisions for a keras_backend_column subprocess
     options = parser.parse_args()
     backends = [] if options.backends == "none" else options.backends.split(",")
-    if options.steps < 1 or options.warmup < 1 or options.block < 1 or options.steps % options.block:
-        parser.error("--steps, --warmup and --block must be at least 1, and --steps a multiple of --block")
+    if min(options.steps, options.warmup, options.block, options.backend_steps) < 1 or options.steps % options.block:
+        parser.error("--steps, --warmup, --block and --backend_steps must be at least 1, and --steps a multiple "
+                     "of --block")
     if set(backends) - set(KERAS_BACKENDS):
         parser.error(f"--backends takes {', '.join(KERAS_BACKENDS)} or none")
     if options.jit_compile and options.deterministic:
@@ -214,8 +234,28 @@ def main():
         shutil.rmtree(weights_dir, ignore_errors=True)
 
 
+class PhaseClock:
+    """Wall time of the run, phase by phase, from the process's start (STARTED)."""
+
+    def __init__(self):
+        self.seconds = {"start-up": time.perf_counter() - STARTED}
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self):
+        total = time.perf_counter() - STARTED
+        parts = ", ".join(f"{name} {seconds:.0f}" for name, seconds in self.seconds.items())
+        return total, f"wall time {total:.0f} s ({total / 60:.1f} min): {parts}"
+
+
 def parent_main(options, config, args, backends, weights_dir):
-    started = time.perf_counter()
+    clock = PhaseClock()
     cpu, flags = cpu_description()
     native_bf16 = bool(cpu_has_native_bfloat16())
     bf16 = options.bf16 in ("on", "only") or options.bf16 == "auto" and native_bf16
@@ -224,37 +264,44 @@ def parent_main(options, config, args, backends, weights_dir):
     flops = 3 * forward_flops(model)
     print(describe_cpu(cpu, flags, os.cpu_count()))
     print(f"{model.name}: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOP per training image, "
-          f"batch {args.batch_size}, {options.steps} timed steps after {options.warmup}, blocks of {options.block}")
+          f"batch {args.batch_size}; ours and the PyTorch peer: {options.steps} timed steps after {options.warmup}, "
+          f"blocks of {options.block}; Keras {'/'.join(backends) or '-'}: {options.backend_steps} timed steps "
+          f"after {options.warmup}", flush=True)
 
     # The Keras backends first, before this process's TensorFlow takes its threads.
-    columns = {f"keras_{backend}": keras_backend_column(backend, options, precisions) for backend in backends}
+    columns = {}
+    for backend in backends:
+        with clock.phase(f"keras-{backend}"):
+            columns[f"keras_{backend}"] = keras_backend_column(backend, options, precisions)
     figures = {}
     try:
         import torch_peer
     except ImportError as err:
         torch_peer, peer_missing = None, f"PyTorch is not installed ({err}): pip install -r requirements-backends.txt"
     training.seed_everything(args.seed, options.deterministic)
-    for precision in precisions:
-        mixed = precision == "bf16"
-        peers = {}
-        if torch_peer is not None:
-            peers["peer"] = torch_peer.TrainerProcess(args, args.batch_size, args.alpha_zero, mixed, args.seed)
-            torch_peer.check_same_size(peers["peer"].sizes, model)
-            peers["peer"].timed_steps(options.warmup)
-        try:
-            timer = time_our_flow(config, options.steps, options.warmup, mixed, weights_dir, options.block, peers,
-                                  options.jit_compile)
-        finally:
+    peers = {}
+    if torch_peer is not None:
+        peers["peer"] = torch_peer.TrainerProcess(args, args.batch_size, args.alpha_zero, args.seed)
+    try:
+        for precision in precisions:
+            mixed = precision == "bf16"
             for peer in peers.values():
-                peer.close()
-        figures[f"ours_{precision}"] = rate_summary(timer.seconds, args.batch_size)
-        if peers:
-            figures[f"peer_{precision}"] = rate_summary(timer.peer_seconds["peer"], args.batch_size)
-            figures[f"ours_vs_peer_{precision}"] = block_ratio(timer.seconds, timer.peer_seconds["peer"],
-                                                               options.block)
-        else:
-            figures[f"peer_{precision}"] = {"skipped": peer_missing}
-    limit = matmul_flops_per_second() / flops
+                peer.start(mixed, options.warmup)
+            with clock.phase(f"ours+peer {precision}"):
+                timer = time_our_flow(config, options.steps, options.warmup, mixed, weights_dir, options.block, peers,
+                                      options.jit_compile)
+            figures[f"ours_{precision}"] = rate_summary(timer.seconds, args.batch_size)
+            if peers:
+                figures[f"peer_{precision}"] = rate_summary(timer.peer_seconds["peer"], args.batch_size)
+                figures[f"ours_vs_peer_{precision}"] = block_ratio(timer.seconds, timer.peer_seconds["peer"],
+                                                                   options.block)
+            else:
+                figures[f"peer_{precision}"] = {"skipped": peer_missing}
+    finally:
+        for peer in peers.values():
+            peer.close()
+    with clock.phase("limit"):
+        limit = matmul_flops_per_second() / flops
 
     for precision in precisions:
         print(f"-- {precision}")
@@ -263,15 +310,17 @@ def parent_main(options, config, args, backends, weights_dir):
         print_row("PyTorch loop", figures[f"peer_{precision}"],
                   f"ours / PyTorch = {ratio:.3f} (neighbouring blocks)" if ratio else "")
         for name, column in columns.items():
-            print_row(f"ours on Keras {name[6:]}", column.get(precision, column))
+            print_row(f"ours on Keras {name[6:]}", column.get(precision, column), f"({options.backend_steps} steps)")
     if not bf16:
         print("-- bf16 not timed: " + ("--bf16 off" if native_bf16 else "this CPU has no avx512_bf16 or amx_bf16 "
                                        "(--bf16 on times it emulated)"))
     if "ours_fp32" in figures:
         print(f"limit {limit:.1f} img/s (float32 matmul / FLOPs per image); ours / limit = "
               f"{figures['ours_fp32']['img_s'] / limit:.3f}")
-    seconds = time.perf_counter() - started
-    print(f"{seconds:.0f} s; peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+          f"load average {load_average()} at the end")
+    seconds, wall_time = clock.report()
+    print(wall_time)
 
     def img_s(name):
         return figures.get(name, {}).get("img_s")
@@ -279,14 +328,16 @@ def parent_main(options, config, args, backends, weights_dir):
     summary = {"model": network_name(args), "batch": args.batch_size, "cpu": cpu,
                "cpu_flags": flags,
                "deterministic": options.deterministic, "jit_compile": options.jit_compile,
-               "steps": options.steps, "flops_per_image": flops,
+               "steps": options.steps, "backend_steps": options.backend_steps, "flops_per_image": flops,
                "ours_fp32_img_s": img_s("ours_fp32"), "ours_bf16_img_s": img_s("ours_bf16"),
                "peer_fp32_img_s": img_s("peer_fp32"), "peer_bf16_img_s": img_s("peer_bf16"),
                "ours_vs_peer_fp32": figures.get("ours_vs_peer_fp32"),
                "ours_vs_peer_bf16": figures.get("ours_vs_peer_bf16"),
                **{f"{name}_{precision}_img_s": column.get(precision, {}).get("img_s")
                   for name, column in columns.items() for precision in precisions},
-               "limit_img_s": round(limit, 2), "details": {**figures, **columns}, "seconds": round(seconds)}
+               "limit_img_s": round(limit, 2), "details": {**figures, **columns}, "seconds": round(seconds),
+               "phase_seconds": {name: round(value, 1) for name, value in clock.seconds.items()},
+               "load_average": os.getloadavg()}
     print(json.dumps(summary))
 
 

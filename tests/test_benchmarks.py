@@ -34,3 +34,26 @@ def test_a_different_network_fails_the_size_check():
     wider = train_config("--wrn_N", "1", "--wrn_k", "3").model
     with pytest.raises(AssertionError, match="not the same network"):
         torch_peer.check_same_size(torch_peer.sizes(network), build_model(wider, 10))
+
+
+def test_the_training_benchmark_alternates_our_flow_and_the_peer_in_blocks(tmp_path):
+    from types import SimpleNamespace
+
+    import train_throughput
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    config = train_config("--model", "wrn", "--wrn_N", "1", "--wrn_k", "1", "--batch_size", "8", "--M", "1",
+                          "--nb_epoch", "1", "--alpha_zero", "0.01", "--weights_dir", weights_dir, "--no_resume")
+    args = SimpleNamespace(**config.to_dict())
+    peer = torch_peer.TrainerProcess(args, args.batch_size, args.alpha_zero, args.seed)
+    try:
+        for mixed in (False, True):  # one peer process serves both precisions, each from a fresh trainer
+            peer.start(mixed, 1)  # its start and warm-up overlap ours' build and tracing
+            timer = train_throughput.time_our_flow(config, 4, 1, mixed, str(weights_dir), block=2,
+                                                   peers={"peer": peer})
+            assert len(timer.seconds) == 4 and len(timer.peer_seconds["peer"]) == 4
+    finally:
+        peer.close()
+    assert peer.process.returncode == 0
+    assert train_throughput.block_ratio([1, 1, 2, 2], [2, 2, 2, 2], 2) == 1.5
