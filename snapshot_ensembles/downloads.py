@@ -242,15 +242,7 @@ def files_for_prefix(entries, prefix):
 
 def release_prefixes(entries):
     """The model prefixes a release holds, for the 'not in this release' message."""
-    patterns = (r"(.+)-(?:Best|\d+)\.weights\.h5", r"Ensemble-weights-(.+)\.json", r"(.+)-(?:training|run)\.json")
-    found = set()
-    for entry in entries:
-        for pattern in patterns:
-            match = re.fullmatch(pattern, entry.name)
-            if match:
-                found.add(match.group(1))
-                break
-    return sorted(found)
+    return sorted({prefix for entry in entries if (prefix := RunFolder.prefix_of(entry.name)) is not None})
 
 
 # ----------------------------------------------------------------------------- progress

@@ -93,6 +93,16 @@ class RunFolder:
             return None
         return "Best" if match.group(1) == "Best" else int(match.group(1))
 
+    @staticmethod
+    def prefix_of(name):
+        """The prefix of a run's file named `name` (a member, ensemble JSON, history or record), else None."""
+        for pattern in (r"(.+)-(?:Best|[1-9]\d*)\.weights\.h5", r"Ensemble-weights-(.+)\.json",
+                        r"(.+)-(?:training|run)\.json"):
+            match = re.fullmatch(pattern, name)
+            if match:
+                return match.group(1)
+        return None
+
     def member_files(self):
         """{"Best" or snapshot number: path} of the member files present now."""
         names = os.listdir(self.weights_dir) if os.path.isdir(self.weights_dir) else []
