@@ -92,7 +92,7 @@ def main(argv=None):
     if not args.files:  # the release files of a prefix: the original's ensemble weights go with them
         note = install_ensemble_weights(args.weights_dir, prefix, args.overwrite)
         if note:
-            output.say(note)
+            output.always(note)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main(argv=None):
         return
     for line in original_release.install(network, args.dataset, args.weights_dir, api=args.github_api,
                                          repo=args.github_repo, overwrite=args.overwrite, timeout=args.timeout):
-        output.say(line)
+        output.always(line)  # what was installed, replaced or left to delete by hand: the command's result
 
 
 if __name__ == "__main__":

@@ -4,4 +4,5 @@ The callbacks live in snapshot_ensembles.callbacks; this module re-exports them.
 """
 
 from snapshot_ensembles.callbacks import *  # noqa: F401,F403
-from snapshot_ensembles.callbacks import __all__  # noqa: F401
+from snapshot_ensembles.callbacks import VALIDATION_ACCURACY_KEYS, __all__  # noqa: F401
+from snapshot_ensembles.schedule import SCHEDULE_MODES  # noqa: F401

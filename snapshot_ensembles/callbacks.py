@@ -236,7 +236,7 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         self.nb_epoch = nb_epoch
         self.steps_per_epoch = steps_per_epoch
         self.resume_from = resume_from
-        self.record = dict(record or {})
+        self.record = None if record is None else dict(record)  # None: a library caller's fit, no record
         self.save_enabled = save_enabled
         self.history = {name: list(values) for name, values in (resume_from.history if resume_from else {}).items()}
         self.saved_epochs = resume_from.epoch if resume_from else 0  # completed epochs the state file records
@@ -251,8 +251,8 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         if self.resume_from is not None:
             run_state.restore_state(self.model, self.path, self.resume_from, self.steps_per_epoch)
             self.best_checkpoint.best = self.resume_from.best
-        if self.save_enabled:
-            write_json(self.folder.run_record, dict(self.record, status="running"))
+        if self.save_enabled and self.record is not None:
+            self.folder.write_record(dict(self.record, status="running"))
 
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
@@ -267,8 +267,9 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         if self.saved_epochs != self.nb_epoch or not self.save_enabled:
             return
         write_json(self.folder.history, self.history)
-        write_json(self.folder.run_record, dict(self.record, status="complete",
-                                                train_seconds=round(time.time() - self.started, 1)))
+        if self.record is not None:
+            self.folder.write_record(dict(self.record, status="complete",
+                                          train_seconds=round(time.time() - self.started, 1)))
         if os.path.exists(self.path):
             os.remove(self.path)
 

@@ -10,6 +10,7 @@ This module imports no Keras, so that a configuration is checked before TensorFl
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 from snapshot_ensembles import recipes
@@ -159,7 +160,25 @@ class TrainConfig:
         self.model.check()
         self.cycles.check()
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
-        return dataclasses.replace(self, training=training, cycles=dataclasses.replace(self.cycles, schedule=schedule))
+        resolved = dataclasses.replace(self, training=training, cycles=dataclasses.replace(self.cycles, schedule=schedule))
+        resolved.check_values()
+        return resolved
+
+    def check_values(self):
+        """The numbers in range, as the command line's flag types check them."""
+        training, devices = self.training, self.devices
+        require(self.cycles.alpha_zero > 0 and math.isfinite(self.cycles.alpha_zero), "alpha_zero",
+                self.cycles.alpha_zero, "a positive number")
+        require(is_count(training.batch_size), "batch_size", training.batch_size, "a positive integer")
+        for name in ("dropout", "momentum", "bn_momentum"):
+            require(0 <= getattr(training, name) < 1, name, getattr(training, name), "in [0, 1)")
+        require(0 <= self.data.val_split < 1, "val_split", self.data.val_split, "in [0, 1)")
+        require(0 <= training.weight_decay < math.inf, "weight_decay", training.weight_decay, "0 or a positive number")
+        require(is_count(training.seed + 1), "seed", training.seed, "0 or a positive integer")
+        require(devices.distribute in DISTRIBUTIONS, "distribute", devices.distribute,
+                f"one of {', '.join(DISTRIBUTIONS)}")
+        require(devices.cpu_devices is None or is_count(devices.cpu_devices), "cpu_devices", devices.cpu_devices,
+                "a positive integer or None")
 
     def to_dict(self):
         """The flat dict of flag values that the run record stores (its "args")."""
@@ -216,8 +235,22 @@ class PredictConfig:
         return self.model.prefix(self.dataset)
 
     def check(self):
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        for name in ("num_tests", "batch_size"):
+            require(is_count(getattr(self, name)), name, getattr(self, name), "a positive integer")
+        require(self.M is None or is_count(self.M), "M", self.M, "a positive integer or None (every snapshot)")
+        require(is_count(self.seed + 1), "seed", self.seed, "0 or a positive integer")
         if self.optimize not in (-1, 0, 1):
             raise ConfigError("{optimize} is not a mode: -1 (equal weights), 0 (saved) or 1 (fit)",
                               optimize=("optimize", self.optimize))
         self.model.check()
         return self
+
+
+def is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def require(condition, field, value, expected):
+    if not condition:
+        raise ConfigError(f"{{value}} is out of range: it must be {expected}", value=(field, value))

@@ -5,7 +5,6 @@ from snapshot_ensembles.naming import DATASETS
 
 INPUT_SHAPE = (32, 32, 3)
 DEFAULT_DROPOUT = recipes.ORIGINAL["dropout"]  # of the built network when no dropout is given (prediction)
-DEFAULT_BN_MOMENTUM = 0.99  # Keras's, and Keras 1's that the original trained with
 
 
 def accelerator_present():

@@ -45,10 +45,6 @@ def say(*parts, level=NORMAL):
         print(*parts, file=sys.stdout)
 
 
-def detail(*parts):
-    say(*parts, level=VERBOSE)
-
-
 def always(*parts):
     """Results, notes and warnings: printed even with --quiet."""
     say(*parts, level=QUIET)

@@ -272,7 +272,7 @@ def remove_earlier_run(folder):
             raise UserError(f"cannot remove {path} of the earlier run of {folder.prefix} ({err.strerror}): remove "
                             "it yourself or choose another --weights_dir") from None
     if earlier:
-        output.say(f"Starting over: removed the files of the earlier run of {folder.prefix} in {folder.weights_dir}: "
+        output.always(f"Starting over: removed the files of the earlier run of {folder.prefix} in {folder.weights_dir}: "
                    + ", ".join(os.path.basename(path) for path in earlier))
 
 
@@ -344,8 +344,8 @@ def _train(config, task, data):
     distribution = start_devices(config, task, resume_from, data, splits)
     model = compiled_model(config, data.nb_classes, splits, distribution)
     if resume_from is COMPLETE:
-        output.say(f"{config.prefix} in {config.weights_dir} is already trained with these flags: nothing to train "
-                   "(--no_resume trains it again).")
+        output.always(f"{config.prefix} in {config.weights_dir} is already trained with these flags: nothing to "
+                      "train (--no_resume trains it again).")
         with distribution.scope():
             history = load_completed_run(model, folder, config.cycles.M)
     else:

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO, run_script, train_config
 from snapshot_ensembles import cli, run_state
+from snapshot_ensembles import config as config_module
 from snapshot_ensembles.config import CycleConfig, DataConfig, ModelConfig, TrainConfig, TrainingConfig
 
 SAVED_RUN = os.path.join(REPO, "tests", "fixtures", "saved-run-v1")
@@ -124,3 +125,18 @@ def test_the_readme_python_flows_build_the_configurations_the_scripts_would(monk
                                               "--recipe", "paper", "--val_split", "0.1"])
     assert calls[0].resolved() == the_script  # train() resolves what it is given, as the script did
     assert calls[1] == cli.predict_config("cifar10", ["--wrn_N", "2", "--wrn_k", "4", "--optimize", "1"])
+
+
+@pytest.mark.parametrize("bad", [dict(cycles=CycleConfig(alpha_zero=0)), dict(training=TrainingConfig(batch_size=0)),
+                                 dict(training=TrainingConfig(dropout=1.5)), dict(data=DataConfig(val_split=1.0)),
+                                 dict(devices=config_module.DeviceConfig(distribute="bogus"))])
+def test_a_value_out_of_range_is_refused_before_any_file_of_an_earlier_run_is_touched(bad, tmp_path):
+    from snapshot_ensembles import training
+
+    earlier = tmp_path / "WRN-CIFAR10-16-4-1.weights.h5"
+    earlier.write_bytes(b"an earlier run's snapshot")
+    (tmp_path / "WRN-CIFAR10-16-4-run.json").write_text("{}")
+    config = TrainConfig(weights_dir=str(tmp_path), resume=False, **bad)
+    with pytest.raises(ValueError, match="is out of range"):
+        training.train(config)
+    assert earlier.read_bytes() == b"an earlier run's snapshot"
