@@ -10,7 +10,7 @@ also trained for the same number of epochs with one ordinary cosine cycle, the p
 import os
 import sys
 
-from snapshot_ensembles import cli, output, recipes
+from snapshot_ensembles import backend_start, cli, output, recipes
 
 DEMO_DATASET = "digits"
 TEST_FRACTION = 0.7  # 1,258 test digits: fewer training images make the task hard enough to ensemble
@@ -84,7 +84,7 @@ def predict_config(args, weights_dir, optimize):
 
 def main(argv=None):
     args = cli.parse(build_parser(), argv)
-    output.load_tensorflow()
+    backend_start.start()
     from snapshot_ensembles import prediction, training
 
     data = digits_dataset(args.seed)

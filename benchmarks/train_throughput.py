@@ -6,13 +6,15 @@
 ours:        train_cifar_10.py's training flow on TensorFlow, training.fit_snapshot_ensemble after
              seed_everything (op determinism on): tf.data pipeline with the augmentation, snapshot
              callbacks, divergence guard, per-epoch run-state checkpoint; bfloat16 with
-             --mixed_precision's policy;
+             --mixed_precision's policy; --no_deterministic: the training scripts' fast mode (no op
+             determinism, fused BatchNormalization);
 peer:        the same network in PyTorch (benchmarks/torch_peer.py, parameter counts checked), a plain
              loop on one in-memory batch: SGD, channels_last, float32 or bfloat16 under torch.autocast,
              in a process of its own (no TensorFlow threads beside it);
 keras-jax,   our flow on Keras 3's JAX and PyTorch backends, each in a subprocess (KERAS_BACKEND), run
-keras-torch: first; --backend_steps timed steps (5: fewer than ours and the peer's, since JAX alone
-             spends minutes compiling DenseNet-40-12); a missing backend's column says why.
+keras-torch: first; --backend_steps timed steps (5: fewer than ours and the peer's). JAX is timed by
+             default for WRN only: XLA spends about 2.5 minutes compiling DenseNet-40-12 (--backends
+             jax,torch times it). A missing backend's column says why.
 limit:       a large float32 matmul's rate divided by the network's FLOPs per training image.
 
 Ours and the peer alternate in blocks of --block steps inside one run (the peer's block runs
@@ -51,12 +53,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from snapshot_ensembles import training  # noqa: E402
+from snapshot_ensembles import backend_start, training  # noqa: E402
 from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
 from snapshot_ensembles.config import CycleConfig, ModelConfig, TrainConfig, TrainingConfig  # noqa: E402
 from snapshot_ensembles.modeling import cpu_has_native_bfloat16, set_precision  # noqa: E402
 
 KERAS_BACKENDS = ("jax", "torch")
+# Per network, the backend columns a default run times. XLA alone takes about 2.5 minutes to build
+# and compile DenseNet-40-12 in both precisions, which a 5-minute run cannot hold (docs/performance.md).
+DEFAULT_BACKENDS = {"wrn": ("jax", "torch"), "dn": ("torch",)}
 
 
 def block_ratio(ours, peer, block):
@@ -173,6 +178,7 @@ def keras_backend_column(backend, options, precisions):
 
 def child_main(options, config, args, weights_dir):
     """--child: our flow alone on this process's Keras backend, one JSON line."""
+    backend_start.start()  # as the training flow starts it (XLA's flags on JAX)
     training.seed_everything(args.seed, options.deterministic)
     figures = {"backend": keras.backend.backend()}
     for precision in options.child.split(","):
@@ -198,20 +204,25 @@ def main():
                         help="untimed steps first; the first traces the step (default: %(default)s)")
     parser.add_argument("--block", type=int, default=5,
                         help="steps of ours, then of the peer, alternating (default: %(default)s)")
-    parser.add_argument("--backends", default=",".join(KERAS_BACKENDS),
-                        help="Keras backends to time our flow on besides TensorFlow, or 'none' (default: %(default)s)")
+    parser.add_argument("--backends", default=None,
+                        help="Keras backends to time our flow on besides TensorFlow, or 'none' (default: jax,torch "
+                             "for wrn, torch for dn)")
     parser.add_argument("--backend_steps", type=int, default=5,
                         help="timed steps per precision of each --backends column (default: %(default)s)")
     parser.add_argument("--bf16", choices=("auto", "on", "off", "only"), default="auto",
                         help="time the bfloat16 columns; auto: where the CPU has bfloat16 instructions; "
                              "only: not the float32 ones")
     parser.add_argument("--no_deterministic", dest="deterministic", action="store_false",
-                        help="ours without TensorFlow op determinism (training's --no_deterministic)")
+                        help="ours as training's --no_deterministic runs: no op determinism, fused "
+                             "BatchNormalization")
     parser.add_argument("--jit_compile", action="store_true", help="compile ours with XLA (needs --no_deterministic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # precisions for a keras_backend_column subprocess
     options = parser.parse_args()
-    backends = [] if options.backends == "none" else options.backends.split(",")
+    if options.backends is None:
+        backends = list(DEFAULT_BACKENDS[options.model])
+    else:
+        backends = [] if options.backends == "none" else options.backends.split(",")
     if min(options.steps, options.warmup, options.block, options.backend_steps) < 1 or options.steps % options.block:
         parser.error("--steps, --warmup, --block and --backend_steps must be at least 1, and --steps a multiple "
                      "of --block")
@@ -223,7 +234,8 @@ def main():
     weights_dir = tempfile.mkdtemp(prefix="train-benchmark-")
     # One epoch of the original recipe; random images and labels: a small rate keeps the losses finite.
     config = TrainConfig(model=ModelConfig(options.model), cycles=CycleConfig(M=1, nb_epoch=1, alpha_zero=0.01),
-                         training=TrainingConfig(seed=options.seed), weights_dir=weights_dir, resume=False).resolved()
+                         training=TrainingConfig(seed=options.seed, deterministic=options.deterministic),
+                         weights_dir=weights_dir, resume=False).resolved()
     # The flat view of the configuration: the flags by name, as the rows and the PyTorch peer read them.
     args = SimpleNamespace(**config.to_dict())
     try:
@@ -269,7 +281,9 @@ def parent_main(options, config, args, backends, weights_dir):
           f"after {options.warmup}", flush=True)
 
     # The Keras backends first, before this process's TensorFlow takes its threads.
-    columns = {}
+    columns = {f"keras_{backend}": {"skipped": f"not timed by default for this network: --backends "
+                                               f"{','.join(KERAS_BACKENDS)} times it"}
+               for backend in KERAS_BACKENDS if options.backends is None and backend not in backends}
     for backend in backends:
         with clock.phase(f"keras-{backend}"):
             columns[f"keras_{backend}"] = keras_backend_column(backend, options, precisions)

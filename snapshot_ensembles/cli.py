@@ -235,7 +235,8 @@ def add_training_flags(parser):
                              help="TensorFlow op determinism: the same seed and data give the same snapshots, "
                                   "bit for bit (default)")
     determinism.add_argument("--no_deterministic", dest="deterministic", action="store_false",
-                             help="let TensorFlow pick nondeterministic kernels (see README Performance)")
+                             help="speed first: TensorFlow may pick nondeterministic kernels, and BatchNormalization "
+                                  "trains with fused kernels that round differently (see README Performance)")
     group.add_argument("--mixed_precision", action="store_true",
                        help="compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
                             "weights stay float32, so snapshots load as usual")

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from snapshot_ensembles import ensemble, metrics, naming, output
+from snapshot_ensembles import backend_start, ensemble, metrics, naming, output
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
@@ -414,7 +414,7 @@ def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
     config.check()
-    output.load_tensorflow()  # its start-up lines hidden; the checks above answered without it
+    backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)
     if report.fit is not None:

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from snapshot_ensembles import distribute, output, run_lock, run_state
+from snapshot_ensembles import backend_start, distribute, output, run_lock, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files
 from snapshot_ensembles.modeling import build_model, set_precision
@@ -88,10 +88,14 @@ def compile_model(model, config, steps_per_epoch=None):
 
 
 def build_training_model(config, nb_classes, verbose=0):
-    """The network `config` trains: its dropout, BatchNormalization momentum and weight decay."""
+    """The network `config` trains: its dropout, BatchNormalization momentum and weight decay; without
+    determinism, on TensorFlow, its BatchNormalization runs fused kernels (docs/performance.md)."""
+    import keras
+
     training = config.training
+    fused = not training.deterministic and keras.backend.backend() == "tensorflow"
     return build_model(config.model, nb_classes, training.dropout, bn_momentum=training.bn_momentum,
-                       weight_decay=training.weight_decay, verbose=verbose)
+                       weight_decay=training.weight_decay, verbose=verbose, fused_batch_norm=fused)
 
 
 def load_training_data(config, data=None):
@@ -340,7 +344,7 @@ def _train(config, task, data):
     data, splits = load_training_data(config, data)  # before TensorFlow starts: data errors answer fast
     if resume_from is not COMPLETE:
         check_same_data(resume_from, splits, folder.state)  # before the run record is rewritten
-    output.load_tensorflow()  # its start-up lines hidden; data and flag errors answered without it
+    backend_start.start()  # its start-up lines hidden; data and flag errors answered without it
     distribution = start_devices(config, task, resume_from, data, splits)
     model = compiled_model(config, data.nb_classes, splits, distribution)
     if resume_from is COMPLETE:

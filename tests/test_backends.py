@@ -200,3 +200,35 @@ def test_float16_loss_scaling_counts_the_steps_it_skips(backend):
     steps, scale = result.stdout.split()[-2:]
     assert float(scale) < 2.0 ** 40  # float16 gradients overflowed: those steps were skipped
     assert int(steps) == 10  # and counted all the same
+
+
+def test_our_jax_training_step_compiles_without_xla_ynnpack_fusions():
+    """XLA's CPU YNNPACK fusions corrupted the heap in WRN-16-4's training step (backend_start):
+    the flows start JAX with them off, so none is left in the compiled step."""
+    code = ("import sys, jax, numpy as np; sys.path.insert(0, '.')\n"
+            "from snapshot_ensembles import backend_start, modeling\n"
+            "from snapshot_ensembles.config import ModelConfig\n"
+            "backend_start.start()\n"
+            "model = modeling.build_model(ModelConfig('wrn', wrn_N=1, wrn_k=1), 10)\n"
+            "def loss(trainable, non_trainable, x):\n"
+            "    y, _ = model.stateless_call(trainable, non_trainable, x, training=True)\n"
+            "    return y.sum()\n"
+            "weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])\n"
+            "step = jax.jit(jax.grad(loss)).lower(*weights, np.zeros((8, 32, 32, 3), 'float32')).compile()\n"
+            "print(step.as_text().count('__ynn_fusion'))\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **need("jax"))
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "0"
+
+
+def test_wide_resnet_16_4_trains_on_jax_without_crashing(cifar10_dir, tmp_path):
+    """The reproduction: with XLA's YNNPACK fusions, the script died in its first steps (SIGABRT `free():
+    invalid pointer`, or SIGSEGV) in 5 of 5 tries, and this test in 1 of 2: a check that can miss the
+    crash, beside the compiled step's, which cannot."""
+    result = run_script("train_cifar_10.py", "--model", "wrn", "--M", "1", "--nb_epoch", "1",
+                        *data_flags(cifar10_dir, tmp_path), env=need("jax"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(RunFolder(str(tmp_path), "WRN-CIFAR10-16-4").snapshot(1))

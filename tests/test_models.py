@@ -61,3 +61,78 @@ def test_bn_momentum_sets_how_fast_the_moving_statistics_follow_training(model_f
     np.testing.assert_allclose(moving_means[0.5], moving_means[0.99] * 50, rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(moving_means[None], moving_means[0.99])
     assert np.abs(moving_means[0.5]).max() > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("channels", [7, 16])  # bfloat16: a float32 kernel, then a bfloat16 one
+def test_fused_batch_normalization_trains_as_keras_does(policy, channels, monkeypatch):
+    """Same outputs, gradients and moving statistics as Keras's BatchNormalization, to rounding."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from snapshot_ensembles.models.batch_norm import FusedBatchNormalization, batch_normalization
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(2.0, 3.0, size=(8, 5, 5, channels)), "float32")
+    loss_weights = tf.constant(rng.normal(size=(8, 5, 5, channels)), "float32")
+    fused_kernel = tf.raw_ops.FusedBatchNormV3
+    calls = []
+    monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3", lambda **kw: calls.append(kw["x"].dtype) or fused_kernel(**kw))
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        plain = batch_normalization(momentum=0.9)
+        fused = FusedBatchNormalization.from_config(plain.get_config())
+        results = []
+        for layer in (plain, fused):
+            layer.build(images.shape)
+            layer.gamma.assign(np.linspace(0.5, 2.0, channels))
+            layer.beta.assign(np.linspace(-1.0, 1.0, channels))
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                outputs = layer(tf.cast(images, layer.compute_dtype), training=True)
+                loss = tf.reduce_sum(tf.cast(outputs, "float32") * loss_weights)
+            gradients = tape.gradient(loss, [images, layer.gamma, layer.beta])
+            results.append([tf.cast(outputs, "float32"), *gradients, layer.moving_mean, layer.moving_variance])
+            assert outputs.dtype == layer.compute_dtype
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    bfloat16_kernel = policy == "mixed_bfloat16" and channels % 16 == 0
+    assert calls == [tf.bfloat16 if bfloat16_kernel else tf.float32]  # the fused layer did run the kernel
+    # bfloat16 keeps 8 significant bits: float32 alone is tight enough to see the variance correction.
+    tolerance = 1e-4 if policy == "float32" else 2 ** -7
+    for expected, actual in zip(*results):
+        np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=tolerance, atol=tolerance)
+
+
+def test_no_deterministic_training_network_has_fused_batch_norm_and_the_same_weight_files(tmp_path):
+    import keras
+    import numpy as np
+
+    from snapshot_ensembles import training
+    from snapshot_ensembles.config import ModelConfig, TrainConfig, TrainingConfig
+    from snapshot_ensembles.modeling import batch_norm_layers, build_model
+    from snapshot_ensembles.models.batch_norm import FusedBatchNormalization
+
+    model_config = ModelConfig("wrn", wrn_N=1, wrn_k=1)
+    networks = {}
+    for deterministic in (True, False):
+        config = TrainConfig(model=model_config, training=TrainingConfig(deterministic=deterministic)).resolved()
+        networks[deterministic] = training.compile_model(training.build_training_model(config, 10), config)
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in batch_norm_layers(networks[True]))
+    fused_layers = batch_norm_layers(networks[False])
+    assert fused_layers and all(isinstance(layer, FusedBatchNormalization) for layer in fused_layers)
+    assert [layer.momentum for layer in fused_layers] == [layer.momentum for layer in batch_norm_layers(networks[True])]
+
+    images = np.random.default_rng(0).random((16, 32, 32, 3)).astype("float32")
+    networks[False].fit(images, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "fused.weights.h5")
+    networks[False].save_weights(path)
+    plain = build_model(model_config, 10)
+    plain.load_weights(path)  # a snapshot of a --no_deterministic run predicts in the plain network
+    expected = networks[False].predict(images, verbose=0)
+    np.testing.assert_allclose(plain.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    networks[False].save(tmp_path / "fused.keras")  # the model training.train() returns saves whole, too
+    reloaded = keras.models.load_model(tmp_path / "fused.keras")
+    assert all(isinstance(layer, FusedBatchNormalization) for layer in batch_norm_layers(reloaded))
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)

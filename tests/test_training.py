@@ -209,3 +209,17 @@ def test_no_deterministic_leaves_op_determinism_off_and_is_part_of_the_run(monke
     check_same_run(saved, run_flags(vars(default)), "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--deterministic on \\(now off\\)"):
         check_same_run(saved, run_flags(vars(fast)), "an unfinished run", str(tmp_path))
+
+
+def test_no_deterministic_run_trains_with_fused_batch_norm_and_its_snapshots_predict(cifar10_dir, tmp_path):
+    """The fast mode end to end: fused BatchNormalization in training, the plain network in prediction."""
+    data_dir, sha = cifar10_dir
+    flags = ["--wrn_N", 1, "--wrn_k", 1, "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", tmp_path]
+    result = run_script("train_cifar_10.py", *flags, "--nb_epoch", 2, "--M", 2, "--no_deterministic",
+                        "--mixed_precision")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(open(RunFolder(str(tmp_path), "WRN-CIFAR10-10-1").run_record).read())
+    assert record["args"]["deterministic"] is False and record["status"] == "complete"
+    result = run_script("predict_cifar_10.py", *flags, "--optimize", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^Accuracy :  \d+(\.\d+)?$", result.stdout, re.M)

@@ -1,0 +1,59 @@
+"""Starting the Keras backend in a process: quietly, and with the settings it reads only once, before its
+first computation."""
+
+import os
+import re
+from importlib import metadata
+
+from snapshot_ensembles import output
+
+# XLA's CPU runtime hands convolutions, dots and element-wise fusions to YNNPACK (jaxlib 0.10.2); in a
+# training step of WRN-16-4 that corrupts the heap (docs/performance.md). An empty list of YNN fusion
+# types turns them all off and names no type, which some versions lack.
+YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS_OFF = f"--{YNN_FUSION_FLAG}="
+FIRST_JAXLIB_WITH_YNN = (0, 8, 1)  # the first with the flag; older ones stop at it: "Unknown flag in XLA_FLAGS"
+
+
+def start():
+    """Import the Keras backend: TensorFlow with its start-up lines hidden; on JAX, XLA's YNNPACK fusions off
+    (before JAX's first computation: a warning says when it comes too late)."""
+    output.load_tensorflow()
+    import keras
+
+    if keras.backend.backend() == "jax":
+        if jax_started():
+            output.always("warning: JAX had already computed before snapshot_ensembles.backend_start.start(): XLA "
+                          f"keeps its YNNPACK fusions, which crashed training on CPUs; set XLA_FLAGS={YNN_FUSIONS_OFF} "
+                          "before starting Python")
+        turn_off_ynn_fusions()
+
+
+def jax_started():
+    """Whether JAX has started its devices (and read XLA_FLAGS) in this process; False where unknown."""
+    try:
+        from jax._src import xla_bridge  # no public equivalent in JAX 0.10
+    except ImportError:
+        return False
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
+def jaxlib_version():
+    """The installed jaxlib's (major, minor, patch), or None."""
+    try:
+        numbers = re.match(r"(\d+)\.(\d+)\.(\d+)", metadata.version("jaxlib"))
+    except metadata.PackageNotFoundError:
+        return None
+    return tuple(int(n) for n in numbers.groups()) if numbers else None
+
+
+def turn_off_ynn_fusions(environ=os.environ):
+    """Add YNN_FUSIONS_OFF to XLA_FLAGS unless the user chose the YNN fusions there or jaxlib predates them.
+
+    XLA reads XLA_FLAGS when JAX starts its CPU client, at the first computation: this must come before.
+    """
+    flags = environ.get("XLA_FLAGS", "")
+    version = jaxlib_version()
+    if YNN_FUSION_FLAG in flags or version is None or version < FIRST_JAXLIB_WITH_YNN:
+        return
+    environ["XLA_FLAGS"] = f"{flags} {YNN_FUSIONS_OFF}".strip()
