@@ -19,10 +19,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     Keras 3 computes a training batch's statistics and the normalisation as separate element-wise
     operations (moments, then batch_normalization), forward and back; TensorFlow's FusedBatchNormV3
-    does each direction in one. Same variables and statistics as Keras, summed in
-    float32 as Keras sums them but in another order: the results round differently, which is why only
-    `--no_deterministic` training uses it. Inference, other backends and the layer
-    options the kernel lacks (masks, renorm, synchronized statistics, other axes) use Keras's own path.
+    does each direction in one. Same variables and statistics as Keras, summed in float32 as Keras
+    sums them but in another order: the results round differently, which is why only
+    `--no_deterministic` training uses it. Inference, other backends and the layer options the kernel
+    lacks (masks, renorm, synchronized statistics, other axes) take Keras's own path.
     """
 
     def _fused_applies(self, inputs, training, mask):
