@@ -14,6 +14,7 @@ with this package (release_data/) and are written beside the converted files.
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -22,7 +23,6 @@ import urllib.parse
 import urllib.request
 
 from snapshot_ensembles import output
-from snapshot_ensembles.downloads import SafeRedirects, check_transport, error_reason, remove_if_present
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of, write_json
 from snapshot_ensembles.run_folder import RunFolder
@@ -34,6 +34,7 @@ GITHUB_REPO_ENV = "SNAPSHOT_GITHUB_REPO"
 TOKEN_ENV = "GITHUB_TOKEN"
 RELEASE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release_data")
 MAX_API_BYTES = 16 << 20  # a page of 100 releases with their assets is well below this
+DEFAULT_TIMEOUT = 30.0
 
 
 def github_api(flag=None):
@@ -50,6 +51,48 @@ def github_repo(flag=None):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+", repo):
         raise UserError(f"--github_repo {repo!r} is not of the form OWNER/NAME (for example {DEFAULT_GITHUB_REPO})")
     return repo
+
+
+def check_transport(url):
+    """Plain http would let anyone on the path swap the files together with their checksums."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "https":
+        return
+    host = parsed.hostname or ""
+    if not _is_loopback(host):
+        raise UserError(f"refusing plain http:// to {host or url}: the release (and its checksums) could be "
+                        f"altered in transit; use https://, or http:// only for 127.0.0.1/localhost/::1")
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (GitHub release assets redirect to a CDN), but never down to plain http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_transport(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def error_reason(err):
+    """The useful words of a socket/HTTP error: 'Connection refused', 'timed out', ..."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def remove_if_present(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def shipped_ensemble_weights(prefix):
@@ -228,7 +271,7 @@ def own_run_files(weights_dir, prefix, record):
     return sorted([path for path in records if os.path.isfile(path)] + members)
 
 
-def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=False, timeout=30.0):
+def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=False, timeout=DEFAULT_TIMEOUT):
     """Download, verify and convert the original release's files of the network `model_config` (a
     config.ModelConfig) trained on `dataset` into `weights_dir`. Returns the lines to print.
     """

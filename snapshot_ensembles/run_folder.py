@@ -93,16 +93,6 @@ class RunFolder:
             return None
         return "Best" if match.group(1) == "Best" else int(match.group(1))
 
-    @staticmethod
-    def prefix_of(name):
-        """The prefix of a run's file named `name` (a member, ensemble JSON, history or record), else None."""
-        for pattern in (r"(.+)-(?:Best|[1-9]\d*)\.weights\.h5", r"Ensemble-weights-(.+)\.json",
-                        r"(.+)-(?:training|run)\.json"):
-            match = re.fullmatch(pattern, name)
-            if match:
-                return match.group(1)
-        return None
-
     def member_files(self):
         """{"Best" or snapshot number: path} of the member files present now."""
         names = os.listdir(self.weights_dir) if os.path.isdir(self.weights_dir) else []
@@ -120,10 +110,6 @@ class RunFolder:
         paths = list(self.member_files().values())
         paths += [self.state, self.history, self.run_record, self.plot, self.ensemble_json, self.legacy_ensemble_json]
         return sorted(path for path in paths if os.path.isfile(path))
-
-    def shared_file_names(self):
-        """Names of the files a run shares through a manifest (downloads), in download order after the members."""
-        return [os.path.basename(path) for path in (self.ensemble_json, self.history, self.run_record)]
 
     def read_record(self):
         """The run record ({} when there is none or it is unreadable)."""

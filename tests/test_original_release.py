@@ -358,3 +358,14 @@ def test_asset_url_on_plain_http_to_a_remote_host_is_refused(api_env, tmp_path):
     with pytest.raises(UserError, match="refusing plain http:// to example.com"):
         download(tmp_path / "weights")
     assert asset_requests(api_env) == []
+
+
+def test_quiet_download_prints_the_result_lines_only(api_env, tmp_path, capsys):
+    download(tmp_path / "normal")
+    normal = capsys.readouterr()
+    assert "WRN-CIFAR10-16-4-Best.h5: " in normal.out  # a line per downloaded file
+    download(tmp_path / "quiet", "--quiet")
+    quiet = capsys.readouterr()
+    assert "WRN-CIFAR10-16-4-Best.h5: " not in quiet.out and quiet.err == ""
+    assert quiet.out.splitlines()[0].startswith(f"wrote {tmp_path / 'quiet'}")  # the result, even when quiet
+    assert sorted(os.listdir(tmp_path / "quiet")) == sorted(os.listdir(tmp_path / "normal"))
