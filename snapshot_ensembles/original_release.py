@@ -3,28 +3,32 @@
 The original (titu1994/Snapshot-Ensembles, Keras 1.1.1 on Theano) published `WRN-CIFAR10-16-4-Best.h5`,
 `-1.h5` ... `-5.h5` and the same for CIFAR-100 as release assets. They are found through GitHub's REST
 API (`GET {api}/repos/{owner}/{name}/releases`: every asset's `name`, `size`, `browser_download_url`
-and, where GitHub computed one, `digest`), so no tag or URL is guessed. `keras.utils.get_file`
-downloads each into the Keras cache (progress bar, reuse of a cached copy whose hash matches, SHA-256
-check against the digest). What it lacks is done here: the size check and the check of a copy
-without digest, deleting a copy that fails them (get_file keeps it), one error line per failure,
-the record of what was installed, and the conversion into `{prefix}-Best.weights.h5`, `-1.weights.h5`
-... in the weights folder; the Keras 1 files stay in the cache. The original's ensemble weights ship
-with this package (release_data/) and are written beside the converted files.
+and, where GitHub computed one, `digest`), so no tag or URL is guessed. Each is downloaded into the
+Keras cache (a copy there of the listed size and digest is reused), never more bytes than the listed
+size, with `--timeout` for a silent server, following redirects over https only, and verified (size,
+SHA-256 against the digest) before it takes its final name. The files are then converted into
+`{prefix}-Best.weights.h5`, `-1.weights.h5` ... in the weights folder, with a record of what was
+installed; the Keras 1 files stay in the cache. The original's ensemble weights ship with this
+package (release_data/) and are written beside the converted files.
 """
 
 import dataclasses
 import datetime
+import errno
+import http.client
 import ipaddress
+import itertools
 import json
 import os
 import re
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from snapshot_ensembles import output
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path, sha256_of, write_json
+from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, write_json
 from snapshot_ensembles.run_folder import RunFolder
 
 DEFAULT_GITHUB_API = "https://api.github.com"
@@ -35,11 +39,16 @@ TOKEN_ENV = "GITHUB_TOKEN"
 RELEASE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release_data")
 MAX_API_BYTES = 16 << 20  # a page of 100 releases with their assets is well below this
 DEFAULT_TIMEOUT = 30.0
+CHUNK_SIZE = 1 << 16
+USER_AGENT = "download_weights.py (Snapshot Ensembles for Keras 3)"
 
 
 def github_api(flag=None):
     api = (flag or os.environ.get(GITHUB_API_ENV) or DEFAULT_GITHUB_API).rstrip("/")
     parsed = urllib.parse.urlparse(api)
+    if parsed.username is not None or parsed.password is not None:
+        raise UserError(f"--github_api {shown_url(api)} holds a user name or password: pass a token in "
+                        f"${TOKEN_ENV} instead (the URL would be echoed in messages)")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UserError(f"--github_api {api!r} is not an https:// URL (for example {DEFAULT_GITHUB_API})")
     check_transport(api)
@@ -73,12 +82,55 @@ def _is_loopback(host):
         return False
 
 
+def shown_url(url):
+    """`url` without the user name and password it may hold: never echo a secret."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    return urllib.parse.urlunsplit(parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]))
+
+
+def _origin(url):
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.scheme, parsed.hostname, parsed.port
+
+
 class SafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (GitHub release assets redirect to a CDN), but never down to plain http."""
+    """Follow redirects (GitHub release assets redirect to a CDN), but never down to plain http, and
+    never with the token to another host: it travels as an unredirected header, put back on a redirect
+    within the same origin only."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_transport(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        token = req.unredirected_hdrs.get("Authorization")
+        if new is not None and token and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", token)
+        return new
+
+
+def _within(seconds, work):
+    """work()'s result, or TimeoutError once `seconds` have passed in all.
+
+    urllib's timeout bounds each socket operation: a server that trickles a byte a second never trips
+    it. The work runs in a daemon thread, so that an abandoned one cannot keep the process alive.
+    """
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no complete answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def error_reason(err):
@@ -143,28 +195,37 @@ class Release:
 
 
 def list_releases(api, repo, timeout):
-    """The repository's published releases, newest first, with their assets."""
+    """The repository's published releases, newest first, with their assets; the whole call within
+    `timeout` seconds."""
     url = f"{api}/repos/{repo}/releases?per_page=100"
     check_transport(url)
-    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
-               "User-Agent": "download_weights.py (Snapshot Ensembles for Keras 3)"}
+    request = urllib.request.Request(url, headers={"Accept": "application/vnd.github+json",
+                                                   "X-GitHub-Api-Version": "2022-11-28", "User-Agent": USER_AGENT})
     token = os.environ.get(TOKEN_ENV)
     if token:
-        headers["Authorization"] = f"Bearer {token}"
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     opener = urllib.request.build_opener(SafeRedirects)
+
+    def fetch():
+        with opener.open(request, timeout=timeout) as response:
+            return response.read(MAX_API_BYTES + 1)
+
     try:
-        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-            body = response.read(MAX_API_BYTES + 1)
+        body = _within(timeout, fetch)
     except urllib.error.HTTPError as err:
         err.close()
         raise UserError(_http_error_message(err, url, repo, bool(token))) from None
-    except (urllib.error.URLError, OSError) as err:
+    except TimeoutError:
+        raise UserError(f"the GitHub API at {api} did not answer within --timeout {timeout:g} s. "
+                        f"{_by_hand(repo)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = error_reason(err.reason if isinstance(err, urllib.error.URLError) else err)
         raise UserError(f"cannot reach the GitHub API at {api} ({reason}). {_by_hand(repo)}") from None
     try:
         return _parse_releases(json.loads(body[:MAX_API_BYTES]))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"unexpected answer from {url}: {err}. Check --github_api (or ${GITHUB_API_ENV})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:300]
+        raise UserError(f"unexpected answer from {url}: {what}. Check --github_api (or ${GITHUB_API_ENV})") from None
 
 
 def _http_error_message(err, url, repo, has_token):
@@ -202,6 +263,8 @@ def _parse_releases(obj):
             continue
         assets = []
         for asset in item["assets"]:
+            if not isinstance(asset, dict):
+                raise ValueError(f"an asset that is not an object: {asset!r:.200}")
             name, size, url = asset.get("name"), asset.get("size"), asset.get("browser_download_url")
             if not (isinstance(name, str) and isinstance(url, str) and isinstance(size, int)
                     and not isinstance(size, bool) and size >= 0):
@@ -219,25 +282,35 @@ def release_members(releases, prefix, repo):
     M is the original's member count when its ensemble weights ship with us (5 for WRN-16-4), else the
     highest snapshot number present; a missing file is an error naming it.
     """
-    pattern = re.compile(re.escape(prefix) + r"-(Best|\d+)\.h5")
+    pattern = re.compile(re.escape(prefix) + r"-(Best|[1-9]\d{0,17})\.h5")
     for release in releases:
         found = {match.group(1): asset for asset in release.assets if (match := pattern.fullmatch(asset.name))}
         if not found:
             continue
+        numbers = [int(tag) for tag in found if tag != "Best"]
         count = _shipped_member_count(prefix)
         if count is None:
-            count = 1 + max((int(tag) for tag in found if tag != "Best"), default=0)
-        tags = ["Best"] + [str(i) for i in range(1, count)]
-        missing = [f"{prefix}-{tag}.h5" for tag in tags if tag not in found]
-        if missing:
-            raise UserError(f"the release {release.tag or release.page} of {repo} lacks {', '.join(missing)} "
-                            f"(it holds {', '.join(sorted(a.name for a in release.assets)) or 'no files'})")
-        return release, [found[tag] for tag in tags]
+            count = 1 + max(numbers, default=0)
+        # Counted, not listed: an asset named snapshot 10^9 must not make a list of 10^9 names.
+        nb_missing = ("Best" not in found) + count - 1 - sum(1 for number in numbers if number < count)
+        if nb_missing:
+            tags = itertools.chain(["Best"] if "Best" not in found else [],
+                                   (str(i) for i in itertools.count(1) if str(i) not in found))
+            missing = [f"{prefix}-{tag}.h5" for tag in itertools.islice(tags, min(nb_missing, 3))]
+            more = f" and {nb_missing - len(missing)} more" if nb_missing > len(missing) else ""
+            raise UserError(f"the release {release.tag or release.page} of {repo} lacks {', '.join(missing)}{more} "
+                            f"(it holds {_listing(sorted(asset.name for asset in release.assets))})")
+        return release, [found[tag] for tag in ["Best", *map(str, range(1, count))]]
     member = re.compile(r"(.+)-(?:Best|\d+)\.h5")
     held = sorted({m.group(1) for r in releases for a in r.assets if (m := member.fullmatch(a.name))})
     raise UserError(f"no release of {repo} holds weight files of {prefix} ({prefix}-Best.h5 ...); its releases "
-                    f"hold: {', '.join(held) or 'no weight files'}. The original published WRN-16-4 only "
+                    f"hold: {_listing(held, 'no weight files')}. The original published WRN-16-4 only "
                     "(--model wrn --wrn_N 2 --wrn_k 4, --dataset cifar10 or cifar100)")
+
+
+def _listing(names, empty="no files"):
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return shown[:1000] or empty
 
 
 def _shipped_member_count(prefix):
@@ -295,7 +368,7 @@ def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=F
                      "unchanged in the release; nothing to download")
     else:
         folder = download_folder(repo, release.tag)
-        sources = [_download(asset, folder, repo) for asset in assets]
+        sources = [_download(asset, folder, repo, timeout) for asset in assets]
         for asset, (_, sha) in zip(assets, sources):
             previous = next((e for e in record.values() if e.get("name") == asset.name), None)
             if previous and previous.get("sha256") != sha:
@@ -322,7 +395,8 @@ def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=F
 
 
 def _safe(text):
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    """`text` as one plain folder name: never hidden, never "." or ".." (a tag is the API's to choose)."""
+    return re.sub(r"[^A-Za-z0-9_.-]|^\.", "_", text)
 
 
 def _installed(record, asset, target):
@@ -340,30 +414,72 @@ def download_folder(repo, tag):
     return os.path.join(home, "snapshot-ensembles", repo.replace("/", "+"), _safe(tag) or "release")
 
 
-def _download(asset, folder, repo):
-    """(path, SHA-256) of a verified copy of `asset` in `folder`."""
-    from keras.utils import get_file
-
-    cached = os.path.join(folder, asset.name)
-    # get_file reuses a cached copy that matches the digest; without a digest it would reuse any copy.
-    stale = asset.sha256 is None and os.path.isfile(cached) and os.path.getsize(cached) != asset.size
-    try:
-        path = get_file(fname=asset.name, origin=asset.url, file_hash=asset.sha256, hash_algorithm="sha256",
-                        cache_subdir=os.path.abspath(folder), force_download=stale)
-    except ValueError:  # get_file's hash check failed after the download, and it keeps the file
-        remove_if_present(cached)
-        raise UserError(f"checksum mismatch for {asset.url}: its SHA-256 is not {asset.sha256}, the digest GitHub "
-                        "lists; the download was deleted, run again to retry") from None
-    except Exception as err:  # get_file turns every URL failure into a bare Exception
-        raise UserError(f"cannot download {asset.url} ({err}). {_by_hand(repo)}") from None
-    size = os.path.getsize(path)
-    if size != asset.size:
-        remove_if_present(path)
-        raise UserError(f"size mismatch for {asset.url}: got {size} bytes, GitHub lists {asset.size}; the "
-                        "download was deleted, run again to retry")
-    digest = sha256_of(path)
-    output.say(f"{asset.name}: {size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
+def _download(asset, folder, repo, timeout):
+    """(path, SHA-256) of a verified copy of `asset` in `folder`: a copy there of the listed size (and
+    digest) is reused, anything else downloaded again."""
+    path = os.path.join(folder, asset.name)
+    if os.path.isfile(path) and os.path.getsize(path) == asset.size and asset.sha256 in (None, sha256_of(path)):
+        digest = sha256_of(path)
+    else:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the download folder {folder} ({error_reason(err)}): set KERAS_HOME "
+                            "to a writable folder") from None
+        try:
+            with atomic_path(path) as tmp:
+                _fetch(asset, tmp, repo, timeout)
+        except FileWriteError as err:
+            hint = ("free some space there or set KERAS_HOME to another disk" if _is_disk_full(err.reason)
+                    else "set KERAS_HOME to a writable folder")
+            raise FileWriteError(f"{err}: {hint}", reason=err.reason) from None
+        digest = sha256_of(path)
+        if asset.sha256 is not None and digest != asset.sha256:
+            remove_if_present(path)
+            raise UserError(f"checksum mismatch for {shown_url(asset.url)}: its SHA-256 is {digest}, not "
+                            f"{asset.sha256}, the digest GitHub lists; the download was deleted, run again to retry")
+    output.say(f"{asset.name}: {asset.size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
     return path, digest
+
+
+def _is_disk_full(reason):
+    return reason in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def _fetch(asset, path, repo, timeout):
+    """Write the bytes of `asset` to `path`, never more than one past the listed size: a size mismatch
+    or a transfer problem is a UserError, a failed write the OSError."""
+    url = shown_url(asset.url)
+    received = 0
+
+    def network(action):
+        try:
+            return action()
+        except urllib.error.HTTPError as err:
+            err.close()
+            raise UserError(f"{url} answered HTTP {err.code} {err.reason}. {_by_hand(repo)}") from None
+        except TimeoutError:
+            raise UserError(f"download of {url} stalled for --timeout {timeout:g} s after {received} bytes. "
+                            f"{_by_hand(repo)}") from None
+        except urllib.error.URLError as err:
+            raise UserError(f"cannot download {url} ({error_reason(err.reason)}). {_by_hand(repo)}") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise UserError(f"download of {url} broke off after {received} bytes ({error_reason(err)}). "
+                            f"{_by_hand(repo)}") from None
+
+    opener = urllib.request.build_opener(SafeRedirects)
+    request = urllib.request.Request(asset.url, headers={"User-Agent": USER_AGENT})
+    with network(lambda: opener.open(request, timeout=timeout)) as response, open(path, "wb") as out:
+        while received <= asset.size:
+            chunk = network(lambda: response.read(min(CHUNK_SIZE, asset.size + 1 - received)))
+            if not chunk:
+                break
+            received += len(chunk)
+            out.write(chunk)
+    if received != asset.size:
+        raise UserError(f"size mismatch for {url}: got {'more than ' if received > asset.size else ''}"
+                        f"{received - (received > asset.size)} bytes, GitHub lists {asset.size}; the download was "
+                        "deleted, run again to retry")
 
 
 def _convert(model_config, dataset, weights_dir, assets, sources, targets, repo):

@@ -59,6 +59,8 @@ class GitHub:
         self.raw_answer = None  # bytes served instead of the releases JSON
         self.download_urls = {}  # name -> browser_download_url other than the default
         self.requests = []  # (path, Authorization header)
+        self.tag = TAG  # the tag_name the API lists
+        self.api_redirect = None  # Location the releases call is redirected to
 
     def releases(self):
         assets = []
@@ -68,7 +70,7 @@ class GitHub:
             if name in self.digests:
                 asset["digest"] = self.digests[name]
             assets.append(asset)
-        return [{"tag_name": TAG, "html_url": f"{self.url}/{REPO}/releases/tag/{TAG}", "draft": False,
+        return [{"tag_name": self.tag, "html_url": f"{self.url}/{REPO}/releases/tag/{TAG}", "draft": False,
                  "assets": assets}]
 
 
@@ -78,7 +80,9 @@ class GitHubHandler(http.server.BaseHTTPRequestHandler):
         state.requests.append((self.path, self.headers.get("Authorization")))
         path = urllib.parse.urlsplit(self.path).path
         if path == f"/repos/{REPO}/releases":
-            if state.rate_limited:
+            if state.api_redirect and "moved" not in self.path:
+                self._send(302, b"", {"Location": state.api_redirect})
+            elif state.rate_limited:
                 reset = str(int(time.time()) + 600)
                 self._send(403, b'{"message": "API rate limit exceeded"}',
                            {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
@@ -345,7 +349,9 @@ def test_each_refusal_through_the_script_is_one_line_and_exit_2(api_env, tmp_pat
     (b'{"message": "Moved"}', "expected a list of releases"),
     (b'[{"tag_name": "v1"}]', "a release without an 'assets' list"),
     (b'[{"assets": [{"name": "x.h5", "size": "12", "browser_download_url": "https://x"}]}]', "an asset without"),
-], ids=["not-json", "not-a-list", "no-assets", "size-type"])
+    (b'[{"assets": ["x"]}]', "an asset that is not an object"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+], ids=["not-json", "not-a-list", "no-assets", "size-type", "asset-not-an-object", "nested-200000-deep"])
 def test_unexpected_api_answer_is_one_clear_error(api_env, tmp_path, answer, message):
     api_env.raw_answer = answer
     with pytest.raises(UserError, match=message):
@@ -369,3 +375,186 @@ def test_quiet_download_prints_the_result_lines_only(api_env, tmp_path, capsys):
     assert "WRN-CIFAR10-16-4-Best.h5: " not in quiet.out and quiet.err == ""
     assert quiet.out.splitlines()[0].startswith(f"wrote {tmp_path / 'quiet'}")  # the result, even when quiet
     assert sorted(os.listdir(tmp_path / "quiet")) == sorted(os.listdir(tmp_path / "normal"))
+
+
+# --- hostile or broken servers (issue 25): loopback servers only -------------------------------
+
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the server's `respond(handler)`; records (path, Authorization)."""
+
+    def do_GET(self):
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        self.server.respond(self)
+
+    def head(self, status, headers):
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the client hanging up on a stalled or endless answer is the point
+
+
+@pytest.fixture
+def loopback():
+    """start(respond) -> server on another 127.0.0.1 port, with .url, .seen and .stop (an Event)."""
+    servers = []
+
+    def start(respond):
+        httpd = QuietServer(("127.0.0.1", 0), ScriptedHandler)
+        httpd.respond, httpd.seen, httpd.stop = respond, [], threading.Event()
+        httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return httpd
+
+    yield start
+    for httpd in servers:
+        httpd.stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_token_goes_to_the_same_origin_only_when_the_api_redirects(api_env, loopback, tmp_path, monkeypatch):
+    monkeypatch.setenv(original_release.TOKEN_ENV, "secret-token")
+
+    def releases(handler):
+        body = json.dumps(api_env.releases()).encode()
+        handler.head(200, {"Content-Length": str(len(body))})
+        handler.wfile.write(body)
+
+    elsewhere = loopback(releases)  # another port: another origin
+    api_env.api_redirect = f"{elsewhere.url}/repos/{REPO}/releases?per_page=100"
+    download(tmp_path / "first")
+    assert elsewhere.seen == [(f"/repos/{REPO}/releases?per_page=100", None)]
+    assert len(os.listdir(tmp_path / "first")) == 8  # the answer from there was used
+
+    api_env.requests.clear()
+    api_env.api_redirect = f"{api_env.url}/repos/{REPO}/releases?per_page=100&moved=1"
+    download(tmp_path / "second")
+    assert api_env.requests[:2] == [(f"/repos/{REPO}/releases?per_page=100", "Bearer secret-token"),
+                                    (f"/repos/{REPO}/releases?per_page=100&moved=1", "Bearer secret-token")]
+
+
+def test_a_silent_asset_server_times_out_after_timeout_seconds(api_env, loopback, tmp_path):
+    def silent(handler):
+        handler.head(200, {"Content-Length": "1000"})
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        handler.server.stop.wait(20)
+
+    name = "WRN-CIFAR10-16-4-Best.h5"
+    api_env.download_urls[name] = f"{loopback(silent).url}/{name}"
+    started = time.monotonic()
+    with pytest.raises(UserError, match=rf"download of .*{name} stalled for --timeout 1 s after \d+ bytes"):
+        download(tmp_path / "weights", "--timeout", "1")
+    assert time.monotonic() - started < 8
+    assert_nothing_installed(tmp_path / "weights")
+    assert name not in os.listdir(original_release.download_folder(REPO, TAG))
+
+
+def test_an_endless_asset_is_cut_at_its_listed_size(api_env, loopback, tmp_path):
+    def endless(handler):  # no Content-Length: the body ends when the server closes, here after 64 MiB
+        handler.head(200, {"Connection": "close"})
+        for _ in range(1024):
+            handler.wfile.write(b"\0" * 65536)
+        handler.server.sent = True
+
+    name = "WRN-CIFAR10-16-4-Best.h5"
+    server = loopback(endless)
+    api_env.download_urls[name] = f"{server.url}/{name}"
+    with pytest.raises(UserError, match=rf"size mismatch for .*{name}: got more than {api_env.listed[name]} bytes"):
+        download(tmp_path / "weights")
+    assert not getattr(server, "sent", False)  # the client hung up long before the 64 MiB
+    assert name not in os.listdir(original_release.download_folder(REPO, TAG))
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_an_asset_redirected_to_plain_http_on_another_host_is_refused(api_env, loopback, tmp_path):
+    def to_plain_http(handler):
+        handler.head(302, {"Location": "http://example.com/weights.h5", "Content-Length": "0"})
+
+    name = "WRN-CIFAR10-16-4-Best.h5"
+    api_env.download_urls[name] = f"{loopback(to_plain_http).url}/{name}"
+    with pytest.raises(UserError, match="refusing plain http:// to example.com"):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
+
+
+def test_an_api_answer_trickling_a_byte_at_a_time_is_bounded_by_timeout(api_env, loopback, tmp_path):
+    def trickle(handler):
+        body = json.dumps(api_env.releases()).encode()
+        handler.head(200, {"Content-Length": str(len(body))})
+        for byte in body[:150]:  # 15 s at most, then the connection closes
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            if handler.server.stop.wait(0.1):
+                return
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"the GitHub API at .* did not answer within --timeout 1 s"):
+        download(tmp_path / "weights", "--timeout", "1", "--github_api", loopback(trickle).url)
+    assert time.monotonic() - started < 5
+
+
+def test_an_asset_of_snapshot_one_billion_is_a_missing_file_error(api_env, tmp_path):
+    api_env.listed = {"WRN-CIFAR10-28-10-Best.h5": 10, "WRN-CIFAR10-28-10-1000000000.h5": 10}
+    with pytest.raises(UserError, match=r"lacks WRN-CIFAR10-28-10-1.h5, WRN-CIFAR10-28-10-2.h5, "
+                                        r"WRN-CIFAR10-28-10-3.h5 and 999999996 more"):
+        download(tmp_path / "weights", "--wrn_N", "4", "--wrn_k", "10")
+
+
+def test_a_tag_named_dot_dot_stays_in_the_repositorys_download_folder(api_env, tmp_path):
+    api_env.tag = ".."
+    download(tmp_path / "weights")
+    downloads = os.path.join(os.environ["KERAS_HOME"], "snapshot-ensembles")
+    assert os.listdir(downloads) == ["titu1994+Snapshot-Ensembles"]
+    assert os.listdir(os.path.join(downloads, "titu1994+Snapshot-Ensembles")) == ["_."]
+
+
+def test_a_password_in_a_url_is_never_echoed(api_env, tmp_path):
+    url = api_env.url.replace("http://", "http://user:hunter2@")
+    with pytest.raises(UserError, match=r"--github_api http://\*\*\*@127.0.0.1:\d+ holds a user name or password") \
+            as refused:
+        download(tmp_path / "weights", "--github_api", url)
+    name = "WRN-CIFAR10-16-4-Best.h5"
+    api_env.download_urls[name] = "http://user:hunter2@127.0.0.1:9/x.h5"  # nothing listens on port 9
+    with pytest.raises(UserError, match=r"cannot download http://\*\*\*@127.0.0.1:9/x.h5") as failed:
+        download(tmp_path / "weights")
+    assert "hunter2" not in str(refused.value) + str(failed.value)
+
+
+@pytest.fixture
+def small_keras_home(tmp_path, monkeypatch, request):
+    """KERAS_HOME on a real 1 MiB tmpfs (read-only with the parameter "ro"); skipped where mount is refused."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    options = "size=1m" + (",ro" if getattr(request, "param", "") == "ro" else "")
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o {options} tmpfs {mount_point} 2>/dev/null") != 0:
+        pytest.skip("needs root and mount for a small tmpfs")
+    monkeypatch.setenv("KERAS_HOME", str(mount_point))
+    yield mount_point
+    os.system(f"umount {mount_point}")
+
+
+def test_a_full_disk_under_keras_home_says_so(api_env, small_keras_home, tmp_path):
+    with pytest.raises(UserError, match=r"cannot write .*WRN-CIFAR10-16-4-Best.h5 \(No space left on device\).*"
+                                        r"free some space there or set KERAS_HOME") as failed:
+        download(tmp_path / "weights")
+    assert failed.value.exit_code == 1  # the environment failed, as for a full disk in training
+    assert "Without network" not in str(failed.value)
+    assert_nothing_installed(tmp_path / "weights")
+
+
+@pytest.mark.parametrize("small_keras_home", ["ro"], indirect=True)
+def test_a_read_only_keras_home_says_so(api_env, small_keras_home, tmp_path):
+    with pytest.raises(UserError, match=r"cannot create the download folder .*Read-only file system.*"
+                                        r"set KERAS_HOME to a writable folder"):
+        download(tmp_path / "weights")
+    assert_nothing_installed(tmp_path / "weights")
