@@ -21,6 +21,8 @@ from snapshot_ensembles.schedule import SCHEDULE_MODES as SCHEDULES, check_snaps
 MODELS = ("wrn", "dn", "resnet")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 DATASETS = ("cifar10", "cifar100", "digits")
+# Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
+MAX_DN_BLOCKS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,9 @@ class ModelConfig:
         if self.model == "dn" and (self.dn_depth < 7 or (self.dn_depth - 4) % 3 != 0):
             raise ConfigError("{depth} is not of the form 3n+4 with n >= 1 (for example 40, 100, 190)",
                               depth=("dn_depth", self.dn_depth))
+        if self.model == "dn" and not 1 <= self.dn_blocks <= MAX_DN_BLOCKS:
+            raise ConfigError(f"{{blocks}} is out of range: 1 to {MAX_DN_BLOCKS} dense blocks (each transition "
+                              "halves the 32x32 images)", blocks=("dn_blocks", self.dn_blocks))
         if self.model == "resnet" and (self.resnet_depth < 8 or (self.resnet_depth - 2) % 6 != 0):
             raise ConfigError("{depth} is not of the form 6n+2 with n >= 1 (for example 20, 56, 110)",
                               depth=("resnet_depth", self.resnet_depth))

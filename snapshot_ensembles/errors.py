@@ -21,11 +21,16 @@ class ConfigError(UserError):
         super().__init__(self._render(lambda field, *value: f"{field}={value[0]!r}" if value else field))
 
     def command_line_message(self):
-        return self._render(lambda field, *value: f"--{field} {_flag_value(value[0])}" if value else f"--{field}")
+        return self._render(_flag)
 
     def _render(self, mention):
         return self.template.format(**{key: mention(*spec) for key, spec in self.mentions.items()})
 
 
-def _flag_value(value):
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def _flag(field, *value):
+    """How a user types the setting: `--field value`, `--field` (True, or no value), `--no_field` (False)."""
+    if not value or value[0] is True:
+        return f"--{field}"
+    if value[0] is False:
+        return f"--no_{field}"
+    return f"--{field} {value[0]:g}" if isinstance(value[0], float) else f"--{field} {value[0]}"

@@ -40,6 +40,7 @@ from keras import layers
 
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, save_weights
+from snapshot_ensembles.snapshot_ensemble import weight_problem
 
 BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")
@@ -55,22 +56,24 @@ _KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate":
                        "InputLayer": "input"}
 
 
-def read_legacy_weights(path, label=None):
+def read_legacy_weights(path, label=None, max_elements=None):
     """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
 
-    `label` names the file in messages (default: its path).
+    `label` names the file in messages (default: its path). A dataset of more than `max_elements`
+    values (the largest weight of the network it is for) is refused before it is read: a small
+    compressed file can describe an array of many gigabytes.
     """
     label = label or path
     if not os.path.isfile(path):
         raise UserError(f"{label}: no such file")
     try:
         with h5py.File(path, "r") as f:
-            return _read_layers(f, label)
+            return _read_layers(f, label, max_elements)
     except OSError as err:  # not HDF5 at all, or truncated: h5py fails on open or on reading data
         raise UserError(f"{label} cannot be read as an HDF5 file (is it complete?): {err}") from None
 
 
-def _read_layers(f, path):
+def _read_layers(f, path, max_elements=None):
     group = f
     if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
         group = f["model_weights"]  # a whole Keras 1 model saved with model.save()
@@ -83,23 +86,39 @@ def _read_layers(f, path):
         raise UserError(f"{path} was written by Keras {version}; only Keras 1 weight files are converted")
 
     legacy_layers = []
-    for name in map(_text, group.attrs["layer_names"]):
+    for name in _names(group.attrs["layer_names"], path, "'layer_names'"):
         layer_group = group.get(name)
         if not isinstance(layer_group, h5py.Group) or "weight_names" not in layer_group.attrs:
             raise UserError(f"{path} is not a valid Keras 1 weight file: layer {name!r} is listed "
                             "in 'layer_names' but has no group with 'weight_names'")
         arrays = []
-        for weight_name in map(_text, layer_group.attrs["weight_names"]):
+        for weight_name in _names(layer_group.attrs["weight_names"], path, f"the 'weight_names' of layer {name!r}"):
             dataset = layer_group.get(weight_name)
             if not isinstance(dataset, h5py.Dataset):
                 raise UserError(f"{path} is not a valid Keras 1 weight file: layer {name!r} lacks "
                                 f"its weight {weight_name!r}")
-            arrays.append(np.asarray(dataset[()]))
+            if max_elements is not None and dataset.size > max_elements:
+                raise UserError(f"{path} is not a weight file of this network: the weight {weight_name!r} has "
+                                f"shape {dataset.shape}, larger than any weight of the network "
+                                f"({max_elements} values)")
+            array = dataset[()] if dataset.dtype.kind in "fiu" else np.empty(0, dataset.dtype)  # text: never read
+            problem = weight_problem([(f"the weight {weight_name!r}", array)])
+            if problem:
+                raise UserError(f"{path} is not a usable Keras 1 weight file: {problem}")
+            arrays.append(np.asarray(array))
         if arrays:
             legacy_layers.append((name, arrays))
     if not legacy_layers:
         raise UserError(f"{path} holds no weights")
     return legacy_layers
+
+
+def _names(value, path, what):
+    """The strings of a Keras 1 name list attribute; a clear error for anything else."""
+    values = np.asarray(value)
+    if values.ndim != 1 or (values.size and not all(isinstance(v, (bytes, str)) for v in values.tolist())):
+        raise UserError(f"{path} is not a valid Keras 1 weight file: {what} is not a list of names")
+    return [_text(v) for v in values]
 
 
 def _text(value):
@@ -152,8 +171,9 @@ def convert_files(model, sources, targets, backend="theano", dim_ordering="th", 
     target behind; each target is written atomically. `labels` name the sources in messages.
     """
     converted = []
+    largest = max(int(np.prod(weight.shape)) for weight in model.weights)
     for source, label in zip(sources, labels or sources):
-        legacy_layers = read_legacy_weights(source, label)
+        legacy_layers = read_legacy_weights(source, label, max_elements=largest)
         try:
             convert_legacy_weights(model, legacy_layers, backend=backend, dim_ordering=dim_ordering,
                                    model_label=model_label, hint=hint)

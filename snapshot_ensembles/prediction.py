@@ -9,19 +9,21 @@ switching the optimize mode reruns no network and a replaced weight file is pred
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import os
+import shlex
 
 import numpy as np
 
-from snapshot_ensembles import backend_start, ensemble, metrics, naming, output
+from snapshot_ensembles import backend_start, ensemble, metrics, naming, original_release, output
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble
+from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble, weight_problem
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
@@ -95,12 +97,12 @@ def find_members(config, folder):
         listed = (", ".join(missing) if missing
                   else f"{os.path.basename(folder.snapshot(1))} ... in {folder.weights_dir}")
         script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
-        flags = config.model.flags()
-        raise UserError(
-            f"missing ensemble member files: {listed}. Train them with `python {script} "
-            f"{flags} --weights_dir {folder.weights_dir}`, or fetch the release weights with "
-            f"`python download_weights.py --dataset {config.dataset} {flags} "
-            f"--weights_dir {folder.weights_dir}` (and pass --M if you want fewer snapshots)")
+        flags = f"{config.model.flags()} --weights_dir {shlex.quote(folder.weights_dir)}"
+        download = ""
+        if original_release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
+            download = f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} {flags}`"
+        raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`{download} "
+                        "(and pass --M if you want fewer snapshots)")
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
 
 
@@ -141,14 +143,15 @@ class PredictionCache:
     written (a read-only weights folder) the members are predicted in memory, with one note saying so.
     """
 
-    def __init__(self, folder, nb_classes):
+    def __init__(self, folder, nb_classes, network_key=""):
         self.folder = folder.prediction_cache
         self.nb_classes = nb_classes
+        self.network_key = network_key  # the network and input transform the weights run in
         self.computed = []  # (member path, split) pairs that ran the network: tests and the report read it
         self.unwritable = None  # why the cache cannot be written, once a write failed
 
     def path(self, weights_sha, split_key):
-        return os.path.join(self.folder, f"{weights_sha[:24]}-{split_key}.npy")
+        return os.path.join(self.folder, f"{weights_sha[:24]}-{self.network_key}{split_key}.npy")
 
     def split_probabilities(self, members, split, images, labels, predict):
         """Every member's probabilities on the split named `split` ("test", "fit") of (images, labels)."""
@@ -208,6 +211,9 @@ class MemberPredictor:
         try:
             return self.ensemble.member_prediction(self._index[member.path], images)
         except MemberLoadError as err:
+            if err.cause is None:
+                raise UserError(f"{member.path}: {err.reason}: train it again or download the release weights "
+                                "again") from None
             raise member_load_error(member, err.cause, self.config) from None
 
     def _build_network(self):
@@ -223,8 +229,14 @@ class MemberPredictor:
 
     @functools.cached_property
     def standardization(self):
-        """Read once, and only when a network runs: a run served from the cache never needs the record."""
         return recorded_standardization(self.config.weights_dir, self.config.prefix)
+
+
+def network_key(config, standardization):
+    """Part of a cache entry's name: the same weight file in another network (--dn_blocks is not in the
+    prefix) or behind another input transform predicts something else."""
+    described = json.dumps([config.model.flags(), standardization])
+    return hashlib.sha256(described.encode()).hexdigest()[:12] + "-"
 
 
 def member_load_error(member, cause, config):
@@ -243,6 +255,10 @@ def load_member_weights(model, member, config):
         model.load_weights(member.path)
     except (ValueError, KeyError, OSError) as err:
         raise member_load_error(member, err, config) from None
+    problem = weight_problem((weight.path, weight.numpy()) for weight in model.weights)
+    if problem:
+        raise UserError(f"{member.path}: its weights are unusable: {problem}: train it again or download the "
+                        "release weights again")
 
 
 def training_record(folder):
@@ -264,17 +280,23 @@ def training_record(folder):
 def recorded_standardization(weights_dir, prefix):
     """The per-channel (mean, std) the run of `prefix` in `weights_dir` was trained with (normalize
     "channel"), else None."""
+    from snapshot_ensembles.modeling import INPUT_SHAPE
+
     folder = RunFolder(weights_dir, prefix)
     standardization = training_record(folder).get("standardization")
     if standardization is None:
         return None
+    channels = INPUT_SHAPE[-1]
     try:
         mean, std = ([float(value) for value in values] for values in standardization)
-        if len(mean) != len(std) or not all(value > 0 for value in std):
-            raise ValueError("one positive standard deviation per channel expected")
+        # Pixel units (0..255): a std far below one grey level would blow the inputs up to infinity.
+        if not (len(mean) == len(std) == channels and all(0 <= value <= 255 for value in mean)
+                and all(1e-3 <= value <= 255 for value in std)):
+            raise ValueError(f"expected [mean, std] of {channels} channels, means in [0, 255] and standard "
+                             "deviations in [0.001, 255] pixel units")
     except (ValueError, TypeError) as err:
         raise UserError(f"the standardization in {folder.run_record} is not readable "
-                        f"({err}): restore the file from the training run") from None
+                        f"({str(err)[:200]}): restore the file from the training run") from None
     return mean, std
 
 
@@ -307,10 +329,16 @@ def fitting_split(data, folder):
 
 
 def check_output_paths(config, folder, members):
-    """The report and export paths: the right suffix, an existing folder, and none of the run's own files."""
-    own = {os.path.realpath(path) for path in [m.path for m in members]
-           + ensemble.ensemble_json_candidates(folder.weights_dir, folder.prefix) + [folder.run_record, folder.history]}
-    for flag, path, suffix in (("--report", config.report, ".json"), ("--export", config.export, ".keras")):
+    """The plot, report and export paths: the right suffix, an existing writable folder, and none of the
+    run's own files (its members, records, state, release record, ensemble weights); the plot may replace
+    the run's own plot only."""
+    run_files = ([m.path for m in members] + folder.run_files() + list(folder.keras1_files().values())
+                 + ensemble.ensemble_json_candidates(folder.weights_dir, folder.prefix)
+                 + [folder.run_record, folder.history, folder.state, folder.release_record, folder.plot])
+    own = {os.path.realpath(path) for path in run_files}
+    plot = None if config.plot is None else config.plot or folder.plot
+    for flag, path, suffix in (("--plot", plot, ".png"), ("--report", config.report, ".json"),
+                               ("--export", config.export, ".keras")):
         if path is None:
             continue
         target = os.path.dirname(os.path.abspath(path))
@@ -320,7 +348,8 @@ def check_output_paths(config, folder, members):
             raise UserError(f"{flag} {path}: the folder {target} does not exist; create it or choose another path")
         if not os.access(target, os.W_OK):
             raise UserError(f"{flag} {path}: cannot write to the folder {target}; choose another path")
-        if os.path.isdir(path) or os.path.realpath(path) in own:
+        others = own - {os.path.realpath(folder.plot)} if flag == "--plot" else own
+        if os.path.isdir(path) or os.path.realpath(path) in others:
             raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
 
 
@@ -393,8 +422,8 @@ def compute_report(config, data=None):
         from snapshot_ensembles.data import load_cifar
 
         data = load_cifar(config.dataset, config.data.data_dir, config.data.data_sha256)
-    cache = PredictionCache(folder, nb_classes_of(config.dataset))
     predictor = MemberPredictor(config, members)
+    cache = PredictionCache(folder, nb_classes_of(config.dataset), network_key(config, predictor.standardization))
     test_probs = cache.split_probabilities(members, "test", data.x_test, data.y_test, predictor)
     fit = fit_on_split(config, folder, data, members, cache, predictor) if config.optimize == 1 else None
     # The weighted rows show the fitted weights, else the saved ones (also beside optimize -1).

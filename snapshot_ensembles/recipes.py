@@ -53,6 +53,10 @@ def resolve(training, schedule, model):
     filled = {name: value for name, value in values.items() if getattr(training, name) is None}
     training = dataclasses.replace(training, **filled)
     if training.nesterov and training.momentum == 0:
+        if "nesterov" in filled:  # the recipe's Nesterov momentum, turned off by the user's momentum 0
+            raise ConfigError("{recipe} trains with Nesterov momentum, which {momentum} contradicts: add {plain} "
+                              "for plain SGD, or give a momentum above 0", recipe=("recipe", training.recipe),
+                              momentum=("momentum", training.momentum), plain=("nesterov", False))
         raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
                           momentum=("momentum", 0.9))
     for name, allowed in (("augment", AUGMENTATIONS), ("normalize", NORMALIZATIONS)):

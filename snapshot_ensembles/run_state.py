@@ -36,6 +36,7 @@ from snapshot_ensembles.recipes import flags_of_runs_before_recipes
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
+MAX_EPOCHS = 2**31 - 1  # more completed epochs than any run can have: the state is damaged
 # Flags that say where things are, not what is trained: they may change between a run and its resumption.
 # The devices too: --batch_size is the global batch, so a run resumes on more or fewer of them.
 LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume", "overwrite", "distribute", "cpu_devices")
@@ -64,7 +65,15 @@ class RunState:
         if fields.pop("version", None) != STATE_VERSION:
             raise ValueError("written by another version of this suite")
         best = fields.pop("best")
-        return cls(best=-math.inf if best is None else float(best), **fields)
+        state = cls(best=-math.inf if best is None else float(best), **fields)
+        epoch = state.epoch
+        nb_epoch = state.flags.get("nb_epoch", MAX_EPOCHS) if isinstance(state.flags, dict) else MAX_EPOCHS
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= min(nb_epoch, MAX_EPOCHS):
+            raise ValueError(f"epoch {str(epoch)[:40]} is not a count of completed epochs of this run")
+        if not (isinstance(state.history, dict) and isinstance(state.flags, dict)
+                and isinstance(state.data_fingerprint, str) and not math.isnan(state.best)):
+            raise ValueError("its history, flags, data fingerprint or best accuracy is malformed")
+        return state
 
 
 def run_flags(arguments):
@@ -117,8 +126,8 @@ def read_state(path):
     try:
         with h5py.File(path, "r") as fh:
             return RunState.from_json(fh[STATE_GROUP].attrs["json"])
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise UserError(f"cannot read the saved state of the unfinished run, {path} ({err}): start over "
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
+        raise UserError(f"cannot read the saved state of the unfinished run, {path} ({str(err)[:200]}): start over "
                         "with --no_resume") from None
 
 

@@ -20,6 +20,9 @@ from snapshot_ensembles import ensemble as arithmetic
 from snapshot_ensembles import evaluation, output
 from snapshot_ensembles.run_folder import RunFolder
 
+# Far above any weight training produces; 2**62 or infinity makes every activation after it overflow.
+MAX_ABS_WEIGHT = 1e10
+
 
 @dataclasses.dataclass
 class Member:
@@ -188,6 +191,9 @@ class SnapshotEnsemble:
                                                f"({str(err).splitlines()[0][:200]})", err) from None
         except OSError as err:
             raise MemberLoadError(member.path, f"it is truncated or not a Keras weights file ({err})", err) from None
+        problem = weight_problem((weight.path, weight.numpy()) for weight in self._network.weights)
+        if problem:
+            raise MemberLoadError(member.path, f"its weights are unusable: {problem}")
         return self._network
 
 
@@ -212,6 +218,21 @@ class MemberLoadError(ValueError):
     @property
     def unreadable(self):
         return isinstance(self.cause, OSError)
+
+
+def weight_problem(named_arrays):
+    """What is wrong with weights no training produces (not numbers, NaN, infinity, magnitudes above
+    MAX_ABS_WEIGHT), naming the first such array of the (name, array) pairs; None when all are fine."""
+    for name, array in named_arrays:
+        array = np.asarray(array)
+        if array.dtype.kind not in "fiu":
+            return f"{name} holds {array.dtype} values, not numbers"
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"{name} holds NaN or infinite values"
+        largest = float(np.max(np.abs(array, dtype=np.float64))) if array.size else 0.0
+        if largest > MAX_ABS_WEIGHT:
+            return f"{name} holds a value of magnitude {largest:.3g}, beyond any trained network's ({MAX_ABS_WEIGHT:g})"
+    return None
 
 
 def _name_of(path, index):

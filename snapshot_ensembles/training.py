@@ -1,6 +1,7 @@
 """The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -238,12 +239,30 @@ def find_run_to_resume(config):
         run_state.check_same_run(saved.flags, flags, f"an unfinished run of {config.prefix} "
                                  f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", config.weights_dir)
         return saved
-    info = folder.read_record()
-    if info.get("status") == "complete" and isinstance(info.get("args"), dict):
+    info = read_run_record(folder)
+    if info.get("status") == "complete":
         run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {config.prefix}",
                                  config.weights_dir)
         return COMPLETE
     return None
+
+
+def read_run_record(folder):
+    """The run record of `folder` ({} when there is none); a damaged one is refused, since starting over
+    would delete the run it describes."""
+    if not os.path.lexists(folder.run_record):
+        return {}
+    try:
+        with open(folder.run_record) as fh:
+            info = json.load(fh)
+        if not (isinstance(info, dict) and isinstance(info.get("args"), dict)
+                and info.get("status") in ("running", "complete")):
+            raise ValueError("not a run record with its status and args")
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"the run record {folder.run_record} is damaged ({str(err)[:200]}): restore it from a "
+                        f"backup, or pass --no_resume to train {folder.prefix} again from the start (which deletes "
+                        "its snapshots)") from None
+    return info
 
 
 def check_foreign_weights(config):

@@ -149,6 +149,10 @@ def test_data_sha256_skip_in_any_case(tmp_path, value):
     ("train_cifar_10.py", ["--distribute", "mirrored", "--cpu_devices", "100000"], ["--cpu_devices", "at most 256"]),
     ("predict_cifar_10.py", ["--num_tests", "99999999999999999999"], ["--num_tests", "at most"]),
     ("demo.py", ["--seed", "-1"], ["--seed", "0 or more"]),
+    ("train_cifar_10.py", ["--model", "dn", "--dn_depth", "7", "--dn_blocks", "7"],
+     ["--dn_blocks 7 is out of range: 1 to 6 dense blocks"]),
+    ("predict_cifar_10.py", ["--model", "dn", "--dn_depth", "7", "--dn_blocks", "7"],
+     ["--dn_blocks 7 is out of range: 1 to 6 dense blocks"]),
 ])
 def test_integers_out_of_range_from_flags(script, flags, fragments):
     assert_user_error(run_script(script, *flags), *fragments)

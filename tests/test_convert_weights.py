@@ -274,6 +274,59 @@ def test_truncated_file_is_refused(tmp_path):
         read_legacy_weights(str(path))
 
 
+def _densenet_file(tmp_path):
+    path = str(tmp_path / "DenseNet-CIFAR10-7-4-Best.h5")
+    write_legacy_weights(randomise(tiny_densenet(1, img_dim=(32, 32, 3))), path)
+    return path
+
+
+DENSENET_FLAGS = ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4", "--dn_blocks", "1"]
+
+
+def _first_weight(f):
+    group = f[f.attrs["layer_names"][1].decode()]  # layer 0 is the input
+    return group, group.attrs["weight_names"][0].decode()
+
+
+@pytest.mark.parametrize("value, fragment", [(np.nan, "NaN or infinite"), (2.0 ** 62, r"magnitude 4.61e\+18")],
+                         ids=["nan", "2^62"])
+def test_non_finite_or_absurd_weights_are_refused_naming_the_file(tmp_path, value, fragment):
+    path = _densenet_file(tmp_path)
+    with h5py.File(path, "r+") as f:
+        group, name = _first_weight(f)
+        group[name][(0,) * group[name].ndim] = value
+    with pytest.raises(UserError, match=rf"^{path} is not a usable Keras 1 weight file: the weight '{name}' "
+                                        rf"holds .*{fragment}"):
+        convert_weights.main([*DENSENET_FLAGS, path])
+    assert not os.path.exists(path.replace(".h5", ".weights.h5"))
+
+
+@pytest.mark.parametrize("breakage", ["int-weight-names", "int-layer-names", "string-weights", "huge-chunked"])
+def test_malformed_keras1_files_are_one_clear_error(tmp_path, breakage):
+    path = _densenet_file(tmp_path)
+    with h5py.File(path, "r+") as f:
+        group, name = _first_weight(f)
+        if breakage == "int-weight-names":
+            group.attrs["weight_names"] = np.arange(2)
+            message = r"the 'weight_names' of layer .* is not a list of names"
+        elif breakage == "int-layer-names":
+            f.attrs["layer_names"] = 7
+            message = r"'layer_names' is not a list of names"
+        elif breakage == "string-weights":
+            del group[name]
+            group.create_dataset(name, data=np.array([b"abc", b"def"]))
+            message = rf"the weight '{name}' holds \|S3 values, not numbers"
+        else:  # 16 GiB described by a file of a few KB: never allocated
+            del group[name]
+            group.create_dataset(name, shape=(64, 64, 1024, 1024), dtype="float32", chunks=(1, 1, 256, 256),
+                                 compression="gzip")
+            message = rf"the weight '{name}' has shape \(64, 64, 1024, 1024\), larger than any weight of the network"
+    assert os.path.getsize(path) < 1 << 20
+    with pytest.raises(UserError, match=message):
+        convert_weights.main([*DENSENET_FLAGS, path])
+    assert not os.path.exists(path.replace(".h5", ".weights.h5"))
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_densenet_mismatch_suggests_one_dense_block(tmp_path, capsys):

@@ -106,6 +106,22 @@ def test_bad_report_and_export_paths_are_refused_before_any_work(weights_dir, ci
     assert open(own_json).read() == before
 
 
+def test_plot_paths_and_run_files_are_refused_before_any_prediction(weights_dir, cifar10_dir, tmp_path):
+    snapshot = os.path.join(weights_dir, f"{PREFIX}-1.weights.h5")
+    release_record = os.path.join(weights_dir, f"{PREFIX}-release.json")
+    with open(release_record, "w") as fh:
+        fh.write('{"files": []}\n')
+    before = {path: open(path, "rb").read() for path in (snapshot, release_record)}
+    cases = [(["--plot", snapshot], "--plot .*weights.h5: the file name must end in .png"),
+             (["--plot", str(tmp_path / "missing" / "p.png")], "--plot .*: the folder .* does not exist"),
+             (["--report", release_record], "--report .* is a folder or one of the ensemble's own files")]
+    for flags, message in cases:
+        with pytest.raises(UserError, match=message):
+            predict(weights_dir, cifar10_dir, "--optimize", "-1", *flags)
+    assert not os.path.exists(os.path.join(weights_dir, ".prediction-cache"))  # no member ran
+    assert {path: open(path, "rb").read() for path in before} == before
+
+
 # ------------------------------------------------------------------ the exported model
 
 LOAD_AND_PREDICT = """

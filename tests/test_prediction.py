@@ -242,3 +242,57 @@ def test_verbose_adds_keras_progress_to_the_normal_report(weights_dir, cifar10_d
         if not line.startswith(cache_line):
             assert line in verbose, line
     assert "step" in verbose and "step" not in normal
+
+
+def test_the_cache_is_keyed_by_the_network_and_the_recorded_standardization(cifar10_dir, tmp_path):
+    data_dir, sha = cifar10_dir
+    common = ["--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(tmp_path)]
+    densenet = ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"]
+    train_from_flags("cifar10", [*densenet, "--dn_blocks", "2", "--nb_epoch", "1", "--M", "1", "--normalize", "channel",
+                                 *common])
+    first = predict_argv("cifar10", [*densenet, "--dn_blocks", "2", "--optimize", "-1", *common])
+    assert first["networks_run"]  # Best and snapshot 1 may be one file's content: one entry
+    # Another network under the same prefix (--dn_blocks is not in it): the cache must not answer for it.
+    with pytest.raises(UserError, match=r"does not fit the network .*--dn_blocks 3"):
+        predict_argv("cifar10", [*densenet, "--dn_blocks", "3", "--optimize", "-1", *common])
+
+    record = tmp_path / "DenseNet-CIFAR10-7-4-run.json"
+    info = json.loads(record.read_text())
+    info["standardization"][0] = [value + 40 for value in info["standardization"][0]]
+    record.write_text(json.dumps(info))
+    edited = predict_argv("cifar10", [*densenet, "--dn_blocks", "2", "--optimize", "-1", *common])
+    assert len(edited["networks_run"]) == len(first["networks_run"])
+    assert not np.allclose(edited["probabilities"], first["probabilities"])
+
+    mean, std = info["standardization"]
+    for bad in ([mean[:2], std[:2]], [mean, [1e-45] * 3], [[mean], [std]], [mean, std, mean]):
+        record.write_text(json.dumps(dict(info, standardization=bad)))
+        with pytest.raises(UserError, match=r"the standardization in .*-run.json is not readable"):
+            predict_argv("cifar10", [*densenet, "--dn_blocks", "2", "--optimize", "-1", *common])
+
+
+@pytest.mark.parametrize("value", [np.nan, 2.0 ** 62], ids=["nan", "2^62"])
+def test_a_member_with_non_finite_or_absurd_weights_is_refused_naming_it(weights_dir, cifar10_dir, value):
+    snapshot = os.path.join(weights_dir, f"{PREFIX}-2.weights.h5")
+    with h5py.File(snapshot, "r+") as fh:
+        kernels = []
+        fh.visititems(lambda name, item: kernels.append(name) if isinstance(item, h5py.Dataset) and item.ndim == 4
+                      else None)
+        fh[kernels[0]][0, 0, 0, 0] = value
+    with pytest.raises(UserError, match=rf"^{snapshot}: its weights are unusable: .* holds (NaN|a value of magnitude)"):
+        predict(weights_dir, cifar10_dir, "--optimize", "1")
+    assert not os.path.exists(os.path.join(weights_dir, f"Ensemble-weights-{PREFIX}.json"))
+
+
+def test_missing_members_suggest_only_commands_that_exist_with_quoted_paths(tmp_path):
+    weights = tmp_path / "my weights"
+    weights.mkdir()
+    with pytest.raises(UserError) as resnet:
+        predict_argv("cifar10", ["--model", "resnet", "--resnet_depth", "20", "--weights_dir", str(weights)])
+    assert f"Train them with `python train_cifar_10.py --model resnet --resnet_depth 20 --weights_dir '{weights}'`" \
+        in str(resnet.value)
+    assert "download_weights.py" not in str(resnet.value)  # the original released no ResNet
+    with pytest.raises(UserError) as wrn_16_4:
+        predict_argv("cifar100", ["--wrn_N", "2", "--wrn_k", "4", "--weights_dir", str(weights)])
+    assert (f"fetch the release weights with `python download_weights.py --dataset cifar100 --model wrn --wrn_N 2 "
+            f"--wrn_k 4 --weights_dir '{weights}'`") in str(wrn_16_4.value)

@@ -62,7 +62,9 @@ def test_explicit_flags_override_the_recipe():
 
 @pytest.mark.parametrize("argv,message", [
     (["--no_augment", "--augment", "paper"], "--no_augment contradicts --augment paper"),
-    (["--recipe", "paper", "--momentum", "0"], "--nesterov needs a momentum"),
+    (["--recipe", "paper", "--momentum", "0"], "^--recipe paper trains with Nesterov momentum, which --momentum 0 "
+                                                r"contradicts: add --no_nesterov for plain SGD, or give a momentum"),
+    (["--nesterov", "--momentum", "0"], "^--nesterov needs a momentum: add for example --momentum 0.9"),
     (["--schedule", "multistep"], "--M 1"),
 ])
 def test_contradictory_flags_are_refused(argv, message):

@@ -3,11 +3,13 @@
 import os
 import signal
 
+import h5py
 import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, run_script, start_script, train_from_flags, wait_until
+from conftest import (USER_ERROR, assert_clean_failure, member_predictions, run_script, start_script, train_config,
+                      train_from_flags, wait_until)
 from snapshot import RunStateCheckpoint
 from snapshot_ensembles import run_state, training
 from snapshot_ensembles.data import load_cifar
@@ -150,6 +152,33 @@ def test_no_resume_starts_over_and_an_unreadable_state_is_explained(cifar10_dir,
     assert f"Starting over: removed the files of the earlier run of {WRN_PREFIX} in {weights}: " \
            f"{WRN_PREFIX}-state.weights.h5" in capsys.readouterr().out
     assert len(history["loss"]) == 1 and not os.path.exists(state_file)
+
+
+def test_a_damaged_run_record_of_a_complete_run_is_refused_not_retrained(cifar10_dir, tmp_path):
+    argv = flags(cifar10_dir, tmp_path, "--nb_epoch", "1", "--M", "1")
+    train_from_flags("cifar10", argv)
+    record = tmp_path / f"{WRN_PREFIX}-run.json"
+    complete = record.read_bytes()
+    for damaged in (complete[:len(complete) // 2], b"[]", b'{"status": "complete"}'):
+        record.write_bytes(damaged)
+        files = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+        with pytest.raises(UserError, match=rf"the run record .*{WRN_PREFIX}-run.json is damaged .*restore it .*"
+                                            r"or pass --no_resume"):
+            train_from_flags("cifar10", argv)
+        assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == files
+
+
+@pytest.mark.parametrize("epoch", ["abc", 2.5, None, 10**6], ids=["string", "fraction", "null", "past-nb_epoch"])
+def test_a_state_file_with_a_malformed_epoch_is_refused(cifar10_dir, tmp_path, epoch):
+    argv = flags(cifar10_dir, tmp_path, "--nb_epoch", "2", "--M", "1")
+    resolved = train_config(*argv).resolved()
+    state = run_state.RunState(epoch=epoch, best=0.5, history={"loss": [1.0]},
+                               flags=run_state.run_flags(resolved.to_dict()), data_fingerprint="0" * 64)
+    with h5py.File(RunFolder(str(tmp_path), WRN_PREFIX).state, "w") as fh:
+        fh.create_group(run_state.STATE_GROUP).attrs["json"] = state.to_json()
+    with pytest.raises(UserError, match=r"cannot read the saved state .*\(epoch .* is not a count of completed "
+                                        r"epochs of this run\): start over with --no_resume"):
+        train_from_flags("cifar10", argv)
 
 
 def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, tmp_path, monkeypatch, capsys):
