@@ -100,9 +100,10 @@ def find_members(config, folder):
         flags = f"{config.model.flags()} --weights_dir {shlex.quote(folder.weights_dir)}"
         download = ""
         if original_release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
-            download = f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} {flags}`"
-        raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`{download} "
-                        "(and pass --M if you want fewer snapshots)")
+            download = (f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} "
+                        f"{flags}`")
+        raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`"
+                        f"{download} (and pass --M if you want fewer snapshots)")
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
 
 
