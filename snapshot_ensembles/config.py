@@ -87,7 +87,7 @@ class ModelConfig:
     def describe(self, nb_classes):
         """The network in words and the flags to check when a weight file does not fit it."""
         if self.model == "wrn":
-            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--variant/--dataset"
+            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--dataset"
         if self.model == "resnet":
             return f"ResNet-{self.resnet_depth} for {nb_classes} classes", "check --resnet_depth/--dataset"
         hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
@@ -96,7 +96,8 @@ class ModelConfig:
         return f"{self.network_name()} for {nb_classes} classes", hint
 
     def network_name(self):
-        """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (the paper's)`, ..."""
+        """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (Wide-ResNet-32-4 as the
+        paper counts)`, ..."""
         if self.model == "wrn":
             depth = 6 * self.wrn_N + 4
             if self.pre_activation_wrn:
