@@ -93,9 +93,9 @@ class ModelConfig:
         hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
         if self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-        return f"{self.network_name()} for {nb_classes} classes", hint
+        return f"{self.network_name(initialisation=False)} for {nb_classes} classes", hint
 
-    def network_name(self):
+    def network_name(self, initialisation=True):
         """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (Wide-ResNet-32-4 as the
         paper counts)`, ..."""
         if self.model == "wrn":
@@ -106,11 +106,10 @@ class ModelConfig:
             return f"post-activation WRN-{depth}-{self.wrn_k} (the original suite's)"
         if self.model == "resnet":
             return f"ResNet-{self.resnet_depth} (the paper's, fb.resnet.torch)"
-        initialisation = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
-                          "initialisation"}.get(self.variant)
+        initialiser = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
+                       "initialisation"}.get(self.variant) if initialisation else None
         blocks = f"{self.dn_blocks} dense block{'s' if self.dn_blocks > 1 else ''}"
-        return (f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}"
-                + (f", {initialisation}" if initialisation else ""))
+        return f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}" + (f", {initialiser}" if initialiser else "")
 
 
 @dataclasses.dataclass(frozen=True)
