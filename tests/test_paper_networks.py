@@ -206,6 +206,7 @@ def test_paper_run_records_its_network_and_predicts_with_it(cifar10_dir, tmp_pat
 
     summary = predict_argv("cifar10", ["--wrn_N", "1", "--wrn_k", "1", "--optimize", "-1", *map(str, common)])
     assert summary["prefix"] == "PreActWRN-CIFAR10-10-1" and len(summary["member_accuracy"]) == 2
+    assert "note: the training run of PreActWRN-CIFAR10-10-1 lagged BatchNormalization's" in capsys.readouterr().out
     with pytest.raises(UserError, match="missing ensemble member files: .*WRN-CIFAR10-10-1-Best"):
         predict_argv("cifar10", ["--wrn_N", "1", "--wrn_k", "1", "--variant", "original", *map(str, common)])
 
