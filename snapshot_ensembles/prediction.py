@@ -18,6 +18,7 @@ import shlex
 import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, metrics, naming, original_release, output
+from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
@@ -105,6 +106,16 @@ def find_members(config, folder):
         raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`"
                         f"{download} (and pass --M if you want fewer snapshots)")
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
+
+
+def note_lagging_statistics(folder):
+    """Repeat the training run's warning when its BatchNormalization statistics lagged (training.lagging_statistics)."""
+    lag = folder.read_record().get("lagging_bn_statistics")
+    if isinstance(lag, dict):
+        output.always(f"note: the training run of {folder.prefix} lagged BatchNormalization's moving statistics "
+                      f"({lag.get('stale_share', 0):.0%} of them predated each epoch's end): its Best checkpoint "
+                      "and snapshots were validated on them; retrain with --bn_momentum "
+                      f"{lag.get('suggested_bn_momentum')} for members that do not")
 
 
 def saved_ensemble_weights(config, folder, members):
@@ -248,7 +259,7 @@ def member_load_error(member, cause, config):
     return UserError(
         f"{member.path} does not fit the network {config.model.flags()} for "
         f"{naming.dataset_title(config.dataset)} ({str(cause).splitlines()[0][:200]}): pass the model flags the "
-        "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
+        "weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
 
 
 def load_member_weights(model, member, config):
@@ -417,6 +428,7 @@ def compute_report(config, data=None):
     """Find the members, predict them (through the cache), fit or read the weights and evaluate."""
     folder = RunFolder(config.weights_dir, config.prefix)
     members = find_members(config, folder)
+    note_lagging_statistics(folder)
     check_output_paths(config, folder, members)
     saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(config, folder, members)  # before any network
     if data is None:
@@ -440,10 +452,35 @@ def compute_report(config, data=None):
                             test_probs, cache.computed, cache.folder)
 
 
+def with_trained_variant(config):
+    """`config` with the network's variant, when unset, that of the run in its weights folder.
+
+    The two WRNs are named apart (`WRN-...`, `PreActWRN-...`): the one whose weight files are there,
+    the original's when neither is, a UserError when both are. The DenseNet's variant (its initialisation)
+    is read from the run record, for the report; the ResNet has one.
+    """
+    model = config.model
+    if model.variant is not None:
+        return config
+    if model.model != "wrn":
+        recorded = RunFolder(config.weights_dir, config.prefix).read_record().get("args", {})
+        variant = recorded.get("variant") if isinstance(recorded, dict) else None
+        return dataclasses.replace(config, model=model.with_variant(variant if variant in VARIANTS else "original"))
+    candidates = [model.with_variant(variant) for variant in VARIANTS]
+    present = [candidate for candidate in candidates
+               if RunFolder(config.weights_dir, candidate.prefix(config.dataset)).member_files()]
+    if len(present) > 1:
+        held = " and ".join(f"{candidate.prefix(config.dataset)} (the {candidate.network_name()})"
+                            for candidate in present)
+        raise UserError(f"{config.weights_dir} holds weight files of two networks, {held}: choose one with "
+                        f"--variant {' or --variant '.join(VARIANTS)}")
+    return dataclasses.replace(config, model=(present or candidates)[0])
+
+
 def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
-    config.check()
+    config = with_trained_variant(config.check())
     backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)

@@ -15,22 +15,17 @@ epsilon is 1e-5, Torch's as well as Keras 1's (models.batch_norm).
 import keras
 from keras import layers
 
+from snapshot_ensembles.models import torch_init
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
-# Initialisers are made per layer: an unseeded Keras initialiser shared by several layers would give
-# them all the same values, and one made at import would draw its seed before the run seeds Python.
-def _conv_init():
-    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
-
-
-def _dense_init():
-    """Torch's nn.Linear weights: uniform in +-1/sqrt(fan_in); resnet.lua zeroes its bias."""
-    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
-
-
-def _conv(filters, strides=1):
-    return layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer=_conv_init())
+def _conv(x, filters, strides=1):
+    """A bias-free 3x3 convolution padded by one pixel on every side, as Torch pads it: with stride 2 its
+    outputs sit on the even pixels, which the shortcut keeps (Keras's "same" pads only the bottom and right)."""
+    if strides != 1:
+        x = layers.ZeroPadding2D(1)(x)
+    return layers.Conv2D(filters, 3, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False,
+                         kernel_initializer=torch_init.conv_kernel())(x)
 
 
 def downsampling_shortcut(x):
@@ -41,8 +36,8 @@ def downsampling_shortcut(x):
 
 def basic_block(x, filters, strides=1):
     shortcut = downsampling_shortcut(x) if strides != 1 else x
-    y = layers.Activation("relu")(batch_normalization()(_conv(filters, strides)(x)))
-    y = batch_normalization()(_conv(filters)(y))
+    y = layers.Activation("relu")(batch_normalization()(_conv(x, filters, strides)))
+    y = batch_normalization()(_conv(y, filters))
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
@@ -52,12 +47,13 @@ def create_resnet(input_dim, nb_classes=10, depth=110, verbose=1):
         raise ValueError(f"ResNet depth must be of the form 6n+2 with n >= 1 (20, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_dim))
-    x = layers.Activation("relu")(batch_normalization()(_conv(16)(inputs)))
+    x = layers.Activation("relu")(batch_normalization()(_conv(inputs, 16)))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(n):
             x = basic_block(x, filters, strides=2 if stage > 0 and block == 0 else 1)
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(nb_classes, activation="softmax", dtype="float32", kernel_initializer=_dense_init())(x)
+    outputs = layers.Dense(nb_classes, activation="softmax", dtype="float32",
+                           kernel_initializer=torch_init.linear_kernel())(x)
     model = keras.Model(inputs, outputs, name=f"resnet_{depth}")
     if verbose:
         print(f"ResNet-{depth} created.")
