@@ -93,8 +93,19 @@ MODELS = ORIGINAL_MODELS + ("resnet",)
 DEFAULT_RESNET_DEPTH = 110
 
 
-def add_model_flags(parser, models=MODELS):
-    """The original's model flags, same names and defaults; `models` are the --model choices."""
+TRAINING_VARIANT_HELP = (
+    "the network's definition: original: the original Keras suite's (post-activation WRN with max-pooling, "
+    "prefix WRN-...; Keras 1 initialisers); paper: the paper's Torch code's (pre-activation WRN of Zagoruyko "
+    "and Komodakis, prefix PreActWRN-...; He-normal fan-out initialisation); the ResNet is the paper's "
+    "(default: the --recipe's)")
+PREDICTION_VARIANT_HELP = (
+    "the WRN's definition: original (post-activation, prefix WRN-...) or paper (pre-activation, prefix "
+    "PreActWRN-...) (default: the one whose weight files --weights_dir holds)")
+
+
+def add_model_flags(parser, models=MODELS, variant_help=None):
+    """The original's model flags, same names and defaults; `models` are the --model choices. With
+    `variant_help`, --variant too; without, the networks are the original's."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", choices=models, default="wrn",
                        help="wrn: Wide Residual Network, dn: DenseNet" + (", resnet: the paper's CIFAR ResNet"
@@ -109,6 +120,10 @@ def add_model_flags(parser, models=MODELS):
                        help="DenseNet growth rate (default: %(default)s)")
     group.add_argument("--dn_blocks", type=model_size, default=3,
                        help="DenseNet dense blocks; 1 reproduces the original scripts (default: %(default)s)")
+    if variant_help:
+        group.add_argument("--variant", choices=config.VARIANTS, default=None, help=variant_help)
+    else:  # the original's release weights and Keras 1 files: only its own networks
+        parser.set_defaults(variant="original")
     if "resnet" in models:
         group.add_argument("--resnet_depth", type=model_size, default=DEFAULT_RESNET_DEPTH,
                            help="ResNet depth, 6n+2 (default: %(default)s)")
@@ -173,7 +188,7 @@ def training_parser(dataset, prog=None):
                         help="total epochs T, a multiple of M (default: %(default)s)")
     parser.add_argument("--alpha_zero", type=positive_float, default=0.1,
                         help="initial (peak) learning rate of every cycle (default: %(default)s)")
-    add_model_flags(parser)
+    add_model_flags(parser, variant_help=TRAINING_VARIANT_HELP)
     add_training_flags(parser)
     add_distribute_flags(parser)
     parser.add_argument("--weights_dir", default="weights", help="output folder (default: %(default)s)")
@@ -210,10 +225,11 @@ def add_training_flags(parser):
     group.add_argument("--weight_decay", type=non_negative_float, default=None,
                        help="recipe; as the paper's Torch SGD counts it: WD x w added to every weight's "
                             "gradient, i.e. WD / 2 x sum(w^2) in the training loss, on every weight")
-    group.add_argument("--bn_momentum", type=unit_interval, default=config.TrainingConfig.bn_momentum,
-                       help="momentum of BatchNormalization's moving mean and variance, Keras's and the "
-                            "original's 0.99; lower it when an epoch has few steps, so that the statistics "
-                            "saved with a snapshot are those of its weights (default: %(default)s)")
+    group.add_argument("--bn_momentum", type=unit_interval, default=None,
+                       help="recipe; momentum of BatchNormalization's moving mean and variance: 0.99 (the "
+                            "original's, Keras's), 0.9 (the paper's, Torch's 0.1); lower it when an epoch has few "
+                            "steps, so that the statistics validated and saved are those of the weights (training "
+                            "warns when it is too high)")
     group.add_argument("--schedule", choices=("epoch", "batch", "multistep"), default=None,
                        help="recipe; anneal the learning rate per epoch (the original) or per step (the paper); "
                             "multistep: the paper's single-model baseline with --M 1, the learning rate divided "
@@ -254,7 +270,7 @@ def prediction_parser(dataset, prog=None):
                              "optimum (default: %(default)s)")
     parser.add_argument("--M", type=positive_int, default=None,
                         help="number of snapshots to use (default: every snapshot file present)")
-    add_model_flags(parser)
+    add_model_flags(parser, variant_help=PREDICTION_VARIANT_HELP)
     parser.add_argument("--batch_size", type=positive_int, default=256,
                         help="prediction batch size (default: %(default)s)")
     parser.add_argument("--seed", type=non_negative_int, default=0,

@@ -19,6 +19,7 @@ from snapshot_ensembles.naming import model_prefix
 from snapshot_ensembles.schedule import SCHEDULE_MODES as SCHEDULES, check_snapshot_counts
 
 MODELS = ("wrn", "dn", "resnet")
+VARIANTS = ("original", "paper")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 DATASETS = ("cifar10", "cifar100", "digits")
 
@@ -34,10 +35,21 @@ class ModelConfig:
     dn_growth_rate: int = 12
     dn_blocks: int = 3  # dense blocks; 1 is the original scripts' network
     resnet_depth: int = 110  # 6n+2
+    # original: the network as the original Keras suite defines it (post-activation WRN, Keras 1
+    # initialisers); paper: as the paper's Torch code does (pre-activation WRN, He-normal fan-out
+    # initialisation); None: the recipe's (training) or the one found in the weights folder (prediction).
+    variant: Optional[str] = None
 
     def check(self):
         if self.model not in MODELS:
             raise ConfigError(f"{{model}} is not a network: choose one of {', '.join(MODELS)}", model=("model", self.model))
+        if self.variant not in (None, *VARIANTS):
+            raise ConfigError(f"{{variant}} is not a variant: choose one of {', '.join(VARIANTS)}",
+                              variant=("variant", self.variant))
+        if self.model == "resnet" and self.variant == "original":
+            raise ConfigError("{model} exists only as the paper's network (the original suite has none): "
+                              "drop {variant}",
+                              model=("model", "resnet"), variant=("variant", "original"))
         if self.model == "dn" and (self.dn_depth < 7 or (self.dn_depth - 4) % 3 != 0):
             raise ConfigError("{depth} is not of the form 3n+4 with n >= 1 (for example 40, 100, 190)",
                               depth=("dn_depth", self.dn_depth))
@@ -49,29 +61,55 @@ class ModelConfig:
     def prefix(self, dataset):
         """The run's file-name prefix, `WRN-CIFAR10-16-4`, ..."""
         return model_prefix(dataset, self.model, self.wrn_N, self.wrn_k, self.dn_depth, self.dn_growth_rate,
-                            self.resnet_depth)
+                            self.resnet_depth, dn_blocks=self.dn_blocks, variant=self.variant)
+
+    def with_variant(self, recipe):
+        """This configuration with the variant left unset taken from `recipe`, whose networks are the variant of
+        the same name (the ResNet's is always the paper's)."""
+        if self.model == "resnet":
+            return dataclasses.replace(self, variant="paper")
+        return self if self.variant is not None else dataclasses.replace(self, variant=recipe)
+
+    @property
+    def pre_activation_wrn(self):
+        return self.model == "wrn" and self.variant == "paper"
 
     def flags(self):
         """The model flags that determine the weight shapes, as a user would type them."""
+        paper = " --variant paper" if self.variant == "paper" and self.model != "resnet" else ""
         if self.model == "wrn":
-            return f"--model wrn --wrn_N {self.wrn_N} --wrn_k {self.wrn_k}"
+            return f"--model wrn --wrn_N {self.wrn_N} --wrn_k {self.wrn_k}{paper}"
         if self.model == "resnet":
             return f"--model resnet --resnet_depth {self.resnet_depth}"
         return (f"--model dn --dn_depth {self.dn_depth} --dn_growth_rate {self.dn_growth_rate} "
-                f"--dn_blocks {self.dn_blocks}")
+                f"--dn_blocks {self.dn_blocks}{paper}")
 
     def describe(self, nb_classes):
         """The network in words and the flags to check when a weight file does not fit it."""
         if self.model == "wrn":
-            return (f"WRN-{6 * self.wrn_N + 4}-{self.wrn_k} for {nb_classes} classes",
-                    "check --wrn_N/--wrn_k/--dataset")
+            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--variant/--dataset"
         if self.model == "resnet":
             return f"ResNet-{self.resnet_depth} for {nb_classes} classes", "check --resnet_depth/--dataset"
         hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
         if self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-        return (f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {self.dn_blocks} dense "
-                f"block{'s' if self.dn_blocks > 1 else ''} for {nb_classes} classes", hint)
+        return f"{self.network_name()} for {nb_classes} classes", hint
+
+    def network_name(self):
+        """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (the paper's)`, ..."""
+        if self.model == "wrn":
+            depth = 6 * self.wrn_N + 4
+            if self.pre_activation_wrn:
+                return (f"pre-activation WRN-{depth}-{self.wrn_k} (Wide-ResNet-{depth - 2}-{self.wrn_k} as the "
+                        "paper counts)")
+            return f"post-activation WRN-{depth}-{self.wrn_k} (the original suite's)"
+        if self.model == "resnet":
+            return f"ResNet-{self.resnet_depth} (the paper's, fb.resnet.torch)"
+        initialisation = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
+                          "initialisation"}.get(self.variant)
+        blocks = f"{self.dn_blocks} dense block{'s' if self.dn_blocks > 1 else ''}"
+        return (f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}"
+                + (f", {initialisation}" if initialisation else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +145,7 @@ class TrainingConfig:
     momentum: Optional[float] = None
     nesterov: Optional[bool] = None
     weight_decay: Optional[float] = None  # as Torch's SGD counts it: WD x w added to every gradient
-    bn_momentum: float = 0.99
+    bn_momentum: Optional[float] = None  # of BatchNormalization's moving statistics
     augment: Optional[str] = None  # original | paper | none
     normalize: Optional[str] = None  # unit | channel
     seed: int = 0
@@ -160,7 +198,8 @@ class TrainConfig:
         self.model.check()
         self.cycles.check()
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
-        resolved = dataclasses.replace(self, training=training, cycles=dataclasses.replace(self.cycles, schedule=schedule))
+        resolved = dataclasses.replace(self, training=training, model=self.model.with_variant(training.recipe),
+                                       cycles=dataclasses.replace(self.cycles, schedule=schedule))
         resolved.check_values()
         return resolved
 
@@ -204,6 +243,8 @@ class TrainConfig:
         flat = {**recipes.flags_of_runs_before_recipes(saved), **flat}
         if no_augment and flat.get("augment") is None:
             flat["augment"] = "none"
+        flat.setdefault("variant", recipes.VARIANT_BEFORE_VARIANTS.get(flat.get("model", "wrn")))
+        flat.setdefault("bn_momentum", recipes.BN_MOMENTUM_BEFORE_RECIPES)
         parts = {name: part(**{field.name: flat.pop(field.name) for field in dataclasses.fields(part)
                                if field.name in flat})
                  for name, part in _PARTS.items()}

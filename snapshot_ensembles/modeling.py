@@ -70,23 +70,29 @@ def set_precision(mixed):
 
 def build_model(model_config, nb_classes, dropout=None, bn_momentum=None, weight_decay=None,
                 input_shape=INPUT_SHAPE, verbose=0, fused_batch_norm=False):
-    """The network that `model_config` (a config.ModelConfig) describes; `bn_momentum` and `weight_decay`,
-    when given (training), replace BatchNormalization's momentum and the weights' penalties;
+    """The network that `model_config` (a config.ModelConfig) describes, the original's where its variant is
+    unset; `bn_momentum` and `weight_decay`, when given (training), replace BatchNormalization's momentum
+    and the weights' penalties;
     `fused_batch_norm` trains its BatchNormalization with TensorFlow's fused kernel (models.batch_norm)."""
-    from snapshot_ensembles.models import create_dense_net, create_resnet, create_wide_residual_network
+    from snapshot_ensembles.models import (create_dense_net, create_pre_activation_wrn, create_resnet,
+                                           create_wide_residual_network)
     from snapshot_ensembles.models.batch_norm import with_fused_batch_norm
 
     config = model_config
     if dropout is None:
         dropout = DEFAULT_DROPOUT[config.model]
-    if config.model == "wrn":
+    if config.pre_activation_wrn:
+        model = create_pre_activation_wrn(input_shape, nb_classes=nb_classes, N=config.wrn_N, k=config.wrn_k,
+                                          dropout=dropout, verbose=verbose)
+    elif config.model == "wrn":
         model = create_wide_residual_network(input_shape, nb_classes=nb_classes, N=config.wrn_N, k=config.wrn_k,
                                              dropout=dropout, verbose=verbose)
     elif config.model == "resnet":
         model = create_resnet(input_shape, nb_classes=nb_classes, depth=config.resnet_depth, verbose=verbose)
     else:
         model = create_dense_net(nb_classes, input_shape, depth=config.dn_depth, nb_dense_block=config.dn_blocks,
-                                 growth_rate=config.dn_growth_rate, dropout_rate=dropout or None, verbose=verbose)
+                                 growth_rate=config.dn_growth_rate, dropout_rate=dropout or None, verbose=verbose,
+                                 torch_init=config.variant == "paper")
     if fused_batch_norm:
         model = with_fused_batch_norm(model)  # first: the copy's variables get the momentum and penalties
     if bn_momentum is not None:

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, metrics, naming, output
+from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
@@ -96,9 +97,12 @@ def find_members(config, folder):
                   else f"{os.path.basename(folder.snapshot(1))} ... in {folder.weights_dir}")
         script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
         flags = config.model.flags()
+        train = f"Train them with `python {script} {flags} --weights_dir {folder.weights_dir}`"
+        if config.model.variant == "paper":  # the release holds the original's networks only
+            raise UserError(f"missing ensemble member files: {listed}. {train} (and pass --M if you want fewer "
+                            "snapshots)")
         raise UserError(
-            f"missing ensemble member files: {listed}. Train them with `python {script} "
-            f"{flags} --weights_dir {folder.weights_dir}`, or fetch the release weights with "
+            f"missing ensemble member files: {listed}. {train}, or fetch the release weights with "
             f"`python download_weights.py --dataset {config.dataset} {flags} "
             f"--weights_dir {folder.weights_dir}` (and pass --M if you want fewer snapshots)")
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
@@ -235,7 +239,7 @@ def member_load_error(member, cause, config):
     return UserError(
         f"{member.path} does not fit the network {config.model.flags()} for "
         f"{naming.dataset_title(config.dataset)} ({str(cause).splitlines()[0][:200]}): pass the model flags the "
-        "weights were trained with (--model, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
+        "weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
 
 
 def load_member_weights(model, member, config):
@@ -410,10 +414,35 @@ def compute_report(config, data=None):
                             test_probs, cache.computed, cache.folder)
 
 
+def with_trained_variant(config):
+    """`config` with the network's variant, when unset, that of the run in its weights folder.
+
+    The two WRNs are named apart (`WRN-...`, `PreActWRN-...`): the one whose weight files are there,
+    the original's when neither is, a UserError when both are. The DenseNet's variant (its initialisation)
+    is read from the run record, for the report; the ResNet has one.
+    """
+    model = config.model
+    if model.variant is not None:
+        return config
+    if model.model != "wrn":
+        recorded = RunFolder(config.weights_dir, config.prefix).read_record().get("args", {})
+        variant = recorded.get("variant") if isinstance(recorded, dict) else None
+        return dataclasses.replace(config, model=model.with_variant(variant if variant in VARIANTS else "original"))
+    candidates = [model.with_variant(variant) for variant in VARIANTS]
+    present = [candidate for candidate in candidates
+               if RunFolder(config.weights_dir, candidate.prefix(config.dataset)).member_files()]
+    if len(present) > 1:
+        held = " and ".join(f"{candidate.prefix(config.dataset)} (the {candidate.network_name()})"
+                            for candidate in present)
+        raise UserError(f"{config.weights_dir} holds weight files of two networks, {held}: choose one with "
+                        f"--variant {' or --variant '.join(VARIANTS)}")
+    return dataclasses.replace(config, model=(present or candidates)[0])
+
+
 def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
-    config.check()
+    config = with_trained_variant(config.check())
     backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)

@@ -22,16 +22,23 @@ NORMALIZATIONS = ("unit", "channel")
 # The original scripts: plain SGD, the learning rate set per epoch, the Keras 1 rotations and shifts,
 # pixels scaled to [0, 1]; weight decay and dropout only in the DenseNet (its L2(1e-4) on every weight).
 # The ResNet, which the original lacks, trains as its WRN.
-ORIGINAL = {"momentum": 0.0, "nesterov": False, "schedule": "epoch", "augment": "original", "normalize": "unit",
-            "batch_size": {"wrn": 128, "dn": 64, "resnet": 128}, "dropout": {"wrn": 0.0, "dn": 0.2, "resnet": 0.0},
-            "weight_decay": {"wrn": 0.0, "dn": 2e-4, "resnet": 0.0}}
+ORIGINAL = {"momentum": 0.0, "nesterov": False, "bn_momentum": 0.99, "schedule": "epoch", "augment": "original",
+            "normalize": "unit", "batch_size": {"wrn": 128, "dn": 64, "resnet": 128},
+            "dropout": {"wrn": 0.0, "dn": 0.2, "resnet": 0.0}, "weight_decay": {"wrn": 0.0, "dn": 2e-4, "resnet": 0.0}}
 # The paper: SGD with Nesterov momentum 0.9, batch 64, per-iteration annealing, padded crops and
 # flips on per-channel standardised images (fb.resnet.torch's CIFAR pipeline), no dropout (Table 1
-# has the DenseNet with dropout as a baseline of its own). Weight decay 5e-4 for the ResNet and the
-# WRN, 1e-4 for the DenseNet; the Torch code's own default, 1e-4 for every network, is `--weight_decay 1e-4`.
-PAPER = {"momentum": 0.9, "nesterov": True, "schedule": "batch", "augment": "paper", "normalize": "channel",
-         "batch_size": 64, "dropout": 0.0, "weight_decay": {"wrn": 5e-4, "dn": 1e-4, "resnet": 5e-4}}
+# has the DenseNet with dropout as a baseline of its own), BatchNormalization's moving statistics with
+# Torch's momentum 0.1 (nn.BatchNormalization's default, which is Keras's 0.9; the original's 0.99 is
+# Keras 1's). Weight decay 5e-4 for the ResNet and the WRN, 1e-4 for the DenseNet; the Torch code's own
+# default, 1e-4 for every network, is `--weight_decay 1e-4`.
+PAPER = {"momentum": 0.9, "nesterov": True, "bn_momentum": 0.9, "schedule": "batch", "augment": "paper",
+         "normalize": "channel", "batch_size": 64, "dropout": 0.0,
+         "weight_decay": {"wrn": 5e-4, "dn": 1e-4, "resnet": 5e-4}}
 RECIPES = {"original": ORIGINAL, "paper": PAPER}
+# The network definition (config.ModelConfig.variant) of runs saved before --variant: the original's,
+# but for the ResNet, which is the paper's only.
+VARIANT_BEFORE_VARIANTS = {"wrn": "original", "dn": "original", "resnet": "paper"}
+BN_MOMENTUM_BEFORE_RECIPES = 0.99  # every run before the recipes set --bn_momentum
 
 
 def recipe_values(recipe, model):

@@ -32,7 +32,7 @@ import numpy as np
 
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of_arrays
-from snapshot_ensembles.recipes import flags_of_runs_before_recipes
+from snapshot_ensembles.recipes import BN_MOMENTUM_BEFORE_RECIPES, VARIANT_BEFORE_VARIANTS, flags_of_runs_before_recipes
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
@@ -84,7 +84,7 @@ def _describe(value):
 
 # Flags that later versions added, with the value that reproduces what runs saved before them did
 # (the recipes' flags: snapshot_ensembles.recipes.flags_of_runs_before_recipes).
-ADDED_FLAG_DEFAULTS = {"mixed_precision": False, "bn_momentum": 0.99, "deterministic": True}
+ADDED_FLAG_DEFAULTS = {"mixed_precision": False, "bn_momentum": BN_MOMENTUM_BEFORE_RECIPES, "deterministic": True}
 
 
 def check_same_run(saved_flags, flags, what, weights_dir):
@@ -93,7 +93,8 @@ def check_same_run(saved_flags, flags, what, weights_dir):
     The resolved values are compared, whichever recipe or spelling produced them.
     """
     # A run saved before a flag existed ran without it.
-    saved_flags = {**ADDED_FLAG_DEFAULTS, **flags_of_runs_before_recipes(saved_flags), **saved_flags}
+    saved_flags = {**ADDED_FLAG_DEFAULTS, "variant": VARIANT_BEFORE_VARIANTS.get(saved_flags.get("model", "wrn")),
+                   **flags_of_runs_before_recipes(saved_flags), **saved_flags}
     saved_flags, flags = ({name: value for name, value in both.items() if name not in ALIAS_FLAGS}
                           for both in (saved_flags, flags))
     changed = [f"--{name} {_describe(saved_flags.get(name))} (now {_describe(flags.get(name))})"

@@ -1,6 +1,7 @@
 """The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -14,6 +15,10 @@ from snapshot_ensembles.run_folder import RunFolder
 
 COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
 EVALUATION_BATCH_SIZE = 256
+# BatchNormalization's moving statistics lag when, at an epoch's end, more than this share of them
+# still comes from before the epoch: momentum ** steps per epoch (1/e at one time constant).
+STALE_STATISTICS_LIMIT = 0.2
+STALE_STATISTICS_TARGET = 0.05  # what the suggested --bn_momentum leaves
 
 
 class TrainingFailed(UserError):
@@ -146,6 +151,7 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
     check_same_data(resume_from, splits, RunFolder(config.weights_dir, config.prefix).state)
     steps = steps_per_epoch(len(splits.y_train), config.training.batch_size)  # global batch: replicas change nothing
     callbacks, checkpoint = snapshot_callbacks(config, splits, steps, distribution, resume_from, record)
+    warn_lagging_statistics(config, steps)
     initial_epoch = resume_from.epoch if resume_from is not None else 0
     if resume_from is not None:
         output.say(f"Resuming {config.prefix} after epoch {initial_epoch} of {config.cycles.nb_epoch} "
@@ -198,6 +204,50 @@ def datasets(config, splits, initial_epoch, distribution):
     return train_data, val_data
 
 
+def lagging_statistics(bn_momentum, steps):
+    """(share of the moving statistics that predates an epoch of `steps` steps, a --bn_momentum that leaves
+    STALE_STATISTICS_TARGET) when that share exceeds STALE_STATISTICS_LIMIT; None when the statistics keep up."""
+    stale = bn_momentum ** steps
+    if stale <= STALE_STATISTICS_LIMIT:
+        return None
+    suggested = math.floor(STALE_STATISTICS_TARGET ** (1.0 / steps) * 100) / 100
+    return stale, suggested
+
+
+def warn_lagging_statistics(config, steps):
+    """Say once, before training, when BatchNormalization's moving statistics cannot follow an epoch.
+
+    Validation (hence the Best checkpoint) and every snapshot use the moving statistics; with few steps
+    per epoch against their time constant 1 / (1 - momentum) they still hold those of earlier weights
+    (at first, their initial zeros and ones): validation accuracy stays near chance while training
+    accuracy climbs, and the Best checkpoint is chosen on that.
+    """
+    momentum = config.training.bn_momentum
+    lag = lagging_statistics(momentum, steps)
+    if lag is None:
+        return
+    stale, suggested = lag
+    output.always(
+        f"warning: an epoch has {steps} steps, few against BatchNormalization's time constant of "
+        f"{1 / (1 - momentum):.0f} steps (--bn_momentum {momentum:g}): at each epoch's end {stale:.0%} of its "
+        "moving statistics still come from earlier weights, so the validation accuracy, the Best checkpoint "
+        f"chosen on it and the snapshots lag behind the training. Pass --bn_momentum {suggested:g} (or fewer, "
+        "larger epochs) to avoid it")
+
+
+def divergence_causes(config):
+    """The likely causes of a diverged run, each with the flag to change, most likely first."""
+    model, training, cycles = config.model, config.training, config.cycles
+    causes = []
+    if model.model == "wrn" and not model.pre_activation_wrn and training.momentum > 0:
+        causes.append(f"SGD momentum {training.momentum:g} on the original's post-activation WRN, whose residual "
+                      "sums are never normalised (its activations grow from block to block): train the paper's "
+                      "pre-activation WRN with --variant paper, or without momentum (--momentum 0)")
+    causes.append(f"the peak learning rate {cycles.alpha_zero:g}: lower it (for example --alpha_zero "
+                  f"{cycles.alpha_zero / 10:g})")
+    return causes
+
+
 def explained_failure(err, config, checkpoint, distribution):
     """The error to raise instead of an exception out of fit, where its cause is known; else None."""
     from snapshot_ensembles.callbacks import TrainingDiverged
@@ -206,8 +256,8 @@ def explained_failure(err, config, checkpoint, distribution):
         return TrainingFailed(
             f"training diverged: the {err.metric} became {err.value} in epoch {err.epoch + 1} of "
             f"{config.cycles.nb_epoch}, so the run stopped without saving that epoch's weights; the snapshots and "
-            f"checkpoints saved before are kept. Lower the learning rate (for example --alpha_zero "
-            f"{config.cycles.alpha_zero / 10:g}) and train again with --no_resume")
+            f"checkpoints saved before are kept. Likely causes: {'; '.join(divergence_causes(config))}. Then train "
+            "again with --no_resume")
     if isinstance(err, FileWriteError):
         done = checkpoint.saved_epochs
         resume = f"resume after epoch {done}" if done else "start again"
@@ -399,20 +449,34 @@ def compiled_model(config, nb_classes, splits, distribution):
 
 def run_record(config, splits, resume_from):
     """The run record's content: what prediction and a later resumption read (RunFolder.run_record)."""
-    record = {"dataset": config.dataset, "prefix": config.prefix, "args": config.to_dict(),
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
+    record = {"dataset": config.dataset, "prefix": config.prefix, "network": config.model.network_name(),
+              "args": config.to_dict(),
               "val_split": config.data.val_split, "seed": config.training.seed,
               "nb_train": int(len(splits.y_train)), "nb_val": int(len(splits.y_val)),
               "standardization": splits.standardization}
     if resume_from is not None:
         record["resumed_after_epoch"] = resume_from.epoch
+    lag = lagging_statistics(config.training.bn_momentum, steps_per_epoch(len(splits.y_train),
+                                                                          config.training.batch_size))
+    if lag is not None:  # the warning at the start, kept with the run: its Best checkpoint is suspect
+        record["lagging_bn_statistics"] = {"stale_share": round(lag[0], 4), "suggested_bn_momentum": lag[1]}
     return record
 
 
 def report_final_model(model, config, data, splits, distribution, chief):
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
     accuracy = test_accuracy(model, data, evaluation_batch_size(config, distribution), splits.standardization) * 100
     output.always(f"Final model on the test set ({len(data.y_test)} images):")
     output.always("Accuracy : ", accuracy)
     output.always("Error : ", 100 - accuracy)
+    lag = lagging_statistics(config.training.bn_momentum, steps_per_epoch(len(splits.y_train),
+                                                                          config.training.batch_size))
+    if lag is not None:
+        output.always(f"warning: the Best checkpoint was chosen on lagging BatchNormalization statistics (see the "
+                      f"warning at the start); train again with --bn_momentum {lag[1]:g} --no_resume")
     if chief:
         output.say(f"Snapshots, best checkpoint and history in {config.weights_dir}/ with prefix {config.prefix}")
     else:

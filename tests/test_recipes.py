@@ -98,7 +98,8 @@ def test_runs_saved_before_the_recipes_resume_and_recipes_compare_by_value(tmp_p
     paper = run_state.run_flags(vars(resolved("--recipe", "paper")))
     spelled_out = run_state.run_flags(vars(resolved(
         "--batch_size", "64", "--momentum", "0.9", "--nesterov", "--weight_decay", "5e-4", "--schedule", "batch",
-        "--augment", "paper", "--normalize", "channel", "--dropout", "0")))
+        "--augment", "paper", "--normalize", "channel", "--dropout", "0", "--bn_momentum", "0.9",
+        "--variant", "paper")))
     run_state.check_same_run(paper, spelled_out, "a run", where)
 
 

@@ -19,9 +19,13 @@ from snapshot_ensembles.models import torch_init
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
-def _conv(filters, strides=1):
-    return layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                         kernel_initializer=torch_init.conv_kernel())
+def _conv(x, filters, strides=1):
+    """A bias-free 3x3 convolution padded by one pixel on every side, as Torch pads it: with stride 2 its
+    outputs sit on the even pixels, which the shortcut keeps (Keras's "same" pads only the bottom and right)."""
+    if strides != 1:
+        x = layers.ZeroPadding2D(1)(x)
+    return layers.Conv2D(filters, 3, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False,
+                         kernel_initializer=torch_init.conv_kernel())(x)
 
 
 def downsampling_shortcut(x):
@@ -32,8 +36,8 @@ def downsampling_shortcut(x):
 
 def basic_block(x, filters, strides=1):
     shortcut = downsampling_shortcut(x) if strides != 1 else x
-    y = layers.Activation("relu")(batch_normalization()(_conv(filters, strides)(x)))
-    y = batch_normalization()(_conv(filters)(y))
+    y = layers.Activation("relu")(batch_normalization()(_conv(x, filters, strides)))
+    y = batch_normalization()(_conv(y, filters))
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
@@ -43,7 +47,7 @@ def create_resnet(input_dim, nb_classes=10, depth=110, verbose=1):
         raise ValueError(f"ResNet depth must be of the form 6n+2 with n >= 1 (20, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_dim))
-    x = layers.Activation("relu")(batch_normalization()(_conv(16)(inputs)))
+    x = layers.Activation("relu")(batch_normalization()(_conv(inputs, 16)))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(n):
             x = basic_block(x, filters, strides=2 if stage > 0 and block == 0 else 1)
