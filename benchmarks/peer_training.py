@@ -142,6 +142,8 @@ def train(dataset, recipe, wrn_N, wrn_k, M, nb_epoch, alpha_zero, bn_momentum=0.
                 diverged = True
                 break
         losses.append(total / len(x_train))
+        print(f"epoch {epoch + 1}/{nb_epoch}: loss {losses[-1]:.4f}, {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
         if diverged:
             break
     accuracy, nll = evaluate(model, x_test, dataset.y_test) if not diverged else (None, None)

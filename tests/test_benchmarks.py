@@ -1,10 +1,7 @@
 """The benchmarks' PyTorch peer is the same network as models/ builds (where PyTorch is installed)."""
 
-import json
 import math
 import os
-import re
-import subprocess
 import sys
 
 import pytest
@@ -117,57 +114,3 @@ def test_the_pytorch_loop_augmentations_keep_the_images_shape_and_pixels():
     assert set(rotated[0].flatten().tolist()) <= set(images[0].flatten().tolist())  # nearest: no new values
     assert peer_training.cosine_rate(0.1, 0, 4) == 0.1 and peer_training.cosine_rate(0.1, 4, 4) == 0.1
     assert abs(peer_training.cosine_rate(0.1, 2, 4) - 0.05) < 1e-12
-
-
-ROW = re.compile(r"^\| (.+?) \| `(.+?)` \| ([0-9.]+|-) \| ([0-9.]+|-) \| (yes|no) \| ([0-9.]+ %|-) \| \d+ \(\d+\) \|$",
-                 re.MULTILINE)
-
-
-def _real_data(tmp_path, *flags):
-    folder = tmp_path / "data"
-    _, sha = write_archive(str(folder), train_per_batch=16, test_size=20)
-    report = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "real_data.py"), "--data_dir",
-                           str(folder), "--data_sha256", sha, "--quick", "--json", str(report), *flags],
-                          capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
-    with open(report) as fh:
-        return done.stdout, json.load(fh)
-
-
-def test_real_data_prints_loss_divergence_and_accuracy_per_command_with_the_cpu(tmp_path):
-    out, record = _real_data(tmp_path, "--parts", "commands", "--only", "CIFAR flow 1")
-    assert re.search(r"^CPU: .+; \d+ cores; flags: .+", out, re.MULTILINE)
-    rows = ROW.findall(out)
-    assert len(rows) == 2  # printed as it ran, then in the table
-    row, command, first, last, diverged, accuracy = rows[-1]
-    assert row == "CIFAR flow 1 (train)" and "--wrn_N 1 --wrn_k 1" in command and "--nb_epoch 2" in command
-    assert diverged == "no" and float(first) > 0 and float(last) > 0 and accuracy.endswith(" %")
-    (outcome,) = record["commands"]
-    assert len(outcome["losses"]) == 2 and outcome["returncode"] == 0
-    assert record["train_images"] == 80 and record["test_images"] == 20
-
-
-def test_real_data_refuses_a_folder_without_cifar_10_and_a_used_weights_folder(tmp_path):
-    script = os.path.join(REPO, "benchmarks", "real_data.py")
-    done = subprocess.run([sys.executable, script, "--data_dir", str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.startswith("error: no CIFAR-10 archive in")
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "mine.txt").write_text("keep")
-    done = subprocess.run([sys.executable, script, "--data_dir", str(tmp_path), "--weights_dir",
-                           str(tmp_path / "used")], capture_output=True, text=True)
-    assert done.returncode == 2 and "is not an empty folder" in done.stderr
-    assert (tmp_path / "used" / "mine.txt").read_text() == "keep"
-
-
-@pytest.mark.slow
-def test_real_data_runs_every_command_the_snapshot_comparison_and_the_peer(tmp_path):
-    from real_data import COMMANDS
-
-    out, record = _real_data(tmp_path, "--peer", "--seeds", "0")
-    assert len(record["commands"]) == len(COMMANDS)
-    assert all(outcome["returncode"] == 0 for outcome in record["commands"])
-    assert set(record["snapshot"]) == {"snapshot ensemble, 3 snapshots, equal weights", "its last snapshot alone",
-                                       "one cycle (single model), same epochs"}
-    assert [result["recipe"] for result in record["peer"]] == ["original", "paper"]
-    assert "| model | test accuracy | NLL | ECE |" in out
