@@ -211,9 +211,10 @@ def add_training_flags(parser):
     group.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
                        help="original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), "
                             "rotations and shifts, learning rate set per epoch, weight decay (2e-4) and dropout "
-                            "(0.2) only in the DenseNet; paper: SGD with Nesterov momentum 0.9, batch 64, padded "
-                            "crops and flips on per-channel standardised images, per-step annealing, weight decay "
-                            "5e-4 (wrn, resnet) or 1e-4 (dn), no dropout (default: %(default)s)")
+                            "(0.2) only in the DenseNet; paper: the paper's networks (--variant paper: the "
+                            "pre-activation WRN) with SGD with Nesterov momentum 0.9, batch 64, padded crops and "
+                            "flips on per-channel standardised images, per-step annealing, weight decay 5e-4 (wrn, "
+                            "resnet) or 1e-4 (dn), no dropout, --bn_momentum 0.9 (default: %(default)s)")
     group.add_argument("--batch_size", type=positive_int, default=None,
                        help="recipe; the global batch, split over the devices with --distribute")
     group.add_argument("--dropout", type=unit_interval, default=None, help="recipe; dropout rate")

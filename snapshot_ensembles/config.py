@@ -87,16 +87,17 @@ class ModelConfig:
     def describe(self, nb_classes):
         """The network in words and the flags to check when a weight file does not fit it."""
         if self.model == "wrn":
-            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--variant/--dataset"
+            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--dataset"
         if self.model == "resnet":
             return f"ResNet-{self.resnet_depth} for {nb_classes} classes", "check --resnet_depth/--dataset"
         hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
         if self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-        return f"{self.network_name()} for {nb_classes} classes", hint
+        return f"{self.network_name(initialisation=False)} for {nb_classes} classes", hint
 
-    def network_name(self):
-        """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (the paper's)`, ..."""
+    def network_name(self, initialisation=True):
+        """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (Wide-ResNet-32-4 as the
+        paper counts)`, ..."""
         if self.model == "wrn":
             depth = 6 * self.wrn_N + 4
             if self.pre_activation_wrn:
@@ -105,11 +106,10 @@ class ModelConfig:
             return f"post-activation WRN-{depth}-{self.wrn_k} (the original suite's)"
         if self.model == "resnet":
             return f"ResNet-{self.resnet_depth} (the paper's, fb.resnet.torch)"
-        initialisation = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
-                          "initialisation"}.get(self.variant)
+        initialiser = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
+                       "initialisation"}.get(self.variant) if initialisation else None
         blocks = f"{self.dn_blocks} dense block{'s' if self.dn_blocks > 1 else ''}"
-        return (f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}"
-                + (f", {initialisation}" if initialisation else ""))
+        return f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}" + (f", {initialiser}" if initialiser else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,6 +108,16 @@ def find_members(config, folder):
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
 
 
+def note_lagging_statistics(folder):
+    """Repeat the training run's warning when its BatchNormalization statistics lagged (training.lagging_statistics)."""
+    lag = folder.read_record().get("lagging_bn_statistics")
+    if isinstance(lag, dict):
+        output.always(f"note: the training run of {folder.prefix} lagged BatchNormalization's moving statistics "
+                      f"({lag.get('stale_share', 0):.0%} of them predated each epoch's end): its Best checkpoint "
+                      "and snapshots were validated on them; retrain with --bn_momentum "
+                      f"{lag.get('suggested_bn_momentum')} for members that do not")
+
+
 def saved_ensemble_weights(config, folder, members):
     """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON; None for each
     when this mode does without it (the temperatures are None too in a file saved without them).
@@ -391,6 +401,7 @@ def compute_report(config, data=None):
     """Find the members, predict them (through the cache), fit or read the weights and evaluate."""
     folder = RunFolder(config.weights_dir, config.prefix)
     members = find_members(config, folder)
+    note_lagging_statistics(folder)
     check_output_paths(config, folder, members)
     saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(config, folder, members)  # before any network
     if data is None:

@@ -115,10 +115,11 @@ def interrupt_after_epoch(monkeypatch, epochs_done):
     # Batch mode: the schedule reads the optimizer's step counter, which the state must restore.
     (WRN, ["--schedule", "batch"], WRN_PREFIX),
     # The paper's recipe: seeded crops and flips, Nesterov momentum, weight decay, standardised images.
-    (WRN, ["--recipe", "paper", "--alpha_zero", "0.01"], WRN_PREFIX),
+    # It trains the pre-activation WRN (the variant spelled out for the reference predictions' network).
+    (WRN + ["--variant", "paper"], ["--recipe", "paper", "--alpha_zero", "0.01"], "PreActWRN-CIFAR10-10-1"),
     # DenseNet trains with dropout 0.2: its seed generators must continue where they were.
     pytest.param(["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"], ["--val_split", "0.2"],
-                 "DenseNet-CIFAR10-7-4", marks=pytest.mark.slow),
+                 "DenseNet-CIFAR10-7-4-3blocks", marks=pytest.mark.slow),
 ])
 def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, model_flags, extra, prefix):
     train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))

@@ -39,7 +39,7 @@ def expected_files(prefix, m):
     ("train_cifar_10.py", "cifar10_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR10-10-1"),
     ("train_cifar_100.py", "cifar100_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR100-10-1"),
     ("train_cifar_10.py", "cifar10_dir", ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"],
-     "DenseNet-CIFAR10-7-4"),
+     "DenseNet-CIFAR10-7-4-3blocks"),
 ])
 def test_tiny_run_leaves_exactly_the_snapshots_best_and_history(request, tmp_path, script, fixture,
                                                                 model_flags, prefix):

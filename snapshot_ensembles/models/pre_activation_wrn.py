@@ -13,8 +13,9 @@ Torch's uniform weights and a zero bias; BatchNormalization starts at scale 1, o
 A strided 3x3 convolution pads one pixel on every side, as Torch does, so that its outputs sit on the
 even pixels that the 1x1 projection reads (Keras's "same" would pad only the bottom and right).
 
-Depth: Zagoruyko counts 6N+4 layers (the two projections included); the paper's "Wide-ResNet-32"
-counts as fb.resnet.torch counts a CIFAR ResNet, 6N+2, so it is N=5, k=4 (docs/paper.md).
+Depth: Zagoruyko counts 6N+4 layers (the first convolution, 6N in the blocks, three projections); the
+paper's "Wide-ResNet-32" counts as fb.resnet.torch counts a CIFAR ResNet, 6N+2 (the first convolution,
+6N, the classifier), so it is N=5, k=4 (docs/paper.md).
 """
 
 import keras
