@@ -25,40 +25,100 @@ from torch import nn  # noqa: E402
 from snapshot_ensembles.models.batch_norm import KERAS1_EPSILON  # noqa: E402
 from snapshot_ensembles.modeling import DEFAULT_DROPOUT  # noqa: E402
 
-TORCH_BN_MOMENTUM = 0.01  # PyTorch's momentum weighs the new batch: Keras's 0.99 is PyTorch's 0.01
 DENSENET_WEIGHT_DECAY = 1e-4  # models/dense_net.py: L2(1e-4) on every weight, gradient 2e-4 x w
 
 
-def _bn(channels):
-    return nn.BatchNorm2d(channels, eps=KERAS1_EPSILON, momentum=TORCH_BN_MOMENTUM)
+def _bn(channels, keras_momentum=0.99):
+    """BatchNormalization as Keras's with `keras_momentum` (PyTorch's momentum weighs the new batch)."""
+    return nn.BatchNorm2d(channels, eps=KERAS1_EPSILON, momentum=1.0 - keras_momentum)
 
 
 class ResidualBlock(nn.Module):
     """models/wide_residual_net.residual_block: conv-BN-ReLU-(dropout)-conv-BN-ReLU + shortcut."""
 
-    def __init__(self, in_channels, filters, dropout):
+    def __init__(self, in_channels, filters, dropout, bn_momentum=0.99):
         super().__init__()
         self.shortcut = nn.Conv2d(in_channels, filters, 1) if in_channels != filters else nn.Identity()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1), _bn(filters), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1), _bn(filters, bn_momentum), nn.ReLU(),
                                   *([nn.Dropout(dropout)] if dropout > 0 else []),
-                                  nn.Conv2d(filters, filters, 3, padding=1), _bn(filters), nn.ReLU())
+                                  nn.Conv2d(filters, filters, 3, padding=1), _bn(filters, bn_momentum), nn.ReLU())
 
     def forward(self, x):
         return self.shortcut(x) + self.body(x)
 
 
-def wide_residual_network(nb_classes, N, k, dropout=0.0):
+def _glorot_init(model):
+    """Keras 1's defaults, with which the original's networks trained: Glorot-uniform weights, zero biases."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def wide_residual_network(nb_classes, N, k, dropout=0.0, bn_momentum=0.99):
     """models/wide_residual_net.create_wide_residual_network, logits out."""
-    layers = [nn.Conv2d(3, 16, 3, padding=1), _bn(16), nn.ReLU()]
+    layers = [nn.Conv2d(3, 16, 3, padding=1), _bn(16, bn_momentum), nn.ReLU()]
     channels = 16
     for group, width in enumerate((16 * k, 32 * k, 64 * k)):
         if group > 0:
             layers.append(nn.MaxPool2d(2))
         for _ in range(N):
-            layers.append(ResidualBlock(channels, width, dropout))
+            layers.append(ResidualBlock(channels, width, dropout, bn_momentum))
             channels = width
     layers += [nn.AvgPool2d(8), nn.Flatten(), nn.Linear(channels, nb_classes)]
-    return nn.Sequential(*layers)
+    return _glorot_init(nn.Sequential(*layers))
+
+
+class PreActivationBlock(nn.Module):
+    """wide_basic of Zagoruyko & Komodakis' wide-resnet.lua: BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 + shortcut.
+
+    Where the width changes, the shortcut is a 1x1 convolution of stride `stride`, and the first
+    BN-ReLU comes before the split, so the shortcut reads the normalised input; elsewhere the
+    shortcut is the identity of the raw input. Convolutions have no bias (MSRinit removes it).
+    """
+
+    def __init__(self, in_channels, filters, stride, dropout, bn_momentum):
+        super().__init__()
+        self.projected = in_channels != filters
+        self.bn_relu = nn.Sequential(_bn(in_channels, bn_momentum), nn.ReLU())
+        self.shortcut = nn.Conv2d(in_channels, filters, 1, stride, bias=False) if self.projected else None
+        self.body = nn.Sequential(nn.Conv2d(in_channels, filters, 3, stride, padding=1, bias=False),
+                                  _bn(filters, bn_momentum), nn.ReLU(),
+                                  *([nn.Dropout(dropout)] if dropout > 0 else []),
+                                  nn.Conv2d(filters, filters, 3, 1, padding=1, bias=False))
+
+    def forward(self, x):
+        activated = self.bn_relu(x)
+        if self.projected:
+            return self.body(activated) + self.shortcut(activated)
+        return self.body(activated) + x
+
+
+def _msr_init(model):
+    """wide-resnet.lua's MSRinit: conv weights normal(0, sqrt(2 / (kH kW nOutputPlane))); Linear bias 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        elif isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)  # its weights keep Torch's uniform(+-1/sqrt(fan_in)), PyTorch's default
+    return model
+
+
+def pre_activation_wrn(nb_classes, N, k, dropout=0.0, bn_momentum=0.99):
+    """Zagoruyko & Komodakis' WRN-(6N+4)-k (wide-resnet.lua), logits out: conv3x3 to 16, three groups of N
+    wide_basic blocks at 16k, 32k, 64k channels (the first block of groups 2 and 3 with stride 2), then
+    BN-ReLU, 8x8 average pooling and a linear layer."""
+    layers = [nn.Conv2d(3, 16, 3, padding=1, bias=False)]
+    channels = 16
+    for group, width in enumerate((16 * k, 32 * k, 64 * k)):
+        for block in range(N):
+            layers.append(PreActivationBlock(channels, width, 2 if group > 0 and block == 0 else 1, dropout,
+                                             bn_momentum))
+            channels = width
+    layers += [_bn(channels, bn_momentum), nn.ReLU(), nn.AvgPool2d(8), nn.Flatten(), nn.Linear(channels, nb_classes)]
+    return _msr_init(nn.Sequential(*layers))
 
 
 def _bn_relu_conv(in_channels, filters, size, dropout):

@@ -1,11 +1,12 @@
 """The benchmarks' PyTorch peer is the same network as models/ builds (where PyTorch is installed)."""
 
+import math
 import os
 import sys
 
 import pytest
 
-from conftest import REPO, train_config
+from conftest import REPO, train_config, write_archive
 from snapshot_ensembles.modeling import build_model
 
 torch = pytest.importorskip("torch", reason="the PyTorch peer needs torch: pip install -r requirements-backends.txt")
@@ -57,3 +58,59 @@ def test_the_training_benchmark_alternates_our_flow_and_the_peer_in_blocks(tmp_p
         peer.close()
     assert peer.process.returncode == 0
     assert train_throughput.block_ratio([1, 1, 2, 2], [2, 2, 2, 2], 2) == 1.5
+
+
+@pytest.mark.parametrize("N, k", [(1, 1), (1, 2), (2, 1)])
+def test_the_pytorch_pre_activation_wrn_is_the_keras_one(N, k):
+    """Written from Zagoruyko & Komodakis' wide-resnet.lua, it has our pre-activation WRN's weights and statistics."""
+    from snapshot_ensembles.models import create_pre_activation_wrn
+
+    network = torch_peer.pre_activation_wrn(10, N, k)
+    torch_peer.check_same_size(torch_peer.sizes(network),
+                               create_pre_activation_wrn((32, 32, 3), 10, N=N, k=k, verbose=0))
+    assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_pytorch_pre_activation_wrn_has_the_published_layer_order():
+    """BN-ReLU before each convolution; the projection reads the normalised input; BN-ReLU before the pooling."""
+    network = torch_peer.pre_activation_wrn(10, 1, 2)
+    first_block = network[1]
+    assert first_block.projected and isinstance(first_block.bn_relu[0], torch.nn.BatchNorm2d)
+    assert [type(layer).__name__ for layer in first_block.body] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
+    assert [type(layer).__name__ for layer in network[-5:]] == ["BatchNorm2d", "ReLU", "AvgPool2d", "Flatten",
+                                                                 "Linear"]
+    assert network[2].body[0].stride == (2, 2) and network[2].shortcut.stride == (2, 2)
+    assert all(conv.bias is None for conv in network.modules() if isinstance(conv, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("recipe", ["original", "paper"])
+def test_the_pytorch_loop_trains_each_recipe_on_cifar_images(tmp_path, recipe):
+    import peer_training
+
+    from snapshot_ensembles.data import load_cifar
+
+    folder = tmp_path / "data"
+    _, sha = write_archive(str(folder), train_per_batch=8, test_size=12)
+    record = peer_training.train(load_cifar("cifar10", str(folder), sha, allow_download=False), recipe, 1, 1,
+                                 M=2, nb_epoch=2, alpha_zero=0.05)
+    assert len(record["loss"]) == 2 and all(math.isfinite(loss) for loss in record["loss"])
+    assert not record["diverged"] and 0.0 <= record["test_accuracy"] <= 1.0
+    assert record["network"] == ("pre-activation WRN-10-1" if recipe == "paper" else "original WRN-10-1")
+
+
+def test_the_pytorch_loop_augmentations_keep_the_images_shape_and_pixels():
+    import peer_training
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 32, 32)
+    cropped = peer_training.crop_flip(images, generator)
+    assert cropped.shape == images.shape
+    for image, crop in zip(images, cropped):  # every crop is a shifted (maybe mirrored) window of the padded image
+        padded = torch.nn.functional.pad(image, [4] * 4)
+        windows = [padded[:, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(-1)) for w in windows)
+    rotated = peer_training.rotate_shift(images, generator)
+    assert rotated.shape == images.shape
+    assert set(rotated[0].flatten().tolist()) <= set(images[0].flatten().tolist())  # nearest: no new values
+    assert peer_training.cosine_rate(0.1, 0, 4) == 0.1 and peer_training.cosine_rate(0.1, 4, 4) == 0.1
+    assert abs(peer_training.cosine_rate(0.1, 2, 4) - 0.05) < 1e-12
