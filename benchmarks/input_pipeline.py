@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from measure import cpu_description, describe_cpu, load_average  # noqa: E402
+from snapshot_ensembles import output  # noqa: E402
 
 AUGMENTATIONS = ("original", "paper", "none")
 
@@ -57,7 +58,8 @@ def time_epochs(make_batches, nb_images, epochs, repeats):
 def tf_data_rate(x, y, augment, batch_size, epochs, repeats):
     """tf.data's rate, or None where TensorFlow is not installed."""
     try:
-        from snapshot_ensembles import tf_pipeline
+        with output.native_stderr_hidden():
+            from snapshot_ensembles import tf_pipeline
     except ImportError:
         return None
     standardization = standardization_for(augment, x)
@@ -78,6 +80,7 @@ def numpy_rate(x, y, augment, batch_size, epochs, repeats, workers):
 
 
 def main(argv=None):
+    output.load_keras()  # the NumPy pipeline's evaluation batches are Keras PyDatasets
     from snapshot_ensembles.numpy_pipeline import WORKERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

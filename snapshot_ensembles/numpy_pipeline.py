@@ -30,25 +30,36 @@ def _gather_pixels(images, batch_index, rows, columns):
         (*flat.shape, channels))
 
 
-def _nearest(coordinates, size):
-    """TensorFlow's nearest sampling with `nearest` fill: clamp into the image, round half away from zero
-    (exactly, in float64: every float32 coordinate plus 0.5 is exact there)."""
-    clamped = np.clip(coordinates, np.float32(0.0), np.float32(size - 1))
-    return np.floor(clamped.astype(np.float64) + 0.5).astype(np.intp)
+def _nearest_pixel(row_terms, column_terms, offsets, size):
+    """The pixel index that TensorFlow's nearest sampling with `nearest` fill reads at the float32 coordinate
+    (column_term + row_term) + offset, per image, row and column: rounded half away from zero, then clamped
+    into the image (clamping first, as TensorFlow does, gives the same index).
+
+    The rounding is exact: c - trunc(c) is exact in float32. Truncation is the floor of the coordinates that
+    the clamping keeps: a negative one ends at 0 either way.
+    """
+    coordinates = np.add(column_terms[:, None, :], row_terms[:, :, None])
+    coordinates += offsets[:, None, None]
+    truncated = np.trunc(coordinates)
+    coordinates -= truncated
+    pixels = truncated.astype(np.int32)
+    pixels += coordinates >= 0.5
+    return np.clip(pixels, 0, size - 1, out=pixels)
 
 
 def random_rotate_shift(images, seed):
     """augmentation.rotate_shift_transforms applied as tf_pipeline.random_rotate_shift applies them, on a
     batch of images (any dtype: pixels are copied, never interpolated)."""
     batch, height, width = images.shape[:3]
-    a0, a1, a2, b0, b1, b2 = (values[:, None, None] for values in augmentation.rotate_shift_transforms(
-        NumpyDraws, seed, batch, np.float32(height), np.float32(width)))
-    x = np.arange(width, dtype=np.float32)[None, None, :]
-    y = np.arange(height, dtype=np.float32)[None, :, None]
-    # ImageProjectiveTransformV3's float32 arithmetic, in its order (its projective denominator is 1).
-    source_x = _nearest(a0 * x + a1 * y + a2, width)
-    source_y = _nearest(b0 * x + b1 * y + b2, height)
-    return _gather_pixels(images, np.arange(batch)[:, None, None], source_y, source_x)
+    a0, a1, a2, b0, b1, b2 = augmentation.rotate_shift_transforms(NumpyDraws, seed, batch, np.float32(height),
+                                                                  np.float32(width))
+    x = np.arange(width, dtype=np.float32)
+    y = np.arange(height, dtype=np.float32)
+    # ImageProjectiveTransformV3's float32 arithmetic, in its order: (a0 x + a1 y) + a2 (its projective
+    # denominator is 1).
+    source_x = _nearest_pixel(a1[:, None] * y, a0[:, None] * x, a2, width)
+    source_y = _nearest_pixel(b1[:, None] * y, b0[:, None] * x, b2, height)
+    return _gather_pixels(images, np.arange(batch, dtype=np.int32)[:, None, None], source_y, source_x)
 
 
 def random_crop_flip(images, seed, padding=CROP_PADDING):
@@ -57,25 +68,36 @@ def random_crop_flip(images, seed, padding=CROP_PADDING):
     the caller zeroes the others once the pixels are float (the paper's zero padding of standardised images)."""
     batch, height, width = images.shape[:3]
     top, left, mirrored = augmentation.crop_flip_offsets(NumpyDraws, seed, batch)
-    rows = top[:, None] - padding + np.arange(height)[None, :]
-    columns = np.where(mirrored[:, None], np.arange(width - 1, -1, -1)[None, :], np.arange(width)[None, :])
-    columns = left[:, None] - padding + columns
+    rows = top[:, None] - padding + np.arange(height, dtype=np.int32)[None, :]
+    forward = np.arange(width, dtype=np.int32)
+    columns = left[:, None] - padding + np.where(mirrored[:, None], forward[::-1], forward)
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((columns >= 0) & (columns < width))[:, None, :]
-    crops = _gather_pixels(images, np.arange(batch)[:, None, None], np.clip(rows, 0, height - 1)[:, :, None],
-                           np.clip(columns, 0, width - 1)[:, None, :])
+    crops = _gather_pixels(images, np.arange(batch, dtype=np.int32)[:, None, None],
+                           np.clip(rows, 0, height - 1)[:, :, None], np.clip(columns, 0, width - 1)[:, None, :])
     return crops, inside
 
 
-def to_float(images, standardization=None):
-    """tf_pipeline._to_float in NumPy: pixels in [0, 1], or standardised with (mean, std) per channel."""
-    images = images.astype(np.float32)
+def to_float(images, standardization=None, outside=None):
+    """tf_pipeline._to_float in NumPy: pixels in [0, 1], or standardised with (mean, std) per channel; the
+    pixels of the `outside` mask (batch, height, width), if given, become 0.0, as tf_pipeline's zero padding
+    after the conversion.
+
+    The arithmetic runs on rows of height x width x channels values, the constants tiled along them: NumPy's
+    loops over a last axis of 3 channels would be several times slower.
+    """
+    batch = len(images)
+    values = images.reshape(batch, -1).astype(np.float32)
+    channels = images.shape[-1]
     if standardization is None:
-        images /= np.float32(255.0)
-        return images
-    mean, std = (np.asarray(values, np.float32) for values in standardization)
-    images -= mean
-    images /= std
-    return images
+        mean, scale = np.float32(0.0), np.float32(255.0)
+    else:
+        mean, scale = (np.tile(np.asarray(v, np.float32), values.shape[1] // channels) for v in standardization)
+    if outside is not None:  # the mean, so that they are exactly +0.0 after the standardisation, as TensorFlow's
+        np.copyto(values, mean, where=np.repeat(outside.reshape(batch, -1), channels, axis=1))
+    if standardization is not None:
+        values -= mean
+    values /= scale
+    return values.reshape(images.shape)
 
 
 class TrainingBatches:
@@ -113,9 +135,7 @@ class TrainingBatches:
             return to_float(random_rotate_shift(images, seed), self.standardization), self.y[indices]
         if self.augment == "paper":
             crops, inside = random_crop_flip(images, seed)
-            images = to_float(crops, self.standardization)
-            images[~inside] = 0.0
-            return images, self.y[indices]
+            return to_float(crops, self.standardization, outside=~inside), self.y[indices]
         return to_float(images, self.standardization), self.y[indices]
 
     def batches(self, first_step, end_step, workers=WORKERS, prefetch=PREFETCH_BATCHES):
