@@ -83,9 +83,11 @@ def test_train_resume_and_predict_without_tensorflow(backend, cifar10_dir, tmp_p
     assert os.path.getsize(export) > 0
 
 
-def test_multiworker_training_says_it_needs_tensorflow(cifar10_dir, tmp_path):
+@pytest.mark.parametrize("backend, fragment", [("jax", "multiworker needs the TensorFlow backend"),
+                                               ("torch", "not available on the torch backend")])
+def test_multiworker_training_says_it_needs_tensorflow(backend, fragment, cifar10_dir, tmp_path):
     result = run_script("train_cifar_10.py", *RUN, "--distribute", "multiworker", *data_flags(cifar10_dir, tmp_path),
-                        env={**need("jax"), "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, '
-                                                          '"task": {"type": "worker", "index": 0}}'},
+                        env={**need(backend), "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, '
+                                                           '"task": {"type": "worker", "index": 0}}'},
                         python_args=patched(WITHOUT_TENSORFLOW))
-    assert_clean_failure(result, USER_ERROR, "multiworker needs the TensorFlow backend")
+    assert_clean_failure(result, USER_ERROR, fragment)
