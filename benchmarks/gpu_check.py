@@ -13,7 +13,6 @@ Keras from carried wheels). docs/performance.md has the figures.
 """
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -99,8 +98,7 @@ def peer_rate(config, steps, warmup, mixed, device):
     """Images/s of the plain PyTorch loop of the same network on `device`."""
     import torch_peer
 
-    network, weight_decay = torch_peer.build(argparse.Namespace(**dataclasses.asdict(config.model),
-                                                                dropout=config.training.dropout), 10)
+    network, weight_decay = torch_peer.build(config.model, 10, config.training.dropout)
     on_gpu = device != "cpu"
     trainer = torch_peer.Trainer(network, BATCH_SIZE, 0.01, weight_decay, bfloat16=mixed and not on_gpu,
                                  device=device, float16=mixed and on_gpu)

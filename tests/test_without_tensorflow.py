@@ -20,15 +20,9 @@ from test_backends import PREFIX, RUN, WRN, data_flags, history, need
 
 pytestmark = pytest.mark.slow
 
-# Any `import tensorflow` in the script's process fails as it does where TensorFlow is not installed.
-WITHOUT_TENSORFLOW = """
-import importlib.abc, sys
-class _NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, _NoTensorFlow())
-"""
+# TensorFlow absent, as where it is not installed: `import tensorflow` raises ModuleNotFoundError and
+# importlib.util.find_spec("tensorflow") answers None (Keras asks both).
+WITHOUT_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
 
 
 def run_without_tensorflow(script, *args, backend):
