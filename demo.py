@@ -45,8 +45,8 @@ def build_parser():
 
 def digits_dataset(seed):
     """scikit-learn's digits as a 32x32x3 uint8 Dataset with a stratified held-out test set."""
+    import keras
     import numpy as np
-    import tensorflow as tf
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -54,7 +54,7 @@ def digits_dataset(seed):
 
     digits = load_digits()
     images = (digits.images[..., None] * (255.0 / 16.0)).astype("float32")  # 0..16 grey levels -> 0..255
-    images = tf.image.resize(images, (32, 32), method="bilinear").numpy()
+    images = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (32, 32), interpolation="bilinear"))
     images = np.repeat(np.clip(np.rint(images), 0, 255).astype(np.uint8), 3, axis=-1)
     labels = digits.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=TEST_FRACTION,

@@ -179,25 +179,37 @@ def check_same_size(torch_sizes, keras_model):
 
 
 class Trainer:
-    """A plain PyTorch training loop on one in-memory batch: SGD, cross-entropy, channels_last."""
+    """A plain PyTorch training loop on one in-memory batch: SGD, cross-entropy, channels_last.
 
-    def __init__(self, model, batch_size, learning_rate, weight_decay, bfloat16=False, seed=0):
+    On `device` (a CPU, or a GPU for benchmarks/gpu_check.py); mixed precision as torch.autocast: bfloat16, or
+    float16 with a GradScaler's loss scaling (a GPU's, as Keras's mixed_float16 policy).
+    """
+
+    def __init__(self, model, batch_size, learning_rate, weight_decay, bfloat16=False, seed=0, device="cpu",
+                 float16=False):
         torch.manual_seed(seed)
-        self.model = model.to(memory_format=torch.channels_last).train()
+        self.device = torch.device(device)
+        self.model = model.to(device=self.device, memory_format=torch.channels_last).train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        self.bfloat16 = bfloat16
+        self.autocast_dtype = torch.float16 if float16 else torch.bfloat16 if bfloat16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=float16)
         generator = torch.Generator().manual_seed(seed)
         self.images = torch.rand(batch_size, 3, 32, 32, generator=generator).contiguous(
-            memory_format=torch.channels_last)
-        self.labels = torch.randint(0, model[-1].out_features, (batch_size,), generator=generator)
+            memory_format=torch.channels_last).to(self.device)
+        self.labels = torch.randint(0, model[-1].out_features, (batch_size,), generator=generator).to(self.device)
+
+    def _step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            loss = nn.functional.cross_entropy(self.model(self.images), self.labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
 
     def step(self):
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
-            loss = nn.functional.cross_entropy(self.model(self.images), self.labels)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return float(self._step().detach())
 
     def timed_steps(self, count):
         """Seconds of each of `count` steps."""
@@ -207,6 +219,14 @@ class Trainer:
             self.step()
             seconds.append(time.perf_counter() - start)
         return seconds
+
+    def timed_run(self, count):
+        """Seconds of `count` steps queued back to back, as a training loop runs them on a GPU: one wait at the end."""
+        start = time.perf_counter()
+        for _ in range(count):
+            loss = self._step()
+        float(loss.detach())
+        return time.perf_counter() - start
 
 
 class Predictor:

@@ -6,6 +6,7 @@ import re
 from importlib import metadata
 
 from snapshot_ensembles import output
+from snapshot_ensembles.errors import UserError
 
 # XLA's CPU runtime hands convolutions, dots and element-wise fusions to YNNPACK (jaxlib 0.10.2); in a
 # training step of WRN-16-4 that corrupts the heap (docs/performance.md). An empty list of YNN fusion
@@ -16,9 +17,19 @@ FIRST_JAXLIB_WITH_YNN = (0, 8, 1)  # the first with the flag; older ones stop at
 
 
 def start():
-    """Import the Keras backend: TensorFlow with its start-up lines hidden; on JAX, XLA's YNNPACK fusions off
-    (before JAX's first computation: a warning says when it comes too late)."""
-    output.load_tensorflow()
+    """Import Keras and its backend: TensorFlow with its start-up lines hidden (and only on that backend); on JAX,
+    XLA's YNNPACK fusions off (before JAX's first computation: a warning says when it comes too late).
+
+    UserError when the backend's framework is not installed.
+    """
+    try:
+        output.load_keras()
+    except ImportError as err:
+        backend = os.environ.get("KERAS_BACKEND")
+        raise UserError(f"the Keras backend{' ' + backend if backend else ''} cannot start ({err}): install it (README \"Backends\": "
+                        "pip install -r requirements.txt for TensorFlow, requirements-jax.txt or "
+                        "requirements-torch.txt for the others), or choose an installed one with "
+                        "KERAS_BACKEND=jax, torch or tensorflow") from None
     import keras
 
     if keras.backend.backend() == "jax":

@@ -62,21 +62,29 @@ def keras_predict_verbose():
     return 1 if _level == VERBOSE else 0
 
 
-def load_tensorflow():
-    """Import TensorFlow with the native start-up lines it writes to stderr (absl, oneDNN, CUDA stubs) hidden.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
-    the messages users need. A Python error of the import still shows: it is raised after stderr is back.
-    """
-    if "tensorflow" in sys.modules:
-        return
+@contextlib.contextmanager
+def native_stderr_hidden():
+    """Hide what native code writes to stderr in the block (TensorFlow's start-up lines: absl, oneDNN, CUDA
+    stubs); a Python error of the block still shows, raised after stderr is back."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            with contextlib.suppress(ImportError):  # TensorFlow-free backends: Keras says what is missing
-                import tensorflow  # noqa: F401
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def load_keras():
+    """Import Keras, and with it its backend's framework, with the start-up lines TensorFlow writes hidden;
+    only the TensorFlow backend imports TensorFlow.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
+    the messages users need.
+    """
+    if "keras" in sys.modules:
+        return
+    with native_stderr_hidden():
+        import keras  # noqa: F401

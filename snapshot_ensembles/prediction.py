@@ -665,7 +665,7 @@ def export_ensemble(path, config, members, weights, temperature):
         model = build_model(config.model, nb_classes_of(config.dataset))
         load_member_weights(model, member, config)
         models.append(model)
-    # The members' input transform (snapshot_ensembles.pipeline._to_float) as a built-in layer.
+    # The members' input transform (the input pipelines' to_float) as a built-in layer.
     standardization = recorded_standardization(config.weights_dir, config.prefix)
     if standardization is None:
         preprocessing = keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range")

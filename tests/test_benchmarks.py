@@ -30,6 +30,15 @@ def test_the_pytorch_peer_has_the_keras_networks_weights_and_statistics(model_fl
     assert probabilities.shape == (3, 10)
 
 
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_the_pytorch_loop_of_the_gpu_check_runs_its_steps_back_to_back(bfloat16):
+    network, _ = torch_peer.build(train_config("--wrn_N", "1", "--wrn_k", "1").model, 10)
+    trainer = torch_peer.Trainer(network, 4, 0.01, 0.0, bfloat16=bfloat16, device="cpu")
+    before = [p.detach().clone() for p in network.parameters()]
+    assert trainer.timed_run(3) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters()))  # it trained
+
+
 def test_a_different_network_fails_the_size_check():
     network, _ = torch_peer.build(train_config("--wrn_N", "1", "--wrn_k", "2").model, 10)
     wider = train_config("--wrn_N", "1", "--wrn_k", "3").model

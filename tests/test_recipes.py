@@ -14,7 +14,7 @@ from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model
 from snapshot_ensembles.data import channel_statistics
-from snapshot_ensembles.pipeline import random_crop_flip, training_dataset
+from snapshot_ensembles.tf_pipeline import random_crop_flip, training_dataset
 from snapshot_ensembles.schedule import multistep_lr
 from conftest import predict_argv, train_config, train_from_flags
 
