@@ -59,19 +59,22 @@ def _isolated_keras_home_and_folder(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
-_IN_PROCESS_TEST = {"marked": False}
+# A test that starts a real process must be marked `process` or `slow` (both outside the default run); set
+# before any fixture of the test, module-scoped ones included, is set up.
+_CURRENT_TEST = {"marked": False}
 
 
-@pytest.fixture(autouse=True)
-def _real_processes_only_in_the_process_group(request):
-    """A test that starts a real process must be marked `process` (its own CI step, not the default run)."""
-    _IN_PROCESS_TEST["marked"] = request.node.get_closest_marker("process") is not None
-    yield
-    _IN_PROCESS_TEST["marked"] = False
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _CURRENT_TEST["marked"] = any(item.get_closest_marker(name) for name in ("process", "slow"))
+
+
+def pytest_runtest_teardown(item):
+    _CURRENT_TEST["marked"] = False
 
 
 def _require_process_marker():
-    assert _IN_PROCESS_TEST["marked"], "a test that starts a real process must be marked @pytest.mark.process"
+    assert _CURRENT_TEST["marked"], "a test that starts a real process must be marked process (or slow)"
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +146,7 @@ def run_script(script, *args, env=None):
 
 
 def run_process(script, *args, env=None, timeout=600, python_args=(), **popen_kwargs):
-    """Run an entry script in a new Python process, as a user would (tests marked `process` only)."""
+    """Run an entry script in a new Python process, as a user would (tests marked `process` or `slow` only)."""
     _require_process_marker()
     return subprocess.run([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)],
                           env=process_env(env), capture_output=True, text=True, timeout=timeout, **popen_kwargs)

@@ -227,7 +227,6 @@ def test_the_chief_is_the_chief_task_else_worker_zero():
 
 
 @pytest.mark.slow
-@pytest.mark.process
 @pytest.mark.parametrize("started_on,resumed_on", [([], ["--distribute", "mirrored", "--cpu_devices", "2"]),
                                                    (["--distribute", "mirrored", "--cpu_devices", "2"], [])],
                          ids=["one-then-two-devices", "two-devices-then-one"])
@@ -257,7 +256,6 @@ def test_a_run_resumes_on_more_or_fewer_devices_than_it_started_on(single_device
 
 
 @pytest.mark.slow
-@pytest.mark.process
 def test_multi_worker_run_survives_a_dead_chief_and_resumes_from_shared_state(single_device, cifar10_dir, tmp_path):
     """A worker that loses the chief stops cleanly; workers that see different states refuse to start;
     with the chief's state visible to both (as on shared storage) they resume to the single-device run."""

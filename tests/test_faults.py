@@ -109,7 +109,6 @@ def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_res
 
 
 @pytest.mark.slow
-@pytest.mark.process
 def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cifar10_dir, tmp_path):
     from test_resume import assert_same_run
 
