@@ -178,12 +178,21 @@ def assert_clean_failure(result, exit_code, *fragments):
     return error_lines[0]
 
 
+def _ctrl_c_as_at_a_terminal():
+    """A suite started in the background (`cmd &` in a script) ignores SIGINT, and its children would inherit
+    that; the script under test gets Ctrl-C as a user at a terminal does."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_script(script, *args, log_path, python_args=(), env=None):
     """Start an entry script in the background (to interrupt it); its stdout and stderr go to log_path."""
     _require_process_marker()
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)],
-                               env=process_env(env), stdout=log, stderr=subprocess.STDOUT, text=True)
+                               env=process_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_ctrl_c_as_at_a_terminal)
     log.close()  # the child holds its own copy
     return process
 

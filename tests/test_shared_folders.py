@@ -108,7 +108,7 @@ def test_unfinished_runs_and_stale_ensemble_weights(interrupted_run_copy, cifar1
         predict(cifar10_dir, weights, "--optimize", "0", "--M", "1")
     assert_clean_failure(predict_script(cifar10_dir, weights, "--optimize", "0", "--M", "1"), USER_ERROR,
                          "fitted for other weight files", f"{PREFIX}-1.weights.h5 changed since", "--optimize 1")
-    json_path.write_text(early_json.replace('"best_weights": [', '"best_weights": [1' + "0" * 400 + ", "))
+    json_path.write_text(early_json.replace('"best_weights": [', '"best_weights": [1' + "0" * 400 + ", 0, "))
     with pytest.raises(UserError, match="must be finite and non-negative, got \\[1000.*\\.\\.\\..*--optimize 1"):
         predict(cifar10_dir, weights, "--optimize", "0")  # an integer too large for a float
 
