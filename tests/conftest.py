@@ -1,7 +1,26 @@
+"""Shared helpers and fixtures of the suite; see README "Tests" for what runs where.
+
+Isolation: the session gets its own Keras home (set before Keras is imported, so Keras's own cache and
+keras.json go there too), every test its own KERAS_HOME and its own working folder (a script run without
+--weights_dir writes into the test's folder, never the checkout's weights/). Two suites can run at once in
+one checkout: nothing here uses a fixed path.
+
+Speed: `run_script` runs an entry script in this process, as `python script.py ...` would (exit code,
+stdout and stderr captured); only tests marked `process` start real processes (`run_process`,
+`start_script`), for what needs one: signals, kill -9, locks held by another process, several workers,
+logical devices, a fresh Keras backend.
+"""
+
+import atexit
+import contextlib
+import io
 import os
 import re
+import runpy
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -10,6 +29,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE_DATA = os.path.join(REPO, "snapshot_ensembles", "release_data")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before Keras is imported: Keras reads KERAS_HOME once, at import, and writes keras.json there.
+SESSION_KERAS_HOME = tempfile.mkdtemp(prefix="snapshot-tests-keras-home-")
+atexit.register(shutil.rmtree, SESSION_KERAS_HOME, ignore_errors=True)
+os.environ["KERAS_HOME"] = SESSION_KERAS_HOME
 
 from cifar_fixtures import write_archive  # noqa: E402
 
@@ -29,18 +52,41 @@ def train_config(*argv, dataset="cifar10"):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_keras_home(tmp_path, monkeypatch):
-    """No test may read or fill the user's real Keras cache."""
+def _isolated_keras_home_and_folder(tmp_path, tmp_path_factory, monkeypatch):
+    """No test may read or fill the user's real Keras cache, nor write into the folder it was started from
+    (a script's default --weights_dir is weights/ there): each works in a folder of its own."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# A test that starts a real process must be marked `process` or `slow` (both outside the default run); set
+# before any fixture of the test, module-scoped ones included, is set up.
+_CURRENT_TEST = {"marked": False}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _CURRENT_TEST["marked"] = any(item.get_closest_marker(name) for name in ("process", "slow"))
+
+
+def pytest_runtest_teardown(item):
+    _CURRENT_TEST["marked"] = False
+
+
+def _require_process_marker():
+    assert _CURRENT_TEST["marked"], "a test that starts a real process must be marked process (or slow)"
 
 
 @pytest.fixture(autouse=True)
-def _normal_verbosity():
-    """A command line parsed with --quiet or --verbose in one test leaves the next at the default."""
+def _normal_verbosity_and_precision():
+    """A command line parsed with --quiet or --verbose, or a run with --mixed_precision, in one test leaves the
+    next at the defaults."""
     from snapshot_ensembles import output
 
     yield
     output.set_verbosity(output.NORMAL)
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_dtype_policy("float32")
 
 
 def predict_argv(dataset, argv, data=None):
@@ -64,11 +110,46 @@ def cifar100_dir(tmp_path_factory):
     return str(folder), sha
 
 
-def run_script(script, *args, env=None, timeout=600, python_args=(), **popen_kwargs):
-    """Run an entry script as a user would; returns the CompletedProcess (text)."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout, **popen_kwargs)
+def process_env(env=None):
+    """The environment of a child process: this one's (the test's KERAS_HOME included), quiet TensorFlow, the
+    checkout importable from any working folder, and `env` on top."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=path, **(env or {}))
+
+
+def run_script(script, *args, env=None):
+    """Run an entry script in this process as `python script.py args` would, in the test's own folder:
+    through its `if __name__ == "__main__"` block, run_cli included. Returns a CompletedProcess with the
+    exit code and the captured stdout and stderr; `env` is set for the call only. An exception that the
+    script would print as a traceback propagates and fails the test."""
+    from snapshot_ensembles import output
+
+    argv = [os.path.join(REPO, script), *map(str, args)]
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    os.environ.update(env or {})
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, (int, type(None))):
+            err.write(f"{exit_.code}\n")
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        output.set_verbosity(output.NORMAL)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def run_process(script, *args, env=None, timeout=600, python_args=(), **popen_kwargs):
+    """Run an entry script in a new Python process, as a user would (tests marked `process` or `slow` only)."""
+    _require_process_marker()
+    return subprocess.run([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)],
+                          env=process_env(env), capture_output=True, text=True, timeout=timeout, **popen_kwargs)
 
 
 def patched(code):
@@ -97,12 +178,21 @@ def assert_clean_failure(result, exit_code, *fragments):
     return error_lines[0]
 
 
+def _ctrl_c_as_at_a_terminal():
+    """A suite started in the background (`cmd &` in a script) ignores SIGINT, and its children would inherit
+    that; the script under test gets Ctrl-C as a user at a terminal does."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_script(script, *args, log_path, python_args=(), env=None):
     """Start an entry script in the background (to interrupt it); its stdout and stderr go to log_path."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    _require_process_marker()
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, *python_args, os.path.join(REPO, script), *map(str, args)],
-                               cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                               env=process_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_ctrl_c_as_at_a_terminal)
     log.close()  # the child holds its own copy
     return process
 
@@ -130,3 +220,82 @@ def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1
         model.load_weights(os.path.join(weights_dir, f"{prefix}-{name}.weights.h5"))
         predictions[name] = model.predict(images_dataset(x, 64), verbose=0)
     return predictions
+
+
+# ------------------------------------------------------------------ shared runs
+# Trained once per session and shared: a test that changes files works on a copy (the *_copy fixtures).
+
+TINY_WRN = ["--wrn_N", "1", "--wrn_k", "1"]
+TINY_PREFIX = "WRN-CIFAR10-10-1"
+# Two cycles of two epochs; a validation split and momentum, so that the Best checkpoint and the optimizer's
+# state both matter.
+TINY_RUN = [*TINY_WRN, "--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9"]
+# Three cycles of two epochs, momentum and dropout (the optimizer's and the seed generators' states matter): the
+# run that the resume, fault and shared-folder tests interrupt.
+RESUMABLE_RUN = [*TINY_WRN, "--nb_epoch", "6", "--M", "3", "--momentum", "0.9", "--dropout", "0.3"]
+INTERRUPTED_AFTER = 3  # epochs: in the middle of cycle 2
+
+
+def data_flags(cifar10_dir):
+    data_dir, sha = cifar10_dir
+    return ["--data_dir", data_dir, "--data_sha256", sha]
+
+
+def copy_run(folder, tmp_path, name="weights"):
+    target = tmp_path / name
+    shutil.copytree(folder, target)
+    return str(target)
+
+
+@pytest.fixture(scope="session")
+def trained_run(cifar10_dir, tmp_path_factory):
+    """(folder, result): TINY_RUN trained by train_cifar_10.py on the small CIFAR-10 archive, complete.
+    Read only; `trained_run_copy` is a copy a test may change."""
+    weights = tmp_path_factory.mktemp("trained-run")
+    result = run_script("train_cifar_10.py", *TINY_RUN, *data_flags(cifar10_dir), "--weights_dir", weights)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(weights), result
+
+
+@pytest.fixture
+def trained_run_copy(trained_run, tmp_path):
+    return copy_run(trained_run[0], tmp_path)
+
+
+def interrupt_after_epoch(monkeypatch, epochs_done):
+    """Make the run stop like a Ctrl-C right after the state of `epochs_done` epochs is saved."""
+    from snapshot import RunStateCheckpoint
+
+    save = RunStateCheckpoint.on_epoch_end
+
+    def save_then_interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == epochs_done:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStateCheckpoint, "on_epoch_end", save_then_interrupt)
+
+
+@pytest.fixture(scope="session")
+def reference_run(cifar10_dir, tmp_path_factory):
+    """RESUMABLE_RUN uninterrupted: the folder of the run that every interrupted one must reproduce. Read only."""
+    weights = tmp_path_factory.mktemp("reference-run")
+    train_from_flags("cifar10", [*RESUMABLE_RUN, *data_flags(cifar10_dir), "--weights_dir", str(weights)])
+    return str(weights)
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(cifar10_dir, tmp_path_factory):
+    """RESUMABLE_RUN stopped like a Ctrl-C after epoch INTERRUPTED_AFTER: its folder (state, snapshot 1,
+    Best, run record). Read only; `interrupted_run_copy` is a copy a test may resume or damage."""
+    weights = tmp_path_factory.mktemp("interrupted-run")
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_after_epoch(patch, INTERRUPTED_AFTER)
+        with pytest.raises(KeyboardInterrupt):
+            train_from_flags("cifar10", [*RESUMABLE_RUN, *data_flags(cifar10_dir), "--weights_dir", str(weights)])
+    return str(weights)
+
+
+@pytest.fixture
+def interrupted_run_copy(interrupted_run, tmp_path):
+    return copy_run(interrupted_run, tmp_path)

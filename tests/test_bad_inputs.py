@@ -46,6 +46,9 @@ def set_field(name, key, value):
      ["data_batch_1", "labels have shape (40, 1)", "y.ravel()"]),
     (set_field("test_batch", b"labels", lambda batch: [10] + batch[b"labels"][1:]),
      ["test_batch", "labels run from 0 to 10, outside the class ids 0 to 9"]),
+    # A negative label would be scored as the last class by NumPy's negative indexing.
+    (set_field("data_batch_5", b"labels", lambda batch: batch[b"labels"][:-1] + [-1]),
+     ["data_batch_5", "labels run from -1 to 9, outside the class ids 0 to 9"]),
     (set_field("data_batch_2", b"labels", lambda batch: [2**70] + batch[b"labels"][1:]),  # overflows int64
      ["data_batch_2", "labels are object, not integer class ids"]),
     (set_field("data_batch_3", b"labels", lambda batch: [0.5] * len(batch[b"labels"])),
@@ -184,12 +187,26 @@ def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
         prediction.fitting_split(dataset, RunFolder(str(tmp_path), PREFIX))
 
 
+@pytest.mark.parametrize("record", ['{"val_split": 0.2, "seed": 1' + "0" * 30 + ', "status": "complete"}',
+                                    "[1, 2, 3]", "{not json"])
+def test_a_training_record_unreadable_or_out_of_range_through_the_script(trained_run_copy, cifar10_dir, record):
+    """docs/reliability.md's row "run.json unreadable or out of range", as the prediction script answers it."""
+    record_path = os.path.join(trained_run_copy, f"{PREFIX}-run.json")
+    with open(record_path, "w") as fh:
+        fh.write(record)
+    data_dir, sha = cifar10_dir
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--optimize", "1", "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", trained_run_copy)
+    assert_user_error(result, f"{PREFIX}-run.json")
+    assert open(record_path).read() == record
+
+
 def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):
     result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--M", "2147483647",
-                        "--weights_dir", tmp_path, timeout=120)
+                        "--weights_dir", tmp_path)
     assert_user_error(result, f"{PREFIX}-Best.weights.h5", f"{PREFIX}-3.weights.h5", "and 2147483644 more snapshots")
     with open(tmp_path / f"{PREFIX}-run.json", "w") as fh:
         json.dump({"status": "complete", "args": {"M": 10**100}}, fh)  # not a count a run can have recorded
-    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path, timeout=120)
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path)
     line = assert_user_error(result, "missing ensemble member files", f"{PREFIX}-Best.weights.h5")
     assert "more snapshots" not in line

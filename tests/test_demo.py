@@ -2,7 +2,6 @@
 
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -54,13 +53,11 @@ def summary_rows(stdout):
 
 @pytest.mark.slow
 def test_the_full_demo_keeps_its_documented_claims(tmp_path):
-    """README "Demo": the run fits in its 3-minute budget on 2 idle CPU cores (a measurement: a slow test, on a
-    machine of its own; 88-92 s measured), every network learns the digits (94-98 % in the table), and the
-    ensembles land within a few of the 1,258 test images of the best single snapshot (at most 0.2 % in the
-    table's seeds), the fitted one never more than 2 images below it."""
-    start = time.monotonic()
+    """README "Demo": every network learns the digits (94-98 % in the table), and the ensembles land within a
+    few of the 1,258 test images of the best single snapshot (at most 0.2 % in the table's seeds), the fitted
+    one never more than 2 images below it. (Its runtime is a measurement, README "Demo", not a test:
+    a shared machine would fail it.)"""
     result = run_script("demo.py", "--weights_dir", tmp_path)
-    seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(result.stdout)
     best = [value for label, value in rows.items() if label.startswith("best single snapshot (")]
@@ -69,4 +66,3 @@ def test_the_full_demo_keeps_its_documented_claims(tmp_path):
     assert abs(rows["equal-weight ensemble"] - best[0]) <= 1.0, rows
     assert rows["fitted ensemble"] >= best[0] - 2 * 100 / 1258 - 1e-9, rows
     assert "baseline (one cycle, same epochs)" in rows
-    assert seconds < 180, f"the demo took {seconds:.0f} s (README: 3 minutes on 2 cores)"

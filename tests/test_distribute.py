@@ -23,7 +23,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member_predictions, patched, run_script
+from conftest import (REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member_predictions, patched, process_env,
+                      run_process, run_script)
 from snapshot_ensembles import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -78,10 +79,11 @@ def assert_same_run_as(weights, reference, cifar10_dir):
         np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=PROBABILITY_ATOL, err_msg=name)
 
 
+@pytest.mark.process
 def test_mirrored_over_two_cpu_devices_trains_the_single_device_run(single_device, cifar10_dir, tmp_path):
     weights = tmp_path / "mirrored"
-    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--distribute", "mirrored",
-                                                    "--cpu_devices", "2"))
+    result = run_process("train_cifar_10.py", *flags(cifar10_dir, weights, "--distribute", "mirrored",
+                                                     "--cpu_devices", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy over 2 device(s) (CPU:0, CPU:1); global batch 50, 25 per replica" in result.stdout
     assert result.stdout.count("4/4 ") == 4  # the steps per epoch of the global batch
@@ -102,10 +104,11 @@ distribute.Distribution.prepare_model = lambda self, model: model
 """
 
 
+@pytest.mark.process
 def test_unsynchronised_batch_normalization_would_fail_the_comparison(single_device, cifar10_dir, tmp_path):
     weights = tmp_path / "unsynchronised"
-    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--distribute", "mirrored",
-                                                    "--cpu_devices", "2"), python_args=patched(UNSYNCHRONISED))
+    result = run_process("train_cifar_10.py", *flags(cifar10_dir, weights, "--distribute", "mirrored",
+                                                     "--cpu_devices", "2"), python_args=patched(UNSYNCHRONISED))
     assert result.returncode == 0, result.stderr[-3000:]
     first_epoch = history(weights)["loss"][0] / history(single_device)["loss"][0] - 1
     assert abs(first_epoch) > 3 * FIRST_EPOCH_LOSS_RTOL, first_epoch
@@ -133,10 +136,10 @@ def start_workers(argv_of, ports, tmp_path, name):
     workers = []
     for index in range(len(ports)):
         log_path = tmp_path / f"{name}-worker{index}.log"
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config(ports, index))
+        env = process_env({"TF_CONFIG": tf_config(ports, index)})
         with open(log_path, "w") as log:
             process = subprocess.Popen([sys.executable, os.path.join(REPO, "train_cifar_10.py"), *argv_of(index)],
-                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         workers.append((process, log_path))
     return workers
 
@@ -155,6 +158,7 @@ def wait_all(workers, timeout=300):
     return outputs
 
 
+@pytest.mark.process
 def test_two_workers_on_loopback_train_the_single_device_run(single_device, cifar10_dir, tmp_path):
     # Each worker has its own weights folder, as on machines without shared storage.
     folders = [tmp_path / "chief", tmp_path / "worker1"]
@@ -187,6 +191,7 @@ def test_bad_distribution_flags_give_one_clear_line(env, extra, fragments):
     assert_clean_failure(run_script("train_cifar_10.py", *extra, env=env), USER_ERROR, *fragments)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("devices,batch,problem,hint", [
     ("3", None, "--batch_size 128 does not divide by 3",  # the default batch
      "no --batch_size can, since the training set has 200 images, not a multiple of 3"),
@@ -197,7 +202,7 @@ def test_mirrored_batches_that_do_not_split_over_the_devices_are_refused_up_fron
                                                                                  batch, problem, hint):
     data_dir, sha = cifar10_dir
     weights = tmp_path / "w"
-    result = run_script("train_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "2", "--M", "1",
+    result = run_process("train_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "2", "--M", "1",
                         "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", weights,
                         "--distribute", "mirrored", "--cpu_devices", devices, *(["--batch_size", batch] if batch else []))
     assert_clean_failure(result, USER_ERROR,
@@ -244,7 +249,7 @@ def test_a_run_resumes_on_more_or_fewer_devices_than_it_started_on(single_device
         run.wait()
     killed_at = epochs_done()
     assert 1 <= killed_at < 4
-    resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights, *resumed_on))
+    resumed = run_process("train_cifar_10.py", *flags(cifar10_dir, weights, *resumed_on))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming {PREFIX} after epoch {killed_at} of 4" in resumed.stdout
     assert_same_run_as(str(weights), single_device, cifar10_dir)

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script
+from conftest import USER_ERROR, assert_clean_failure, predict_argv, process_env, run_script
 from snapshot_ensembles import ensemble, export, metrics
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
-from test_prediction import PREFIX, predict, trained, weights_dir  # noqa: F401 (fixtures)
+from test_prediction import PREFIX, predict, weights_dir  # noqa: F401 (fixtures)
 
 
 def saved_json(weights_dir):
@@ -139,24 +139,42 @@ assert not any(name.split(".")[0] in ("snapshot_ensembles", "models", "snapshot"
 def predict_in_fresh_process(model_paths, images, folder):
     """Load the models in a new interpreter, outside the repository and with no path to it."""
     np.save(folder / "images.npy", images)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = {key: value for key, value in process_env().items() if key != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(folder / "images.npy"), *map(str, model_paths)],
-                            cwd=folder, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
-                            timeout=600)
+                            cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return [np.load(folder / f"probabilities-{index}.npy") for index in range(len(model_paths))]
 
 
-def test_exported_model_predicts_the_scripts_probabilities_in_a_fresh_process(weights_dir, cifar10_dir, tmp_path):
+def export_both_modes(weights_dir, cifar10_dir, folder):
+    """The exported models of fitted weights with temperature and of equal weights without; (paths, results)."""
     results, paths = [], []
-    for mode in ("1", "-1"):  # fitted weights and temperature; equal weights, no temperature
-        paths.append(tmp_path / f"ensemble{mode}.keras")
+    for mode in ("1", "-1"):
+        paths.append(folder / f"ensemble{mode}.keras")
         results.append(predict(weights_dir, cifar10_dir, "--optimize", mode, "--export", str(paths[-1])))
     assert results[0]["temperature"] is not None and results[1]["temperature"] is None
+    assert not [name for name in os.listdir(folder) if ".partial" in name]
+    return paths, results
+
+
+def test_exported_model_loads_with_safe_mode_and_predicts_the_scripts_probabilities(weights_dir, cifar10_dir,
+                                                                                    tmp_path):
+    import keras
+
+    paths, results = export_both_modes(weights_dir, cifar10_dir, tmp_path)
+    x = load_cifar("cifar10", *cifar10_dir).x_test
+    for path, result in zip(paths, results):
+        loaded = keras.saving.load_model(path).predict(x, verbose=0)  # safe_mode=True is the default
+        np.testing.assert_allclose(loaded, result["probabilities"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.process
+def test_exported_model_predicts_the_scripts_probabilities_in_a_fresh_process(weights_dir, cifar10_dir, tmp_path):
+    """Without this project's code: a new interpreter with no path to the repository."""
+    paths, results = export_both_modes(weights_dir, cifar10_dir, tmp_path)
     data = load_cifar("cifar10", *cifar10_dir)
     for loaded, result in zip(predict_in_fresh_process(paths, data.x_test, tmp_path), results):
         np.testing.assert_allclose(loaded, result["probabilities"], atol=1e-5, rtol=0)
-    assert not [name for name in os.listdir(tmp_path) if ".partial" in name]
 
 
 def tiny_members(n_members, seed=0, softmax_layer=False):

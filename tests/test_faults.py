@@ -7,6 +7,7 @@ import errno
 import glob
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -17,7 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import INTERRUPTED, RUN_FAILURE, assert_clean_failure, patched, run_script, start_script, train_config, train_from_flags, wait_until
+from conftest import (INTERRUPTED, INTERRUPTED_AFTER, RESUMABLE_RUN, RUN_FAILURE, assert_clean_failure, patched,
+                      run_script, start_script, train_config, train_from_flags, wait_until)
 from snapshot import EpochCosineScheduler
 from snapshot_ensembles import cli, files, run_state, training
 from snapshot_ensembles.modeling import build_model
@@ -43,8 +45,7 @@ h5py.File.close = close_slowly
 
 def flags(cifar10_dir, weights, *extra):
     data_dir, sha = cifar10_dir
-    return [*WRN, "--nb_epoch", "6", "--M", "3", "--momentum", "0.9", "--data_dir", data_dir, "--data_sha256", sha,
-            "--weights_dir", str(weights), *extra]
+    return [*RESUMABLE_RUN, "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights), *extra]
 
 
 def start_with_slow_write(cifar10_dir, weights, target, tmp_path):
@@ -89,6 +90,7 @@ def run_cli_in_process(argv, capsys):
     return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
 
+@pytest.mark.process
 def test_killed_while_writing_a_snapshot_every_weight_file_loads_and_the_run_resumes(cifar10_dir, tmp_path):
     weights = tmp_path / "w"
     run = start_with_slow_write(cifar10_dir, weights, f"{PREFIX}-2.weights.h5", tmp_path)
@@ -125,6 +127,7 @@ def test_killed_at_random_moments_the_run_still_ends_as_an_uninterrupted_one(cif
     assert_same_run(weights, tmp_path / "reference", cifar10_dir)
 
 
+@pytest.mark.process
 def test_ctrl_c_while_writing_a_snapshot_exits_130_and_keeps_the_last_epoch(cifar10_dir, tmp_path):
     weights = tmp_path / "w"
     run = start_with_slow_write(cifar10_dir, weights, f"{PREFIX}-1.weights.h5", tmp_path)
@@ -189,29 +192,26 @@ def _with_callback(callback):
     return lambda *args, **kwargs: fit(*args, **kwargs, extra_callbacks=[callback])
 
 
-# Runs an entry script whose rename of one file (named in DISK_FULL_TARGET) onto its final name fails with
-# ENOSPC, as on a full disk.
-DISK_FULL = """
-import errno, os
-replace = os.replace
-def replace_failing(src, dst):
-    if os.path.basename(dst) == os.environ["DISK_FULL_TARGET"]:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    replace(src, dst)
-os.replace = replace_failing
-"""
-
-
-def test_disk_full_while_saving_a_snapshot(cifar10_dir, tmp_path):
-    weights = tmp_path / "w"
+def test_disk_full_while_saving_a_snapshot(interrupted_run_copy, cifar10_dir, monkeypatch):
+    """The rename of snapshot 2 onto its name fails with ENOSPC, as on a full disk, in the epoch after
+    the shared interrupted run's third."""
+    weights = pathlib.Path(interrupted_run_copy)
     snapshot = weights / f"{PREFIX}-2.weights.h5"
-    result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights), python_args=patched(DISK_FULL),
-                        env={"DISK_FULL_TARGET": snapshot.name})
+    replace = os.replace
+
+    def replace_failing(src, dst):
+        if os.path.basename(dst) == snapshot.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        replace(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", replace_failing)
+        result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))
     assert_clean_failure(result, RUN_FAILURE, f"cannot write {snapshot} ({os.strerror(errno.ENOSPC)})",
                          "previous version", "rerun the same command to resume after epoch 3")
     assert not snapshot.exists()
     assert partial_files(weights) == []
-    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == 3
+    assert run_state.read_state(RunFolder(str(weights), PREFIX).state).epoch == INTERRUPTED_AFTER == 3
 
     # Room again: the same command picks up after epoch 3.
     resumed = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))

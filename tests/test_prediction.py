@@ -20,20 +20,10 @@ PREFIX = "WRN-CIFAR10-10-1"
 MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
 
 
-@pytest.fixture(scope="module")
-def trained(cifar10_dir, tmp_path_factory):
-    data_dir, sha = cifar10_dir
-    weights = tmp_path_factory.mktemp("trained")
-    train_from_flags("cifar10", MODEL + ["--nb_epoch", "4", "--M", "2", "--val_split", "0.2", "--momentum", "0.9",
-                                       "--data_dir", data_dir, "--data_sha256", sha, "--weights_dir", str(weights)])
-    return str(weights)
-
-
 @pytest.fixture
-def weights_dir(trained, tmp_path):
-    target = tmp_path / "weights"
-    shutil.copytree(trained, target)
-    return str(target)
+def weights_dir(trained_run_copy):
+    """A copy of the session's shared run (conftest.TINY_RUN: 2 snapshots, a validation split of 40 images)."""
+    return trained_run_copy
 
 
 def predict(weights_dir, cifar10_dir, *flags):

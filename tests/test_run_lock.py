@@ -1,10 +1,12 @@
 """One run per (weights folder, prefix), enforced by an OS lock; SIGTERM stops a run like Ctrl-C."""
 
+import contextlib
+import os
 import signal
 
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
+from conftest import USER_ERROR, assert_clean_failure, run_process, run_script, start_script, wait_until
 from snapshot_ensembles import run_lock, run_state
 from snapshot_ensembles.run_folder import RunFolder
 
@@ -23,6 +25,7 @@ def state_epoch(weights):
     return state.epoch if state else 0
 
 
+@pytest.mark.process
 def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_killed_run_leaves_no_lock(
         cifar10_dir, tmp_path):
     weights = tmp_path / "w"
@@ -46,6 +49,16 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first_and_a_kille
     assert_clean_failure(after, USER_ERROR, "unfinished run", "--alpha_zero 0.1 (now 0.02)")
 
 
+def test_a_second_run_is_refused_through_the_script_naming_the_first(cifar10_dir, tmp_path):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    with run_lock.hold_run_lock(str(weights), PREFIX):
+        result = run_script("train_cifar_10.py", *flags(cifar10_dir, weights))
+        assert_clean_failure(result, USER_ERROR, f"{weights} is in use", f"process {os.getpid()} ",
+                             f"is training {PREFIX}", "--weights_dir")
+    assert os.listdir(weights) == []
+
+
 def test_the_lock_is_exclusive_even_within_one_process_and_released_after(tmp_path):
     with run_lock.hold_run_lock(str(tmp_path), PREFIX):
         with pytest.raises(run_lock.RunInProgress, match=r"in use: process \d+ \(started "):
@@ -59,6 +72,36 @@ def test_the_lock_is_exclusive_even_within_one_process_and_released_after(tmp_pa
         pass
 
 
+def test_a_lock_file_removed_by_its_finishing_holder_between_open_and_lock_is_not_taken_as_the_lock(
+        tmp_path, monkeypatch):
+    """The race of a run that ends (removes its lock file, then releases it) while the next one opens it.
+
+    The next run opens the old file, then locks it once released: a lock on a file that no longer has a
+    name, which would let a third run create a new file and lock that too. Made deterministic here: the
+    first holder finishes exactly between the second's open and its flock."""
+    weights = str(tmp_path)
+    first = contextlib.ExitStack()
+    first.enter_context(run_lock.hold_run_lock(weights, PREFIX))
+    real_flock = run_lock.fcntl.flock
+    finished = []
+
+    def first_run_finishes_then_flock(fd, operation):
+        if not finished and operation & run_lock.fcntl.LOCK_EX:
+            finished.append(True)
+            first.close()  # removes the file the second run has open, then releases its lock
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", first_run_finishes_then_flock)
+    with run_lock.hold_run_lock(weights, PREFIX):
+        assert finished, "the race was not staged"
+        assert os.path.exists(run_lock.lock_path(weights, PREFIX))  # it holds a lock file that has a name
+        with pytest.raises(run_lock.RunInProgress):  # so a third run is refused
+            with run_lock.hold_run_lock(weights, PREFIX):
+                pass
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.process
 def test_sigterm_stops_a_run_like_ctrl_c_and_the_same_command_resumes(cifar10_dir, tmp_path):
     weights = tmp_path / "w"
     argv = flags(cifar10_dir, weights)

@@ -4,18 +4,20 @@ ensemble weights, a prediction cache that cannot be written or read."""
 import errno
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script, train_from_flags
+from conftest import (INTERRUPTED_AFTER, RESUMABLE_RUN, TINY_WRN, USER_ERROR, assert_clean_failure, predict_argv,
+                      run_script, train_from_flags)
 from snapshot_ensembles import prediction
 from snapshot_ensembles.errors import UserError
-from test_resume import interrupt_after_epoch
 
 PREFIX = "WRN-CIFAR10-10-1"
-MODEL = ["--wrn_N", "1", "--wrn_k", "1"]
+MODEL = TINY_WRN
+RESUMABLE = RESUMABLE_RUN[len(TINY_WRN):]  # the flags of the shared interrupted run, after the model's
 
 
 def data_flags(cifar10_dir):
@@ -39,35 +41,24 @@ def member_line(nb_snapshots):
     return f"ensemble {PREFIX} with {nb_snapshots + 1} members (Best, snapshots 1..{nb_snapshots})"
 
 
-@pytest.fixture(scope="module")
-def trained(cifar10_dir, tmp_path_factory):
-    """A complete run of 2 snapshots (4 epochs)."""
-    weights = tmp_path_factory.mktemp("trained")
-    train(cifar10_dir, weights, "--nb_epoch", "4", "--M", "2")
-    return weights
-
-
 @pytest.fixture
-def weights(trained, tmp_path):
-    target = tmp_path / "weights"
-    shutil.copytree(trained, target)
-    return target
+def weights(trained_run_copy):
+    """A copy of the session's complete run of 2 snapshots (4 epochs)."""
+    return pathlib.Path(trained_run_copy)
 
 
-def test_starting_over_removes_every_file_of_the_earlier_run(cifar10_dir, tmp_path, capsys):
-    weights = tmp_path / "w"
-    train(cifar10_dir, weights, "--nb_epoch", "4", "--M", "4")
+def test_starting_over_removes_every_file_of_the_earlier_run(weights, cifar10_dir, capsys):
     predict(cifar10_dir, weights, "--optimize", "1")
     capsys.readouterr()
-    train(cifar10_dir, weights, "--nb_epoch", "2", "--M", "2", "--no_resume")
+    train(cifar10_dir, weights, "--nb_epoch", "1", "--M", "1", "--no_resume")
     out = capsys.readouterr().out
     assert f"Starting over: removed the files of the earlier run of {PREFIX} in {weights}: " in out
     assert sorted(os.listdir(weights)) == sorted([f"{PREFIX}-Best.weights.h5", f"{PREFIX}-1.weights.h5",
-                                                  f"{PREFIX}-2.weights.h5", f"{PREFIX}-training.json",
-                                                  f"{PREFIX}-run.json", ".prediction-cache"])
+                                                  f"{PREFIX}-training.json", f"{PREFIX}-run.json",
+                                                  ".prediction-cache"])
     result = predict_script(cifar10_dir, weights, "--optimize", "-1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert member_line(2) in result.stdout
+    assert member_line(1) in result.stdout
 
 
 def test_predict_takes_the_recorded_m_and_says_so_when_more_snapshot_files_are_present(weights, cifar10_dir):
@@ -81,34 +72,30 @@ def test_predict_takes_the_recorded_m_and_says_so_when_more_snapshot_files_are_p
     assert member_line(4) in predict_script(cifar10_dir, weights, "--optimize", "-1", "--M", "4").stdout
 
 
-def test_unfinished_runs_and_stale_ensemble_weights(cifar10_dir, tmp_path, monkeypatch, capsys):
-    weights = tmp_path / "w"
-    argv = ["--nb_epoch", "4", "--M", "2"]
-    with monkeypatch.context() as patch:
-        interrupt_after_epoch(patch, 2)  # snapshot 1 of 2 saved
-        with pytest.raises(KeyboardInterrupt):
-            train(cifar10_dir, weights, *argv)
+def test_unfinished_runs_and_stale_ensemble_weights(interrupted_run_copy, cifar10_dir, monkeypatch, capsys):
+    weights = pathlib.Path(interrupted_run_copy)  # stopped after epoch 3 of 6: snapshot 1 of 3 saved
     capsys.readouterr()
 
     # Predicting an unfinished run says so, and takes the snapshots saved so far.
     early = predict(cifar10_dir, weights, "--optimize", "1")
     out = capsys.readouterr().out
-    assert (f"note: the training run of {PREFIX} in {weights} is unfinished (2 of 4 epochs done, not training "
-            "now: rerun its command to finish it): the ensemble has only the snapshots saved so far") in out
+    assert (f"note: the training run of {PREFIX} in {weights} is unfinished ({INTERRUPTED_AFTER} of 6 epochs done, "
+            "not training now: rerun its command to finish it): the ensemble has only the snapshots saved so "
+            "far") in out
     assert member_line(1) in out and len(early["weights"]) == 2
     json_path = weights / f"Ensemble-weights-{PREFIX}.json"
     early_json = json_path.read_text()
 
     # Finished, --optimize 1 refits without needing the JSON of the 2 members it had then; 0 reuses it.
-    train(cifar10_dir, weights, *argv)
+    train(cifar10_dir, weights, *RESUMABLE)
     fitted = predict(cifar10_dir, weights, "--optimize", "1")
-    assert len(fitted["weights"]) == 3
+    assert len(fitted["weights"]) == 4
     np.testing.assert_allclose(predict(cifar10_dir, weights, "--optimize", "0")["weights"], fitted["weights"])
 
     # A stale JSON: --optimize 0 says to run --optimize 1; -1 does without it.
     json_path.write_text(early_json)
     assert_clean_failure(predict_script(cifar10_dir, weights, "--optimize", "0"), USER_ERROR, "holds 2 weights",
-                         "has 3 members", "--optimize 1")
+                         "has 4 members", "--optimize 1")
     equal = predict_script(cifar10_dir, weights, "--optimize", "-1")
     assert equal.returncode == 0, equal.stderr[-3000:]
     assert equal.stdout.count("note: the saved ensemble weights are not shown: ") == 1
@@ -119,7 +106,9 @@ def test_unfinished_runs_and_stale_ensemble_weights(cifar10_dir, tmp_path, monke
     with pytest.raises(UserError, match=f"fitted for other weight files: {PREFIX}-1.weights.h5 changed since.*"
                                         "--optimize 1"):
         predict(cifar10_dir, weights, "--optimize", "0", "--M", "1")
-    json_path.write_text(early_json.replace('"best_weights": [', '"best_weights": [1' + "0" * 400 + ", "))
+    assert_clean_failure(predict_script(cifar10_dir, weights, "--optimize", "0", "--M", "1"), USER_ERROR,
+                         "fitted for other weight files", f"{PREFIX}-1.weights.h5 changed since", "--optimize 1")
+    json_path.write_text(early_json.replace('"best_weights": [', '"best_weights": [1' + "0" * 400 + ", 0, "))
     with pytest.raises(UserError, match="must be finite and non-negative, got \\[1000.*\\.\\.\\..*--optimize 1"):
         predict(cifar10_dir, weights, "--optimize", "0")  # an integer too large for a float
 
@@ -177,18 +166,13 @@ def test_empty_truncated_or_malformed_cache_entries_are_computed_again(weights, 
     assert predict(cifar10_dir, weights, "--optimize", "-1")["networks_run"] == []
 
 
-def test_a_resume_refused_for_other_data_leaves_the_run_record_alone(cifar10_dir, tmp_path, monkeypatch):
+def test_a_resume_refused_for_other_data_leaves_the_run_record_alone(interrupted_run_copy, cifar10_dir, tmp_path):
     from cifar_fixtures import write_archive
 
-    weights = tmp_path / "w"
-    with monkeypatch.context() as patch:
-        interrupt_after_epoch(patch, 1)
-        with pytest.raises(KeyboardInterrupt):
-            train(cifar10_dir, weights, "--nb_epoch", "4", "--M", "2")
+    weights = pathlib.Path(interrupted_run_copy)
     record = (weights / f"{PREFIX}-run.json").read_bytes()
     other = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
-    result = run_script("train_cifar_10.py", *MODEL, *data_flags(other), "--weights_dir", weights,
-                        "--nb_epoch", "4", "--M", "2")
+    result = run_script("train_cifar_10.py", *MODEL, *data_flags(other), "--weights_dir", weights, *RESUMABLE)
     assert_clean_failure(result, USER_ERROR, "the data differ from those of the unfinished run")
     assert (weights / f"{PREFIX}-run.json").read_bytes() == record
     assert json.loads(record)["status"] == "running"

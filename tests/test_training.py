@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_script, train_config
+from conftest import (TINY_PREFIX, TINY_RUN, USER_ERROR, assert_clean_failure, data_flags, run_process, run_script,
+                      train_config)
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -35,25 +36,33 @@ def expected_files(prefix, m):
                   + [f"{prefix}-training.json", f"{prefix}-run.json"])
 
 
-@pytest.mark.parametrize("script,fixture,model_flags,prefix", [
-    ("train_cifar_10.py", "cifar10_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR10-10-1"),
-    ("train_cifar_100.py", "cifar100_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR100-10-1"),
-    ("train_cifar_10.py", "cifar10_dir", ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"],
-     "DenseNet-CIFAR10-7-4-3blocks"),
-])
-def test_tiny_run_leaves_exactly_the_snapshots_best_and_history(request, tmp_path, script, fixture,
-                                                                model_flags, prefix):
-    data_dir, sha = request.getfixturevalue(fixture)
-    weights = tmp_path / "w"
-    result = run_script(script, *model_flags, "--nb_epoch", 4, "--M", 2, "--data_dir", data_dir,
-                        "--data_sha256", sha, "--weights_dir", weights)
+def assert_tiny_run(result, weights, prefix):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(weights)) == expected_files(prefix, 2)
     assert re.search(r"^Accuracy :  \d+(\.\d+)?$", result.stdout, re.M)
     assert re.search(r"^Error :  \d+(\.\d+)?$", result.stdout, re.M)
-    history = json.loads((weights / f"{prefix}-training.json").read_text())
+    history = json.loads(open(os.path.join(weights, f"{prefix}-training.json")).read())
     assert len(history["loss"]) == 4 and len(history["val_accuracy"]) == 4
     np.testing.assert_allclose(history["learning_rate"], [0.1, 0.05, 0.1, 0.05], atol=1e-6)
+
+
+def test_tiny_run_leaves_exactly_the_snapshots_best_and_history(trained_run):
+    """train_cifar_10.py, WRN (the session's shared run)."""
+    weights, result = trained_run
+    assert_tiny_run(result, weights, TINY_PREFIX)
+
+
+@pytest.mark.parametrize("script,fixture,model_flags,prefix", [
+    ("train_cifar_100.py", "cifar100_dir", ["--model", "wrn", "--wrn_N", "1", "--wrn_k", "1"], "WRN-CIFAR100-10-1"),
+    ("train_cifar_10.py", "cifar10_dir", ["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"],
+     "DenseNet-CIFAR10-7-4-3blocks"),
+])
+def test_tiny_runs_of_the_other_dataset_and_network(request, tmp_path, script, fixture, model_flags, prefix):
+    data_dir, sha = request.getfixturevalue(fixture)
+    weights = tmp_path / "w"
+    result = run_script(script, *model_flags, "--nb_epoch", 4, "--M", 2, "--data_dir", data_dir,
+                        "--data_sha256", sha, "--weights_dir", weights)
+    assert_tiny_run(result, weights, prefix)
 
 
 def test_each_snapshot_reloads_to_the_predictions_made_at_the_end_of_its_cycle(cifar10_dir, tmp_path):
@@ -91,21 +100,18 @@ def snapshot_predictions(weights_dir, prefix, m, x):
     return out
 
 
-def test_same_seed_and_data_give_identical_snapshots(cifar10_dir, tmp_path):
-    data_dir, sha = cifar10_dir
-    runs = []
-    for name in ("a", "b"):
-        result = run_script("train_cifar_10.py", "--wrn_N", 1, "--wrn_k", 1, "--nb_epoch", 2, "--M", 2,
-                            "--val_split", 0.2, "--seed", 7, "--data_dir", data_dir, "--data_sha256", sha,
-                            "--weights_dir", tmp_path / name)
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs.append(str(tmp_path / name))
-    x = load_cifar("cifar10", data_dir, sha).x_test
-    first, second = (snapshot_predictions(run, "WRN-CIFAR10-10-1", 2, x) for run in runs)
+def test_same_seed_and_data_give_identical_snapshots(trained_run, cifar10_dir, tmp_path):
+    """TensorFlow on a CPU, bit for bit: the session's shared run trained again."""
+    first = trained_run[0]
+    result = run_script("train_cifar_10.py", *TINY_RUN, *data_flags(cifar10_dir), "--weights_dir", tmp_path / "b")
+    assert result.returncode == 0, result.stderr[-2000:]
+    x = load_cifar("cifar10", *cifar10_dir).x_test
+    first, second = (snapshot_predictions(run, TINY_PREFIX, 2, x) for run in (first, str(tmp_path / "b")))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
-    info = json.loads(open(os.path.join(runs[0], "WRN-CIFAR10-10-1-run.json")).read())
-    assert info["status"] == "complete" and info["nb_val"] == 40 and info["seed"] == 7
+    for run in (trained_run[0], tmp_path / "b"):
+        info = json.loads(open(os.path.join(run, f"{TINY_PREFIX}-run.json")).read())
+        assert info["status"] == "complete" and info["nb_val"] == 40 and info["seed"] == 0
 
 
 @pytest.mark.parametrize("flags,fragments", [
@@ -167,6 +173,7 @@ def without_root_override():
         raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
 
 
+@pytest.mark.process
 def test_unwritable_weights_folder(tmp_path):
     """A folder that exists but may not be written to, and a path that cannot become a folder."""
     read_only = tmp_path / "read-only"
@@ -174,7 +181,7 @@ def test_unwritable_weights_folder(tmp_path):
     read_only.chmod(0o555)
     as_a_user = {"preexec_fn": without_root_override} if os.geteuid() == 0 else {}
     try:
-        result = run_script("train_cifar_10.py", "--weights_dir", read_only, **as_a_user)
+        result = run_process("train_cifar_10.py", "--weights_dir", read_only, **as_a_user)
         assert_clean_failure(result, USER_ERROR, f"cannot write to the weights folder {read_only}",
                              "Permission denied", "--weights_dir")
         assert os.listdir(read_only) == []
