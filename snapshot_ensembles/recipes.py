@@ -13,9 +13,6 @@ This module imports no Keras, so that flags are resolved and checked before Tens
 
 import dataclasses
 
-from snapshot_ensembles.errors import ConfigError
-
-RECIPE_NAMES = ("original", "paper")
 AUGMENTATIONS = ("original", "paper", "none")
 NORMALIZATIONS = ("unit", "channel")
 
@@ -44,31 +41,7 @@ def resolve(training, schedule, model):
 
     `training` is a config.TrainingConfig; `schedule` the learning-rate schedule's mode or None.
     """
-    if training.recipe not in RECIPES:
-        raise ConfigError(f"{{recipe}} is not a recipe: choose one of {', '.join(RECIPE_NAMES)}",
-                          recipe=("recipe", training.recipe))
     values = recipe_values(training.recipe, model)
     recipe_schedule = values.pop("schedule")
-    schedule = recipe_schedule if schedule is None else schedule
     filled = {name: value for name, value in values.items() if getattr(training, name) is None}
-    training = dataclasses.replace(training, **filled)
-    if training.nesterov and training.momentum == 0:
-        raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
-                          momentum=("momentum", 0.9))
-    for name, allowed in (("augment", AUGMENTATIONS), ("normalize", NORMALIZATIONS)):
-        if getattr(training, name) not in allowed:
-            raise ConfigError(f"{{value}} is not an option: choose one of {', '.join(allowed)}",
-                              value=(name, getattr(training, name)))
-    return training, schedule
-
-
-def flags_of_runs_before_recipes(saved_flags):
-    """The flags the recipes added, with the values a run saved before them trained with (the original's).
-
-    Such a record has --no_augment and no --augment; its other recipe flags were saved resolved already.
-    """
-    if "augment" in saved_flags or "no_augment" not in saved_flags:
-        return {}
-    original = recipe_values("original", saved_flags.get("model", "wrn"))
-    return {"weight_decay": original["weight_decay"], "normalize": original["normalize"],
-            "augment": "none" if saved_flags["no_augment"] else "original"}
+    return dataclasses.replace(training, **filled), recipe_schedule if schedule is None else schedule
