@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, metrics, naming, output
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
@@ -414,6 +414,8 @@ def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
     config.check()
+    if config.plot is not None:
+        check_plotting()
     backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)
@@ -526,6 +528,15 @@ def save_fit(report):
         member_temperatures=[t.temperature for t in fit.member_temperatures],
         test_accuracy=result.weighted.accuracy, test_log_loss=result.weighted.nll)
     output.say(f"  ensemble weights and temperatures saved to {path}")
+
+
+def check_plotting():
+    """matplotlib, which only the plot needs, is an extra (`pip install '.[plot]'`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("{plot} needs matplotlib, which is not installed: pip install matplotlib (or, in the "
+                          "checkout, pip install '.[plot]'), or leave out {plot}", plot=("plot",)) from None
 
 
 def plot_report(path, result):
