@@ -79,9 +79,11 @@ def choice(*values, parse=str):
 def depth_form(step, offset, examples):
     """A network depth of the form step*n + offset, n >= 1."""
     def problem(value):
-        return integer(1, MODEL_SIZE_MAX).problem(value) or (
-            f"is not of the form {step}n+{offset} with n >= 1 (for example {examples})"
-            if value < step + offset or (value - offset) % step else None)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "is not an integer"
+        if value < step + offset or (value - offset) % step:
+            return f"is not of the form {step}n+{offset} with n >= 1 (for example {examples})"
+        return MODEL_SIZE.problem(value)
 
     return Rule(int, problem)
 
