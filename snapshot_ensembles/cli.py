@@ -53,17 +53,11 @@ def add_setting_flags(parser, cls, only=None, defaults=None, choices=None, group
             wanted = [name for name in (inner or [f.name for f in dataclasses.fields(field.metadata["part"])])
                       if only is None or name in only]
             if wanted:
-                title = field.metadata["part"].TITLE
                 add_setting_flags(parser, field.metadata["part"], wanted, defaults, choices,
-                                  group=_group(parser, title) if group is None else group)
+                                  group=group or parser.add_argument_group(field.metadata["part"].TITLE))
         elif field.metadata["setting"].flag and (only is None or field.name in only):
             _add_flag(group or parser, field.name, field.metadata["setting"], defaults.get(field.name, field.default),
                       choices.get(field.name))
-
-
-def _group(parser, title):
-    return next((group for group in parser._action_groups if group.title == title), None) or \
-        parser.add_argument_group(title)
 
 
 def _add_flag(parser, name, declared, default, choices):
