@@ -7,38 +7,28 @@ ensemble prediction flow with equal and fitted weights. Unless --no_baseline, th
 also trained for the same number of epochs with one ordinary cosine cycle, the paper's comparison.
 """
 
+import dataclasses
 import os
 import sys
 
-from snapshot_ensembles import backend_start, cli, output, recipes
+from snapshot_ensembles import backend_start, cli, config, output
 
 DEMO_DATASET = "digits"
 TEST_FRACTION = 0.7  # 1,258 test digits: fewer training images make the task hard enough to ensemble
 VAL_FRACTION = 0.4  # of what remains after the test set: enough to fit ensemble weights on
 
 
+# The training scripts' settings that the demo takes, at the demo's defaults: an epoch here is only 21 steps,
+# hence BatchNormalization's momentum below Keras's 0.99.
+DEMO_SETTINGS = dict(M=3, nb_epoch=36, alpha_zero=0.05, momentum=0.9, bn_momentum=0.9, wrn_N=1, wrn_k=1,
+                     batch_size=16, seed=0, weights_dir=os.path.join("weights", "demo"), recipe="original",
+                     mixed_precision=False)
+
+
 def build_parser():
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--M", type=cli.positive_int, default=3, help="snapshots (default: %(default)s)")
-    parser.add_argument("--nb_epoch", type=cli.positive_int, default=36, help="total epochs (default: %(default)s)")
-    parser.add_argument("--alpha_zero", type=cli.positive_float, default=0.05,
-                        help="peak learning rate (default: %(default)s)")
-    parser.add_argument("--momentum", type=cli.unit_interval, default=0.9, help="SGD momentum (default: %(default)s)")
-    parser.add_argument("--bn_momentum", type=cli.unit_interval, default=0.9,
-                        help="BatchNormalization momentum; below Keras's 0.99 because an epoch here is only "
-                             "21 steps (default: %(default)s)")
-    parser.add_argument("--wrn_N", type=cli.model_size, default=1, help="WRN blocks per group (default: %(default)s)")
-    parser.add_argument("--wrn_k", type=cli.model_size, default=1, help="WRN width (default: %(default)s)")
-    parser.add_argument("--batch_size", type=cli.positive_int, default=16, help="(default: %(default)s)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--weights_dir", default=os.path.join("weights", "demo"),
-                        help="output folder (default: %(default)s)")
+    cli.add_setting_flags(parser, config.TrainConfig, only=DEMO_SETTINGS, defaults=DEMO_SETTINGS)
     parser.add_argument("--no_baseline", action="store_true", help="skip the single-cycle baseline run")
-    parser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="original",
-                        help="training recipe, as the training scripts' flag; the demo's own flags above "
-                             "(momentum, batch) still apply (default: %(default)s)")
-    parser.add_argument("--mixed_precision", action="store_true",
-                        help="train in bfloat16 on a CPU, float16 on a GPU (as the training scripts' flag)")
     cli.add_output_flags(parser)
     return parser
 
@@ -63,34 +53,28 @@ def digits_dataset(seed):
 
 
 def train_config(args, weights_dir, nb_snapshots):
-    """The TrainConfig of a demo run; every demo run trains afresh (resume off)."""
-    from snapshot_ensembles import config
-
-    return config.TrainConfig(
-        dataset=DEMO_DATASET, model=config.ModelConfig("wrn", wrn_N=args.wrn_N, wrn_k=args.wrn_k),
-        cycles=config.CycleConfig(M=nb_snapshots, nb_epoch=args.nb_epoch, alpha_zero=args.alpha_zero),
-        training=config.TrainingConfig(recipe=args.recipe, batch_size=args.batch_size, momentum=args.momentum,
-                                       bn_momentum=args.bn_momentum, seed=args.seed,
-                                       mixed_precision=args.mixed_precision),
-        data=config.DataConfig(val_split=VAL_FRACTION), weights_dir=weights_dir, resume=False).resolved()
+    """The TrainConfig of a demo run, checked; every demo run trains afresh (resume off)."""
+    run = cli.config_from_args(config.TrainConfig, args, dataset=DEMO_DATASET)
+    return dataclasses.replace(run, cycles=dataclasses.replace(run.cycles, M=nb_snapshots), weights_dir=weights_dir,
+                               data=config.DataConfig(val_split=VAL_FRACTION), resume=False).resolved()
 
 
 def predict_config(args, weights_dir, optimize):
-    from snapshot_ensembles import config
-
     return config.PredictConfig(dataset=DEMO_DATASET, model=config.ModelConfig("wrn", wrn_N=args.wrn_N, wrn_k=args.wrn_k),
                                 optimize=optimize, weights_dir=weights_dir)
 
 
 def main(argv=None):
     args = cli.parse(build_parser(), argv)
+    snapshot_dir = os.path.join(args.weights_dir, "snapshots")
+    snapshot_config = train_config(args, snapshot_dir, args.M)  # flags checked before TensorFlow starts
+    baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
     backend_start.start()
     from snapshot_ensembles import prediction, training
 
     data = digits_dataset(args.seed)
-    snapshot_dir = os.path.join(args.weights_dir, "snapshots")
     output.say(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
-    training.train(train_config(args, snapshot_dir, args.M), data=data)
+    training.train(snapshot_config, data=data)
     output.say("\n== Ensemble prediction (fitted weights, then equal weights) ==")
     report = prediction.predict(predict_config(args, snapshot_dir, 1), data=data)
     prediction.predict(predict_config(args, snapshot_dir, -1), data=data)
@@ -98,7 +82,6 @@ def main(argv=None):
     baseline = None
     if not args.no_baseline:
         output.say(f"\n== Baseline: the same network, {args.nb_epoch} epochs, one cosine cycle ==")
-        baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
         model, _ = training.train(baseline_config, data=data)
         baseline = training.test_probabilities(model, data, training.evaluation_batch_size(baseline_config),
                                                prediction.recorded_standardization(baseline_config.weights_dir,

@@ -1,6 +1,7 @@
 """Snapshot ensembles of your own Keras model and data: a small network on scikit-learn's digits.
 
-    python examples/own_model.py [weights folder]
+    python -m examples.own_model [weights folder]      # in the checkout
+    python examples/own_model.py [weights folder]      # anywhere, once the package is installed (pip install .)
 
 Trains once with the snapshot callbacks (M cosine cycles, one snapshot per cycle), then ensembles
 the snapshots with SnapshotEnsemble: weights fitted on the validation split, report on the test set.
@@ -10,14 +11,12 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import keras
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import keras  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-
-from snapshot import SnapshotCallbackBuilder  # noqa: E402
-from snapshot_ensembles import SnapshotEnsemble  # noqa: E402
+from snapshot_ensembles import SnapshotEnsemble
+from snapshot_ensembles.callbacks import SnapshotCallbackBuilder
 
 EPOCHS, SNAPSHOTS = 30, 3
 

@@ -21,15 +21,18 @@ import time
 import keras
 
 from snapshot_ensembles import run_state
+from snapshot_ensembles.config import CycleConfig
+from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.files import save_weights, write_json
 from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.schedule import SCHEDULE_MODES, check_snapshot_counts, cosine_annealing_lr, multistep_lr
+from snapshot_ensembles.schedule import cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
            "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
-           "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr",
-           "check_snapshot_counts"]
+           "TrainingDiverged", "RunStateCheckpoint", "StepCountingLossScaleOptimizer", "cosine_annealing_lr"]
 
+# The callbacks' names of the settings of config.CycleConfig, which checks them.
+CYCLE_ARGUMENTS = {"nb_epoch": "nb_epochs", "M": "nb_snapshots", "alpha_zero": "init_lr"}
 # Keras names the accuracy metric after the string it was compiled with.
 VALIDATION_ACCURACY_KEYS = ("val_accuracy", "val_acc", "val_categorical_accuracy",
                             "val_sparse_categorical_accuracy")
@@ -73,6 +76,14 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         index = next(i for i, variable in enumerate(self.variables) if variable is self.inner_optimizer._iterations)
         optimizer_variables[index] = optimizer_variables[index] + 1
         return trainable_variables, optimizer_variables
+
+
+def check_cycles(nb_epochs, nb_snapshots, init_lr=0.1, schedule="epoch"):
+    """The configuration's check of these settings (a ValueError), worded with the callbacks' argument names."""
+    try:
+        CycleConfig(M=nb_snapshots, nb_epoch=nb_epochs, alpha_zero=init_lr, schedule=schedule).check()
+    except ConfigError as err:
+        raise err.renamed(CYCLE_ARGUMENTS) from None
 
 
 class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):
@@ -139,7 +150,7 @@ class SnapshotModelCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, nb_epochs, nb_snapshots, fn_prefix="Model", save_enabled=True):
         super().__init__()
-        check_snapshot_counts(nb_epochs, nb_snapshots)
+        check_cycles(nb_epochs, nb_snapshots)
         self.check = nb_epochs // nb_snapshots
         self.fn_prefix = fn_prefix
         self.save_enabled = save_enabled  # False on non-chief workers of a multi-worker run
@@ -279,13 +290,7 @@ class SnapshotCallbackBuilder:
 
     def __init__(self, nb_epochs, nb_snapshots, init_lr=0.1, schedule="epoch", steps_per_epoch=None,
                  weights_dir="weights", save_enabled=True):
-        check_snapshot_counts(nb_epochs, nb_snapshots)
-        if schedule not in SCHEDULE_MODES:
-            raise ValueError(f"schedule must be one of {SCHEDULE_MODES}, got {schedule!r}")
-        if schedule == "multistep" and nb_snapshots != 1:
-            raise ValueError(f"the multistep schedule trains one model: it takes one snapshot, not {nb_snapshots}")
-        if not init_lr > 0:
-            raise ValueError(f"the initial learning rate must be positive, got {init_lr!r}")
+        check_cycles(nb_epochs, nb_snapshots, init_lr, schedule)
         self.T = nb_epochs
         self.M = nb_snapshots
         self.alpha_zero = float(init_lr)

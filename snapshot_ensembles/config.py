@@ -1,27 +1,148 @@
-"""The typed configuration of a training run and of a prediction, built once by the command line
-(snapshot_ensembles.cli) or directly by a program (demo.py, benchmarks/, a user's script).
+"""The typed configuration of a training run and of a prediction, with every setting declared once.
 
-A run's saved flags are `TrainConfig.to_dict()`: a flat dict keyed by flag name, the format of the run
-record's "args" since the first version, so runs saved before this module resume and predict unchanged.
-`from_dict` reads any such record back, filling in what later versions added with the values those
-runs trained with.
+Each field is declared with `setting(default, help, rule, ...)`, and everything else about it is derived
+from that declaration:
 
-This module imports no Keras, so that a configuration is checked before TensorFlow starts.
+- the command line's flag (snapshot_ensembles.cli): the field's name, its help, default and parse type;
+- the run record's "args": `TrainConfig.to_dict()` / `from_dict()`, one key per setting;
+- what a resumed run must keep the same (`compared_settings`): every setting not declared `compared=False`;
+- the one check of its value (`check_settings`), whose ConfigError reads `dn_depth=41 ...` for a program
+  and `--dn_depth 41 ...` on the command line.
+
+Adding a training setting is one field here plus the code that uses it. This module imports no Keras,
+so that a configuration is checked before TensorFlow starts.
 """
 
 import dataclasses
 import math
+import numbers
+import os
 from typing import Optional
 
 from snapshot_ensembles import recipes
 from snapshot_ensembles.errors import ConfigError
-from snapshot_ensembles.naming import model_prefix
-from snapshot_ensembles.schedule import SCHEDULE_MODES as SCHEDULES, check_snapshot_counts
+from snapshot_ensembles.naming import DATASETS, model_prefix
+from snapshot_ensembles.schedule import SCHEDULE_MODES
 
 MODELS = ("wrn", "dn", "resnet")
 VARIANTS = ("original", "paper")
+ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has release weights for them
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
-DATASETS = ("cifar10", "cifar100", "digits")
+# The largest integer a setting takes: TensorFlow's int32 tensors, NumPy's seeds and C longs overflow above it.
+INT_MAX = 2**31 - 1
+MODEL_SIZE_MAX = 1000  # per architecture setting: far beyond any published network, and still buildable
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be: `parse` turns a flag's text into a value (the flag's type), and
+    `problem(value)` says what is wrong with a value, or None."""
+
+    parse: object
+    problem: object
+    choices: Optional[tuple] = None
+
+
+def integer(low=1, high=INT_MAX):
+    def problem(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "is not an integer"
+        if value < low:
+            return "is out of range: it must be " + ("a positive integer" if low == 1 else f"{low} or more")
+        if value > high:
+            return f"is out of range: it must be at most {high}"
+        return None
+
+    return Rule(int, problem)
+
+
+def number(accepts, expected):
+    def problem(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return "is not a number"
+        return None if accepts(value) else f"is out of range: it must be {expected}"  # NaN accepts nothing
+
+    return Rule(float, problem)
+
+
+def choice(*values, parse=str):
+    def problem(value):
+        if any(type(value) is type(option) and value == option for option in values):
+            return None
+        return f"is not one of the choices: {', '.join(map(str, values))}"
+
+    return Rule(parse, problem, values)
+
+
+def depth_form(step, offset, examples):
+    """A network depth of the form step*n + offset, n >= 1."""
+    def problem(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "is not an integer"
+        if value < step + offset or (value - offset) % step:
+            return f"is not of the form {step}n+{offset} with n >= 1 (for example {examples})"
+        return MODEL_SIZE.problem(value)
+
+    return Rule(int, problem)
+
+
+def _sha256_problem(value):
+    if isinstance(value, str) and (value.lower() == "skip" or (
+            len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))):
+        return None
+    return "is not a SHA-256 checksum (64 hexadecimal digits) or 'skip'"
+
+
+COUNT = integer()
+SEED = integer(0)
+MODEL_SIZE = integer(1, MODEL_SIZE_MAX)
+POSITIVE = number(lambda value: 0 < value < math.inf, "a positive number")
+NON_NEGATIVE = number(lambda value: 0 <= value < math.inf, "0 or a positive number")
+FRACTION = number(lambda value: 0 <= value < 1, "in [0, 1)")
+SWITCH = Rule(bool, lambda value: None if isinstance(value, bool) else "is not True or False")
+PATH = Rule(str, lambda value: None if isinstance(value, (str, os.PathLike)) else "is not a path")
+SHA256 = Rule(lambda text: text.strip().lower(), _sha256_problem)
+DENSENET_DEPTH = depth_form(3, 4, "40, 100, 190")
+RESNET_DEPTH = depth_form(6, 2, "20, 56, 110")
+
+
+def check_value(field, value, rule):
+    """ConfigError naming `field` unless `value` follows `rule`: the one check of every setting, also
+    behind the public builders and callbacks that take a setting's value directly."""
+    problem = rule.problem(value)
+    if problem:
+        raise ConfigError(f"{{value}} {problem}", value=(field, value))
+    return value
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    help: str  # the command-line flag's help
+    rule: Optional[Rule] = None
+    flag: bool = True  # a command-line flag and a key of the run record's "args"
+    compared: bool = True  # what a run computes: resuming needs the same value (else: where, or how spelled)
+    network: Optional[str] = None  # only this --model reads it
+    negation: Optional[tuple] = None  # (flag, help) of the flag that sets False
+    alias: Optional[tuple] = None  # (flag, value, help): a flag that means this setting at that value
+    cli: Optional[dict] = None  # further keywords of the flag's definition (nargs, const, metavar)
+
+
+def setting(default, help, rule=None, **declaration):
+    return dataclasses.field(default=default, metadata={"setting": Setting(help, rule, **declaration)})
+
+
+def part(cls, only=None):
+    """A group of settings; `only`: those of its settings this configuration takes (None: all)."""
+    return dataclasses.field(default=cls(), metadata={"part": cls, "only": only})
+
+
+RECIPE = "recipe; "  # the help's mark of a setting that the --recipe fills in when left None
 # Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
 MAX_DN_BLOCKS = 6
 
@@ -30,37 +151,31 @@ MAX_DN_BLOCKS = 6
 class ModelConfig:
     """The network: its family and the sizes that fix its weight shapes."""
 
-    model: str = "wrn"  # wrn: Wide Residual Network, dn: DenseNet, resnet: the paper's CIFAR ResNet
-    wrn_N: int = 2  # WRN blocks per group; depth 6N+4
-    wrn_k: int = 4  # WRN width factor
-    dn_depth: int = 40  # DenseNet depth, 3n+4
-    dn_growth_rate: int = 12
-    dn_blocks: int = 3  # dense blocks; 1 is the original scripts' network
-    resnet_depth: int = 110  # 6n+2
-    # original: the network as the original Keras suite defines it (post-activation WRN, Keras 1
-    # initialisers); paper: as the paper's Torch code does (pre-activation WRN, He-normal fan-out
-    # initialisation); None: the recipe's (training) or the one found in the weights folder (prediction).
-    variant: Optional[str] = None
+    TITLE = "model"
+    model: str = setting("wrn", "wrn: Wide Residual Network, dn: DenseNet, resnet: the paper's CIFAR ResNet",
+                         choice(*MODELS))
+    wrn_N: int = setting(2, "WRN blocks per group; depth = 6N+4", MODEL_SIZE, network="wrn")
+    wrn_k: int = setting(4, "WRN width factor", MODEL_SIZE, network="wrn")
+    dn_depth: int = setting(40, "DenseNet depth, 3n+4", MODEL_SIZE, network="dn")
+    dn_growth_rate: int = setting(12, "DenseNet growth rate", MODEL_SIZE, network="dn")
+    dn_blocks: int = setting(3, "DenseNet dense blocks; 1 reproduces the original scripts", integer(1, MAX_DN_BLOCKS),
+                             network="dn")
+    resnet_depth: int = setting(110, "ResNet depth, 6n+2", MODEL_SIZE, network="resnet")
+    variant: Optional[str] = setting(
+        None, "the network's definition: original: as the original Keras suite (post-activation WRN, Keras 1 "
+        "initialisers); paper: as the paper's Torch code (pre-activation WRN, He-normal fan-out initialisation); "
+        "default: the --recipe's (training), the one whose files are in --weights_dir (prediction)",
+        choice(*VARIANTS))
 
     def check(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"{{model}} is not a network: choose one of {', '.join(MODELS)}", model=("model", self.model))
-        if self.variant not in (None, *VARIANTS):
-            raise ConfigError(f"{{variant}} is not a variant: choose one of {', '.join(VARIANTS)}",
-                              variant=("variant", self.variant))
-        if self.model == "resnet" and self.variant == "original":
-            raise ConfigError("{model} exists only as the paper's network (the original suite has none): "
-                              "drop {variant}",
-                              model=("model", "resnet"), variant=("variant", "original"))
-        if self.model == "dn" and (self.dn_depth < 7 or (self.dn_depth - 4) % 3 != 0):
-            raise ConfigError("{depth} is not of the form 3n+4 with n >= 1 (for example 40, 100, 190)",
-                              depth=("dn_depth", self.dn_depth))
-        if self.model == "dn" and not 1 <= self.dn_blocks <= MAX_DN_BLOCKS:
-            raise ConfigError(f"{{blocks}} is out of range: 1 to {MAX_DN_BLOCKS} dense blocks (each transition "
-                              "halves the 32x32 images)", blocks=("dn_blocks", self.dn_blocks))
-        if self.model == "resnet" and (self.resnet_depth < 8 or (self.resnet_depth - 2) % 6 != 0):
-            raise ConfigError("{depth} is not of the form 6n+2 with n >= 1 (for example 20, 56, 110)",
-                              depth=("resnet_depth", self.resnet_depth))
+        check_settings(self)
+        if self.model == "dn":
+            check_value("dn_depth", self.dn_depth, DENSENET_DEPTH)
+        if self.model == "resnet":
+            check_value("resnet_depth", self.resnet_depth, RESNET_DEPTH)
+            if self.variant == "original":
+                raise ConfigError("{model} exists only as the paper's network (the original suite has none): "
+                                  "drop {variant}", model=("model", "resnet"), variant=("variant", "original"))
         return self
 
     def prefix(self, dataset):
@@ -79,23 +194,24 @@ class ModelConfig:
     def pre_activation_wrn(self):
         return self.model == "wrn" and self.variant == "paper"
 
+    def network_settings(self):
+        """The settings that, with `model`, fix the weight shapes: name -> value."""
+        return {field.name: getattr(self, field.name) for field, declared in settings(ModelConfig)
+                if declared.network == self.model}
+
     def flags(self):
         """The model flags that determine the weight shapes, as a user would type them."""
-        paper = " --variant paper" if self.variant == "paper" and self.model != "resnet" else ""
-        if self.model == "wrn":
-            return f"--model wrn --wrn_N {self.wrn_N} --wrn_k {self.wrn_k}{paper}"
-        if self.model == "resnet":
-            return f"--model resnet --resnet_depth {self.resnet_depth}"
-        return (f"--model dn --dn_depth {self.dn_depth} --dn_growth_rate {self.dn_growth_rate} "
-                f"--dn_blocks {self.dn_blocks}{paper}")
+        paper = ["--variant paper"] if self.variant == "paper" and self.model != "resnet" else []
+        return " ".join([f"--model {self.model}"] + [f"--{name} {value}"
+                                                     for name, value in self.network_settings().items()] + paper)
 
     def describe(self, nb_classes):
         """The network in words and the flags to check when a weight file does not fit it."""
+        hint = "check " + "/".join(f"--{name}" for name in [*self.network_settings(), "dataset"])
         if self.model == "wrn":
-            return f"{self.network_name()} for {nb_classes} classes", "check --wrn_N/--wrn_k/--dataset"
+            return f"{self.network_name()} for {nb_classes} classes", hint
         if self.model == "resnet":
-            return f"ResNet-{self.resnet_depth} for {nb_classes} classes", "check --resnet_depth/--dataset"
-        hint = "check --dn_depth/--dn_growth_rate/--dn_blocks/--dataset"
+            return f"ResNet-{self.resnet_depth} for {nb_classes} classes", hint
         if self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
         return f"{self.network_name(initialisation=False)} for {nb_classes} classes", hint
@@ -121,182 +237,258 @@ class ModelConfig:
 class CycleConfig:
     """The learning-rate schedule: M cosine cycles over nb_epoch epochs, one snapshot per cycle."""
 
-    M: int = 5
-    nb_epoch: int = 200
-    alpha_zero: float = 0.1  # peak learning rate of every cycle
-    schedule: Optional[str] = None  # epoch | batch | multistep; None: the recipe's
+    TITLE = "snapshots"
+    M: int = setting(5, "number of snapshots (cycles)", COUNT)
+    nb_epoch: int = setting(200, "total epochs T, a multiple of M", COUNT)
+    alpha_zero: float = setting(0.1, "initial (peak) learning rate of every cycle", POSITIVE)
+    schedule: Optional[str] = setting(
+        None, RECIPE + "anneal the learning rate per epoch (the original) or per step (the paper); multistep: the "
+        "paper's single-model baseline with --M 1, the learning rate divided by 10 at 50 % and 75 % of the epochs",
+        choice(*SCHEDULE_MODES))
 
     def check(self):
-        try:
-            check_snapshot_counts(self.nb_epoch, self.M)
-        except ValueError as err:
-            raise ConfigError(f"{{epochs}} {{M}}: {err}", epochs=("nb_epoch", self.nb_epoch), M=("M", self.M)) from None
-        if self.schedule not in (None, *SCHEDULES):
-            raise ConfigError(f"{{schedule}} is not a schedule: choose one of {', '.join(SCHEDULES)}",
-                              schedule=("schedule", self.schedule))
+        check_settings(self)
+        if self.nb_epoch % self.M != 0:
+            lower = self.nb_epoch - self.nb_epoch % self.M
+            suggestion = f"{lower} or {lower + self.M}" if lower else f"{self.M}"
+            raise ConfigError(f"{{epochs}} must be a multiple of M ({self.M}) so that every cycle has the same "
+                              f"length: use for example {{nb_epoch}} {suggestion}", epochs=("nb_epoch", self.nb_epoch),
+                              nb_epoch=("nb_epoch",))
         if self.schedule == "multistep" and self.M != 1:
-            raise ConfigError(f"{{schedule}} is the single-model baseline: use {{M}} (not {self.M})",
+            raise ConfigError(f"{{schedule}} is the single-model baseline, one snapshot: use {{M}} (not {self.M})",
                               schedule=("schedule", "multistep"), M=("M", 1))
         return self
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """How the network is optimised; the fields left None take the recipe's value (`resolved`)."""
+    """How the network is optimised; the settings left None take the recipe's value (`TrainConfig.resolved`)."""
 
-    recipe: str = "original"  # original | paper (snapshot_ensembles.recipes)
-    batch_size: Optional[int] = None  # the global batch, split over the devices
-    dropout: Optional[float] = None
-    momentum: Optional[float] = None
-    nesterov: Optional[bool] = None
-    weight_decay: Optional[float] = None  # as Torch's SGD counts it: WD x w added to every gradient
-    bn_momentum: Optional[float] = None  # of BatchNormalization's moving statistics
-    augment: Optional[str] = None  # original | paper | none
-    normalize: Optional[str] = None  # unit | channel
-    seed: int = 0
-    deterministic: bool = True  # TensorFlow op determinism: the same seed and data give the same snapshots
-    mixed_precision: bool = False
+    TITLE = "training (the flags marked 'recipe' default to the --recipe's value)"
+    recipe: str = setting(
+        "original", "original: the original scripts' plain SGD, batch 128 (wrn, resnet) or 64 (dn), rotations and "
+        "shifts, learning rate set per epoch, weight decay (2e-4) and dropout (0.2) only in the DenseNet; paper: SGD "
+        "with Nesterov momentum 0.9, batch 64, padded crops and flips on per-channel standardised images, per-step "
+        "annealing, weight decay 5e-4 (wrn, resnet) or 1e-4 (dn), no dropout",
+        choice(*recipes.RECIPES), compared=False)  # its values are compared, not its name
+    batch_size: Optional[int] = setting(None, RECIPE + "the global batch, split over the devices with --distribute",
+                                        COUNT)
+    dropout: Optional[float] = setting(None, RECIPE + "dropout rate", FRACTION)
+    momentum: Optional[float] = setting(None, RECIPE + "SGD momentum", FRACTION)
+    nesterov: Optional[bool] = setting(None, RECIPE + "Nesterov momentum (needs --momentum > 0)", SWITCH,
+                                       negation=("no_nesterov", "plain momentum"))
+    weight_decay: Optional[float] = setting(
+        None, RECIPE + "as the paper's Torch SGD counts it: WD x w added to every weight's gradient, i.e. WD / 2 x "
+        "sum(w^2) in the training loss, on every weight", NON_NEGATIVE)
+    bn_momentum: Optional[float] = setting(
+        None, RECIPE + "momentum of BatchNormalization's moving mean and variance, the original's 0.99 (Keras 1's), the paper's 0.9 (Torch's 0.1); lower it "
+        "when an epoch has few steps, so that the statistics saved with a snapshot are those of its weights",
+        FRACTION)
+    augment: Optional[str] = setting(
+        None, RECIPE + "original: random rotations (15 degrees) and shifts (5/32), as the original's "
+        "ImageDataGenerator; paper: 4-pixel zero padding, random 32x32 crop, horizontal flip",
+        choice(*recipes.AUGMENTATIONS), alias=("no_augment", "none", "the same as --augment none"))
+    normalize: Optional[str] = setting(
+        None, RECIPE + "unit: pixels / 255 (the original); channel: per-channel mean and standard deviation of the "
+        "training images (the paper); prediction reads it from the run record", choice(*recipes.NORMALIZATIONS))
+    seed: int = setting(0, "random seed", SEED)
+    deterministic: bool = setting(
+        True, "TensorFlow op determinism: the same seed and data give the same snapshots, bit for bit", SWITCH,
+        negation=("no_deterministic", "speed first: TensorFlow may pick nondeterministic kernels, and "
+                  "BatchNormalization trains with fused kernels that round differently (see README Performance)"))
+    mixed_precision: bool = setting(False, "compute in bfloat16 on a CPU, float16 on a GPU (Keras mixed precision); "
+                                           "weights stay float32, so snapshots load as usual", SWITCH)
+
+    def check(self):
+        check_settings(self)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
+                              momentum=("momentum", 0.9))
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and what part of the training set is held out for validation."""
 
-    data_dir: Optional[str] = None  # the official archive or its folder; None: the Keras cache, then download
-    data_sha256: Optional[str] = None  # the archive's checksum; None: the official one; "skip": no check
-    val_split: float = 0.0  # 0 validates on the test set, as the original did
+    TITLE = "data"
+    data_dir: Optional[str] = setting(
+        None, "folder with the official CIFAR python archive or its extracted folder (default: the Keras cache "
+        "~/.keras/datasets, then Keras's download)", PATH, compared=False)
+    data_sha256: Optional[str] = setting(
+        None, "expected SHA-256 of the archive in --data_dir (default: the official archive's checksum; 'skip' "
+        "turns the check off)", SHA256, compared=False)
+    val_split: float = setting(
+        0.0, "fraction of the training set held out for checkpoint selection and ensemble weighting; 0 validates "
+        "on the test set as the original did (optimistic)", FRACTION)
+
+    def check(self):
+        return check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceConfig:
-    distribute: str = "none"  # none | mirrored | multiworker (snapshot_ensembles.distribute)
-    cpu_devices: Optional[int] = None  # split this machine's CPU into that many devices (mirrored)
+    """The devices a run trains on (snapshot_ensembles.distribute); a run resumes on more or fewer of them."""
 
+    TITLE = "scaling out (README: Scaling out)"
+    distribute: str = setting(
+        "none", "none: one device; mirrored: every GPU of this machine (TensorFlow MirroredStrategy, or JAX "
+        "DataParallel); multiworker: several machines, TensorFlow MultiWorkerMirroredStrategy configured by "
+        "TF_CONFIG. --batch_size is the global batch", choice(*DISTRIBUTIONS), compared=False)
+    cpu_devices: Optional[int] = setting(
+        None, "with --distribute mirrored: split the CPU into N devices and mirror over them, to try or test "
+        "data-parallel training on a machine without GPUs", integer(1, 256), compared=False, cli={"metavar": "N"})
 
-_PARTS = {"model": ModelConfig, "cycles": CycleConfig, "training": TrainingConfig, "data": DataConfig,
-          "devices": DeviceConfig}
+    def check(self):
+        check_settings(self)
+        if self.cpu_devices is not None and self.distribute != "mirrored":
+            raise ConfigError("{cpu} splits this machine's CPU for {mirrored}, not for {distribute}: add {mirrored} "
+                              "or drop {cpu}", cpu=("cpu_devices",), mirrored=("distribute", "mirrored"),
+                              distribute=("distribute", self.distribute))
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that a training run reads: what it computes and where it keeps its files."""
 
-    dataset: str = "cifar10"
-    model: ModelConfig = ModelConfig()
-    cycles: CycleConfig = CycleConfig()
-    training: TrainingConfig = TrainingConfig()
-    data: DataConfig = DataConfig()
-    devices: DeviceConfig = DeviceConfig()
-    weights_dir: str = "weights"
-    overwrite: bool = False  # replace weight files of this model that no training run recorded
-    resume: bool = True  # continue the unfinished run of the same model in weights_dir
+    dataset: str = setting("cifar10", "the dataset", choice(*DATASETS), flag=False)  # the script's
+    model: ModelConfig = part(ModelConfig)
+    cycles: CycleConfig = part(CycleConfig)
+    training: TrainingConfig = part(TrainingConfig)
+    data: DataConfig = part(DataConfig)
+    devices: DeviceConfig = part(DeviceConfig)
+    weights_dir: str = setting("weights", "output folder", PATH, compared=False)
+    overwrite: bool = setting(False, "replace weight files of this model in --weights_dir that no training run "
+                                     "recorded (downloaded or converted weights)", SWITCH, compared=False)
+    resume: bool = setting(
+        True, "continue the unfinished run of the same model in --weights_dir from its last completed epoch, with "
+        "the same flags", SWITCH, compared=False,
+        negation=("no_resume", "start over: the files of the run found in --weights_dir are removed"))
 
     @property
     def prefix(self):
         return self.model.prefix(self.dataset)
 
     def resolved(self):
-        """Checked, with the recipe's values in every training field left None."""
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"{{dataset}} is not a dataset here: choose one of {', '.join(DATASETS)}",
-                              dataset=("dataset", self.dataset))
-        self.model.check()
-        self.cycles.check()
+        """Checked, with the recipe's values in every training setting left None."""
+        check_settings(self)
+        for name in ("model", "cycles", "data", "devices"):
+            getattr(self, name).check()
+        self.training.check()  # what was given; the recipe's values below are checked with them
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
-        resolved = dataclasses.replace(self, training=training, model=self.model.with_variant(training.recipe),
-                                       cycles=dataclasses.replace(self.cycles, schedule=schedule))
-        resolved.check_values()
-        return resolved
-
-    def check_values(self):
-        """The numbers in range, as the command line's flag types check them."""
-        training, devices = self.training, self.devices
-        require(self.cycles.alpha_zero > 0 and math.isfinite(self.cycles.alpha_zero), "alpha_zero",
-                self.cycles.alpha_zero, "a positive number")
-        require(is_count(training.batch_size), "batch_size", training.batch_size, "a positive integer")
-        for name in ("dropout", "momentum", "bn_momentum"):
-            require(0 <= getattr(training, name) < 1, name, getattr(training, name), "in [0, 1)")
-        require(0 <= self.data.val_split < 1, "val_split", self.data.val_split, "in [0, 1)")
-        require(0 <= training.weight_decay < math.inf, "weight_decay", training.weight_decay, "0 or a positive number")
-        require(is_count(training.seed + 1), "seed", training.seed, "0 or a positive integer")
-        require(devices.distribute in DISTRIBUTIONS, "distribute", devices.distribute,
-                f"one of {', '.join(DISTRIBUTIONS)}")
-        require(devices.cpu_devices is None or is_count(devices.cpu_devices), "cpu_devices", devices.cpu_devices,
-                "a positive integer or None")
+        return dataclasses.replace(self, training=training.check(), model=self.model.with_variant(training.recipe),
+                                   cycles=dataclasses.replace(self.cycles, schedule=schedule).check())
 
     def to_dict(self):
-        """The flat dict of flag values that the run record stores (its "args")."""
-        flat = {"M": self.cycles.M, "nb_epoch": self.cycles.nb_epoch, "alpha_zero": self.cycles.alpha_zero}
-        flat.update(dataclasses.asdict(self.model))
-        flat.update(dataclasses.asdict(self.training))
-        flat.update(schedule=self.cycles.schedule, val_split=self.data.val_split,
-                    no_augment=self.training.augment == "none")
-        flat.update(dataclasses.asdict(self.devices))
-        flat.update(weights_dir=self.weights_dir, overwrite=self.overwrite, resume=self.resume,
-                    data_dir=self.data.data_dir, data_sha256=self.data.data_sha256)
-        return flat
+        """The run record's "args": every setting but the dataset, by name."""
+        return flat_settings(self)
 
     @classmethod
-    def from_dict(cls, flat, dataset=None):
-        """The configuration a run record's "args" describe (any version's); unknown keys are an error."""
-        flat = dict(flat)
-        dataset = flat.pop("dataset", dataset) or "cifar10"
-        no_augment = flat.pop("no_augment", None)
-        # Fields a later version added default to what earlier runs did: the dataclass defaults, except
-        # for the recipes' fields.
-        saved = flat if no_augment is None else dict(flat, no_augment=no_augment)
-        flat = {**recipes.flags_of_runs_before_recipes(saved), **flat}
-        if no_augment and flat.get("augment") is None:
-            flat["augment"] = "none"
-        flat.setdefault("variant", recipes.VARIANT_BEFORE_VARIANTS.get(flat.get("model", "wrn")))
-        flat.setdefault("bn_momentum", recipes.BN_MOMENTUM_BEFORE_RECIPES)
-        parts = {name: part(**{field.name: flat.pop(field.name) for field in dataclasses.fields(part)
-                               if field.name in flat})
-                 for name, part in _PARTS.items()}
-        top = {name: flat.pop(name) for name in ("weights_dir", "overwrite", "resume") if name in flat}
-        if flat:
-            raise ValueError(f"unknown configuration fields: {', '.join(sorted(flat))}")
-        return cls(dataset=dataset, **parts, **top)
+    def from_dict(cls, flat, dataset="cifar10"):
+        """The configuration of a run record's "args"; unknown keys are an error."""
+        return from_flat_settings(cls, flat, dataset=dataset)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
     """A prediction with the snapshot ensemble of one trained network."""
 
-    dataset: str = "cifar10"
-    model: ModelConfig = ModelConfig()
-    optimize: int = 0  # 0: the saved ensemble weights; 1: fit them (minimum log-loss) and save; -1: equal
-    num_tests: int = 20  # restarts of the weight fit
-    M: Optional[int] = None  # snapshots to use; None: those the run recorded
-    batch_size: int = 256
-    seed: int = 0  # of the fit's restarts
-    plot: Optional[str] = None  # "" for the default file beside the weights
-    report: Optional[str] = None
-    export: Optional[str] = None
-    weights_dir: str = "weights"
-    data: DataConfig = DataConfig()
+    dataset: str = setting("cifar10", "the dataset", choice(*DATASETS), flag=False)
+    model: ModelConfig = part(ModelConfig)
+    optimize: int = setting(0, "0: use the saved ensemble weights; 1: fit them (minimum log-loss), then save; "
+                               "-1: equal weights", choice(-1, 0, 1, parse=int))
+    num_tests: int = setting(20, "restarts of the weight fit; the fit is convex, so they only confirm the optimum",
+                             COUNT)
+    M: Optional[int] = setting(None, "number of snapshots to use (default: every snapshot file present)", COUNT)
+    batch_size: int = setting(256, "prediction batch size", COUNT)
+    seed: int = setting(0, "seed of the fit's restarts", SEED)
+    plot: Optional[str] = setting(
+        None, "save the ensemble-size curve, the members' agreement matrix and a reliability diagram (needs "
+        "matplotlib; default file: WEIGHTS_DIR/PREFIX-ensemble.png)", PATH,
+        cli={"nargs": "?", "const": "", "metavar": "PNG"})
+    report: Optional[str] = setting(
+        None, "write every figure of the report (scores, temperatures, bootstrap intervals, diversity, reliability "
+        "bins) to this JSON file", PATH, cli={"metavar": "PATH.json"})
+    export: Optional[str] = setting(
+        None, "save the ensemble in use (its members, weights and temperature) as one Keras model that "
+        "keras.saving.load_model reads without this project", PATH, cli={"metavar": "PATH.keras"})
+    weights_dir: str = setting("weights", "folder of the weight files", PATH)
+    data: DataConfig = part(DataConfig, only=("data_dir", "data_sha256"))
 
     @property
     def prefix(self):
         return self.model.prefix(self.dataset)
 
     def check(self):
-        require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {', '.join(DATASETS)}")
-        for name in ("num_tests", "batch_size"):
-            require(is_count(getattr(self, name)), name, getattr(self, name), "a positive integer")
-        require(self.M is None or is_count(self.M), "M", self.M, "a positive integer or None (every snapshot)")
-        require(is_count(self.seed + 1), "seed", self.seed, "0 or a positive integer")
-        if self.optimize not in (-1, 0, 1):
-            raise ConfigError("{optimize} is not a mode: -1 (equal weights), 0 (saved) or 1 (fit)",
-                              optimize=("optimize", self.optimize))
+        check_settings(self)
         self.model.check()
+        self.data.check()
         return self
 
 
-def is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+# --------------------------------------------------------------------------- derived from the declarations
 
 
-def require(condition, field, value, expected):
-    if not condition:
-        raise ConfigError(f"{{value}} is out of range: it must be {expected}", value=(field, value))
+def settings(cls):
+    """(field, Setting) of every setting of `cls` and of its parts, in declaration order."""
+    for field in dataclasses.fields(cls):
+        if "part" in field.metadata:
+            only = field.metadata["only"]
+            yield from ((inner, declared) for inner, declared in settings(field.metadata["part"])
+                        if only is None or inner.name in only)
+        elif "setting" in field.metadata:
+            yield field, field.metadata["setting"]
+
+
+def check_settings(config):
+    """ConfigError naming the first setting of `config` (not of its parts) that breaks its rule; None is
+    the value of a setting left to its default when that default is None."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "part" in field.metadata:
+            if not isinstance(value, field.metadata["part"]):
+                raise ConfigError(f"{{value}} is not a {field.metadata['part'].__name__}", value=(field.name, value))
+        elif "setting" in field.metadata and not (value is None and field.default is None):
+            check_value(field.name, value, field.metadata["setting"].rule)
+    return config
+
+
+def flat_settings(config):
+    """Every flag setting of `config` and its parts: name -> value (paths as text)."""
+    flat = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "part" in field.metadata:
+            only = field.metadata["only"]
+            flat.update({name: inner for name, inner in flat_settings(value).items() if only is None or name in only})
+        elif field.metadata["setting"].flag:
+            flat[field.name] = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return flat
+
+
+def from_flat_settings(cls, flat, **fixed):
+    """The `cls` of settings by name (`flat_settings`'s inverse); unknown names are an error."""
+    left = dict(flat)
+
+    def build(part_cls, only=None):
+        values = {}
+        for field in dataclasses.fields(part_cls):
+            if "part" in field.metadata:
+                values[field.name] = build(field.metadata["part"], field.metadata["only"])
+            elif field.name in left and (only is None or field.name in only):
+                values[field.name] = left.pop(field.name)
+        return part_cls(**values)
+
+    config = dataclasses.replace(build(cls), **fixed)
+    if left:
+        raise ValueError(f"unknown configuration fields: {', '.join(sorted(left))}")
+    return config
+
+
+def compared_settings(flat):
+    """The settings of a run record's "args" (or `to_dict()`) that a resumed run must keep: name -> value."""
+    declared = dict((field.name, setting_) for field, setting_ in settings(TrainConfig))
+    model = flat.get("model")
+    return {name: value for name, value in flat.items()
+            if name in declared and declared[name].compared and declared[name].network in (None, model)}

@@ -78,10 +78,8 @@ def parse_tf_config(text):
 
 
 def check_flags(device_config, environ=os.environ):
-    """What can be checked before TensorFlow starts. Returns the multi-worker Task, or None."""
-    if device_config.cpu_devices is not None and device_config.distribute != "mirrored":
-        raise UserError(f"--cpu_devices splits this machine's CPU for --distribute mirrored, not for "
-                        f"--distribute {device_config.distribute}: add --distribute mirrored or drop --cpu_devices")
+    """What can be checked before TensorFlow starts besides the settings themselves (config.DeviceConfig):
+    TF_CONFIG. Returns the multi-worker Task, or None."""
     if device_config.distribute != "multiworker":
         return None
     text = environ.get(TF_CONFIG, "").strip()

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.optimize
 
 from snapshot_ensembles import metrics
+from snapshot_ensembles.config import COUNT, check_value
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
 from snapshot_ensembles.metrics import LOG_LOSS_EPS
@@ -83,53 +84,6 @@ def fit_weights(member_probs, labels, num_tests=20, seed=0):
     return _best_of(true_class, weights_list, start)
 
 
-def original_fit(member_probs, labels, num_tests=20, seed=0):
-    """The original project's fitting procedure, for comparison with `fit_weights`.
-
-    Each of `num_tests` restarts draws uniform random weights in [0, 1]^M and runs SLSQP with
-    numerical gradients on the log-loss of the full (n, C) weighted average. Two faithful
-    details: the average is accumulated in float32 with the weight rounded to float32 (numpy's
-    casting when the original was written), and it is clipped to [1e-15, 1 - 1e-15] and its rows
-    renormalised before `sklearn.metrics.log_loss`, as scikit-learn's log_loss itself did at the
-    time (today's raises on probabilities above 1 instead, which weights off the simplex give).
-    The float32 average also limits how well the numerical gradients can steer SLSQP, as it did
-    for the original. The original kept the restart with the best training
-    accuracy; here the best log-loss is kept, the choice most favourable to it, and every
-    restart is scored with the same exact objective as `fit_weights`.
-    """
-    from sklearn.metrics import log_loss as sklearn_log_loss  # only this comparison needs it
-
-    start = time.perf_counter()
-    _check_num_tests(num_tests)
-    true_class = _true_class_probs(member_probs, labels)
-    class_ids = np.arange(np.shape(member_probs[0])[1])
-
-    def log_loss_func(weights):
-        final_prediction = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
-        for weight, prediction in zip(weights, member_probs):
-            final_prediction += np.float32(weight) * prediction
-        # What scikit-learn's log_loss itself did first when the original was written.
-        final_prediction = np.clip(final_prediction, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-        final_prediction /= final_prediction.sum(axis=1, keepdims=True)
-        return sklearn_log_loss(labels, final_prediction, labels=class_ids)
-
-    rng = np.random.default_rng(seed)
-    n_members = len(member_probs)
-    constraints = ({"type": "eq", "fun": lambda w: 1 - sum(w)},)
-    weights_list = []
-    for _ in range(num_tests):
-        result = scipy.optimize.minimize(
-            log_loss_func,
-            rng.random(n_members),
-            method="SLSQP",
-            bounds=[(0, 1)] * n_members,
-            constraints=constraints,
-        )
-        # SLSQP may stop off the simplex (the original's CIFAR-100 weights sum to 1.16).
-        weights_list.append(_project_to_simplex_by_scaling(result.x))
-    return _best_of(true_class, weights_list, start)
-
-
 def _true_class_probs(member_probs, labels):
     """The (n, M) float64 matrix P[i, m] = member_probs[m][i, labels[i]]."""
     labels = np.asarray(labels)
@@ -189,8 +143,7 @@ def _best_of(true_class, weights_list, start):
 
 
 def _check_num_tests(num_tests):
-    if num_tests < 1:
-        raise UserError(f"--num_tests must be at least 1, got {num_tests}.")
+    check_value("num_tests", num_tests, COUNT)  # the prediction flag's check, worded for a program
 
 
 def normalised_weights(weights, n_members):

@@ -20,6 +20,11 @@ class ConfigError(UserError):
         self.mentions = mentions
         super().__init__(self._render(lambda field, *value: f"{field}={value[0]!r}" if value else field))
 
+    def renamed(self, names):
+        """The same error with the settings called by `names` (field -> name): a public function's arguments."""
+        return ConfigError(self.template, **{key: (names.get(field, field), *value)
+                                             for key, (field, *value) in self.mentions.items()})
+
     def command_line_message(self):
         return self._render(_flag)
 

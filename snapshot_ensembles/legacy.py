@@ -1,4 +1,5 @@
-"""The original project's Keras 1.1.1 weight files: read them, convert them, write them.
+"""The original project's Keras 1.1.1 weight files: read them and convert them (tests/legacy_writer.py
+writes them).
 
 Layout of a Keras 1 `model.save_weights` HDF5 file: the root attribute `layer_names` lists every
 layer of the Keras 1 `model.layers` (weightless ones included); each name is a group whose
@@ -39,7 +40,7 @@ import numpy as np
 from keras import layers
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path, save_weights
+from snapshot_ensembles.files import save_weights
 from snapshot_ensembles.snapshot_ensemble import weight_problem
 
 BACKENDS = ("theano", "tensorflow")
@@ -51,9 +52,6 @@ _CONV, _BN, _DENSE = "convolution", "batch-normalization", "dense"
 _WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "running_std"),
                     _DENSE: ("W", "b")}
 
-# Keras 1 auto-named a layer after its lower-cased class name; these of ours had other Keras 1 classes.
-_KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate": "merge",
-                       "InputLayer": "input"}
 
 
 def read_legacy_weights(path, label=None, max_elements=None):
@@ -185,42 +183,6 @@ def convert_files(model, sources, targets, backend="theano", dim_ordering="th", 
         save_weights(model, target)
 
 
-def write_legacy_weights(model, path, backend="theano", dim_ordering="th"):
-    """Write `model`'s weights as Keras 1 `save_weights` would have on `backend` with `dim_ordering`.
-
-    Layer names are Keras 1 style (`convolution2d_3`), numbered in `model.layers` order: Keras 1's
-    loaders, like `convert_legacy_weights`, match layers by position and never by name.
-    """
-    _check_conventions(backend, dim_ordering)
-    for layer in _weighted_layers(model):
-        _keras3_kind(layer)  # refuse layer types Keras 1 stored differently before writing anything
-    flattened = _flattened_feature_maps(model)
-    counters = {}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        layer_names = []
-        for layer in model.layers:
-            class_name = type(layer).__name__
-            prefix = _KERAS1_CLASS_NAMES.get(class_name, class_name.lower())
-            counters[prefix] = counters.get(prefix, 0) + 1
-            name = f"{prefix}_{counters[prefix]}"
-            layer_names.append(name)
-            group = f.create_group(name)
-            values = [np.asarray(value) for value in layer.get_weights()]
-            if not values:
-                group.attrs["weight_names"] = []  # what Keras 1 wrote for weightless layers
-                continue
-            kind = _keras3_kind(layer)
-            if kind == _CONV:
-                values[0] = _kernel_to_legacy(values[0], backend, dim_ordering)
-            elif kind == _DENSE and dim_ordering == "th" and id(layer.input) in flattened:
-                values[0] = _dense_rows_to_channels_first(values[0], flattened[id(layer.input)])
-            weight_names = [f"{name}_{suffix}" for suffix in _WEIGHT_SUFFIXES[kind][:len(values)]]
-            group.attrs["weight_names"] = np.array(weight_names, dtype="S")
-            for weight_name, value in zip(weight_names, values):
-                group.create_dataset(weight_name, data=value)
-        f.attrs["layer_names"] = np.array(layer_names, dtype="S")
-
-
 def _check_conventions(backend, dim_ordering):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -269,14 +231,6 @@ def _kernel_from_legacy(kernel, backend, dim_ordering):
     return np.ascontiguousarray(kernel)
 
 
-def _kernel_to_legacy(kernel, backend, dim_ordering):
-    if backend == "theano":
-        kernel = kernel[::-1, ::-1]
-    if dim_ordering == "th":  # (rows, cols, in, filters) -> (filters, in, rows, cols)
-        kernel = np.transpose(kernel, (3, 2, 0, 1))
-    return np.ascontiguousarray(kernel)
-
-
 def _flattened_feature_maps(model):
     """{id(Flatten output): (rows, cols, channels)} for each Flatten of a map larger than 1x1."""
     maps = {}
@@ -294,8 +248,3 @@ def _dense_rows_from_channels_first(kernel, feature_map):
     if kernel.shape[0] != rows * cols * channels:
         return kernel  # left for the shape check to report
     return kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
-
-
-def _dense_rows_to_channels_first(kernel, feature_map):
-    rows, cols, channels = feature_map
-    return kernel.reshape(rows, cols, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)

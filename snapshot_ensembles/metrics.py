@@ -8,6 +8,7 @@ inputs row block by row block where it matters, so memory-mapped member predicti
 import dataclasses
 
 import numpy as np
+import scipy.optimize
 import scipy.special
 
 # scikit-learn's historical clipping constant: a prediction that gives the true class probability 0
@@ -149,51 +150,23 @@ class TemperatureFit:
 def fit_temperature(probs, labels):
     """The T in TEMPERATURE_BOUNDS that minimises the NLL of softmax(log(p) / T) on (probs, labels).
 
-    The NLL is convex in b = 1/T: when its slope is negative at the smallest b and positive at the largest,
-    Newton's method on b from b = 1 finds the minimum, kept inside a bracket that every step narrows (a
-    step that leaves it is replaced by the bracket's geometric midpoint); otherwise the nearer end wins.
+    The NLL is convex in 1/T, so it has one minimum in log T, which SciPy's bounded Brent search finds;
+    where the NLL keeps falling towards a bound (a split the model fits perfectly), that bound is kept.
     """
     labels = np.asarray(labels)
     log_probs = np.empty(np.shape(probs), dtype=np.float64)
     for rows in row_blocks(len(labels)):
         log_probs[rows] = log_probabilities(probs[rows])
-    low, high = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]  # the bracket of b
-    if _nll_derivatives(low, log_probs, labels)[0] >= 0:
-        inverse, at_bound = low, True
-    elif _nll_derivatives(high, log_probs, labels)[0] <= 0:  # a split predicted right and ever more surely
-        inverse, at_bound = high, True
-    else:
-        inverse, at_bound = _newton_in_bracket(log_probs, labels, low, high), False
-    temperature = float(1.0 / inverse)
-    return TemperatureFit(temperature, temperature_nll(1.0, log_probs, labels),
-                          temperature_nll(temperature, log_probs, labels), at_bound)
 
+    def nll(log_temperature):
+        return temperature_nll(float(np.exp(log_temperature)), log_probs, labels)
 
-def _newton_in_bracket(log_probs, labels, low, high):
-    """The b in (low, high) where the NLL's slope is 0, given slope(low) < 0 < slope(high)."""
-    inverse = min(max(1.0, low), high)
-    for _ in range(200):
-        slope, curvature = _nll_derivatives(inverse, log_probs, labels)
-        low, high = (inverse, high) if slope < 0 else (low, inverse)
-        newton_step = slope / curvature if curvature > 0 else np.inf
-        if slope == 0 or abs(newton_step) <= 1e-10 * inverse or high <= low * (1 + 1e-12):
-            break
-        proposal = inverse - newton_step
-        inverse = proposal if low < proposal < high else np.sqrt(low * high)
-    return inverse
-
-
-def _nll_derivatives(inverse_temperature, log_probs, labels):
-    """First and second derivatives in b of the NLL of softmax(b log p): the means over samples of
-    E[log p] - log p(label) and of Var[log p], under the distribution softmax(b log p)."""
-    slope = curvature = 0.0
-    for rows in row_blocks(len(labels)):
-        block = log_probs[rows]
-        scaled = scipy.special.softmax(inverse_temperature * block, axis=1)
-        mean = np.sum(scaled * block, axis=1)
-        slope += np.sum(mean - block[np.arange(len(block)), labels[rows]])
-        curvature += np.sum(np.sum(scaled * block * block, axis=1) - mean * mean)
-    return slope / len(labels), curvature / len(labels)
+    bounds = tuple(float(np.log(bound)) for bound in TEMPERATURE_BOUNDS)
+    found = scipy.optimize.minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-9})
+    candidates = [(nll(bound), True, bound) for bound in bounds] + [(float(found.fun), False, float(found.x))]
+    nll_after, at_bound, log_temperature = min(candidates, key=lambda candidate: candidate[0])
+    temperature = float(np.exp(log_temperature)) if not at_bound else TEMPERATURE_BOUNDS[bounds.index(log_temperature)]
+    return TemperatureFit(temperature, temperature_nll(1.0, log_probs, labels), nll_after, at_bound)
 
 
 # --------------------------------------------------------------------------- paired bootstrap

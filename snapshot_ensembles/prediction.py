@@ -19,7 +19,7 @@ import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, metrics, naming, original_release, output
 from snapshot_ensembles.config import VARIANTS
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
@@ -481,6 +481,8 @@ def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
     return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
     config = with_trained_variant(config.check())
+    if config.plot is not None:
+        check_plotting()
     backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)
@@ -593,6 +595,15 @@ def save_fit(report):
         member_temperatures=[t.temperature for t in fit.member_temperatures],
         test_accuracy=result.weighted.accuracy, test_log_loss=result.weighted.nll)
     output.say(f"  ensemble weights and temperatures saved to {path}")
+
+
+def check_plotting():
+    """matplotlib, which only the plot needs, is an extra (`pip install '.[plot]'`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("{plot} needs matplotlib, which is not installed: pip install matplotlib (or, in the "
+                          "checkout, pip install '.[plot]'), or leave out {plot}", plot=("plot",)) from None
 
 
 def plot_report(path, result):

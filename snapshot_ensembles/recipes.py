@@ -15,7 +15,6 @@ import dataclasses
 
 from snapshot_ensembles.errors import ConfigError
 
-RECIPE_NAMES = ("original", "paper")
 AUGMENTATIONS = ("original", "paper", "none")
 NORMALIZATIONS = ("unit", "channel")
 
@@ -35,10 +34,6 @@ PAPER = {"momentum": 0.9, "nesterov": True, "bn_momentum": 0.9, "schedule": "bat
          "normalize": "channel", "batch_size": 64, "dropout": 0.0,
          "weight_decay": {"wrn": 5e-4, "dn": 1e-4, "resnet": 5e-4}}
 RECIPES = {"original": ORIGINAL, "paper": PAPER}
-# The network definition (config.ModelConfig.variant) of runs saved before --variant: the original's,
-# but for the ResNet, which is the paper's only.
-VARIANT_BEFORE_VARIANTS = {"wrn": "original", "dn": "original", "resnet": "paper"}
-BN_MOMENTUM_BEFORE_RECIPES = 0.99  # every run before the recipes set --bn_momentum
 
 
 def recipe_values(recipe, model):
@@ -51,35 +46,13 @@ def resolve(training, schedule, model):
 
     `training` is a config.TrainingConfig; `schedule` the learning-rate schedule's mode or None.
     """
-    if training.recipe not in RECIPES:
-        raise ConfigError(f"{{recipe}} is not a recipe: choose one of {', '.join(RECIPE_NAMES)}",
-                          recipe=("recipe", training.recipe))
     values = recipe_values(training.recipe, model)
     recipe_schedule = values.pop("schedule")
-    schedule = recipe_schedule if schedule is None else schedule
     filled = {name: value for name, value in values.items() if getattr(training, name) is None}
     training = dataclasses.replace(training, **filled)
-    if training.nesterov and training.momentum == 0:
-        if "nesterov" in filled:  # the recipe's Nesterov momentum, turned off by the user's momentum 0
-            raise ConfigError("{recipe} trains with Nesterov momentum, which {momentum} contradicts: add {plain} "
-                              "for plain SGD, or give a momentum above 0", recipe=("recipe", training.recipe),
-                              momentum=("momentum", training.momentum), plain=("nesterov", False))
-        raise ConfigError("{nesterov} needs a momentum: add for example {momentum}", nesterov=("nesterov",),
-                          momentum=("momentum", 0.9))
-    for name, allowed in (("augment", AUGMENTATIONS), ("normalize", NORMALIZATIONS)):
-        if getattr(training, name) not in allowed:
-            raise ConfigError(f"{{value}} is not an option: choose one of {', '.join(allowed)}",
-                              value=(name, getattr(training, name)))
-    return training, schedule
-
-
-def flags_of_runs_before_recipes(saved_flags):
-    """The flags the recipes added, with the values a run saved before them trained with (the original's).
-
-    Such a record has --no_augment and no --augment; its other recipe flags were saved resolved already.
-    """
-    if "augment" in saved_flags or "no_augment" not in saved_flags:
-        return {}
-    original = recipe_values("original", saved_flags.get("model", "wrn"))
-    return {"weight_decay": original["weight_decay"], "normalize": original["normalize"],
-            "augment": "none" if saved_flags["no_augment"] else "original"}
+    if training.nesterov and training.momentum == 0 and "nesterov" in filled:
+        # The recipe's Nesterov momentum, turned off by the user's momentum 0 (config checks the user's own --nesterov).
+        raise ConfigError("{recipe} trains with Nesterov momentum, which {momentum} contradicts: add {plain} "
+                          "for plain SGD, or give a momentum above 0", recipe=("recipe", training.recipe),
+                          momentum=("momentum", training.momentum), plain=("nesterov", False))
+    return training, recipe_schedule if schedule is None else schedule

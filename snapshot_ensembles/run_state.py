@@ -30,19 +30,13 @@ import os
 import h5py
 import numpy as np
 
+from snapshot_ensembles.config import compared_settings
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, sha256_of_arrays
-from snapshot_ensembles.recipes import BN_MOMENTUM_BEFORE_RECIPES, VARIANT_BEFORE_VARIANTS, flags_of_runs_before_recipes
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
 MAX_EPOCHS = 2**31 - 1  # more completed epochs than any run can have: the state is damaged
-# Flags that say where things are, not what is trained: they may change between a run and its resumption.
-# The devices too: --batch_size is the global batch, so a run resumes on more or fewer of them.
-LOCATION_FLAGS = ("weights_dir", "data_dir", "data_sha256", "resume", "overwrite", "distribute", "cpu_devices")
-MODEL_FLAGS = {"wrn": ("wrn_N", "wrn_k"), "dn": ("dn_depth", "dn_growth_rate", "dn_blocks"), "resnet": ("resnet_depth",)}
-# A recipe only fills in the flags below it; --no_augment is another spelling of --augment none.
-ALIAS_FLAGS = ("recipe", "no_augment")
 
 
 @dataclasses.dataclass
@@ -77,10 +71,8 @@ class RunState:
 
 
 def run_flags(arguments):
-    """The flags (a dict of parsed arguments) that define what a run computes, by name."""
-    model = arguments.get("model")
-    ignored = set(LOCATION_FLAGS) | {flag for other, flags in MODEL_FLAGS.items() if other != model for flag in flags}
-    return {name: value for name, value in arguments.items() if name not in ignored}
+    """The settings (`TrainConfig.to_dict()`, or a run record's "args") that define what a run computes."""
+    return compared_settings(arguments)
 
 
 def _describe(value):
@@ -91,21 +83,13 @@ def _describe(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# Flags that later versions added, with the value that reproduces what runs saved before them did
-# (the recipes' flags: snapshot_ensembles.recipes.flags_of_runs_before_recipes).
-ADDED_FLAG_DEFAULTS = {"mixed_precision": False, "bn_momentum": BN_MOMENTUM_BEFORE_RECIPES, "deterministic": True}
-
-
 def check_same_run(saved_flags, flags, what, weights_dir):
     """Raise UserError naming every flag that differs from the run found in weights_dir.
 
-    The resolved values are compared, whichever recipe or spelling produced them.
+    The resolved values are compared, whichever recipe or spelling produced them; a run saved by a version
+    before a setting existed lacks it, and is not resumed.
     """
-    # A run saved before a flag existed ran without it.
-    saved_flags = {**ADDED_FLAG_DEFAULTS, "variant": VARIANT_BEFORE_VARIANTS.get(saved_flags.get("model", "wrn")),
-                   **flags_of_runs_before_recipes(saved_flags), **saved_flags}
-    saved_flags, flags = ({name: value for name, value in both.items() if name not in ALIAS_FLAGS}
-                          for both in (saved_flags, flags))
+    saved_flags, flags = run_flags(saved_flags), run_flags(flags)
     changed = [f"--{name} {_describe(saved_flags.get(name))} (now {_describe(flags.get(name))})"
                for name in sorted(set(saved_flags) | set(flags)) if saved_flags.get(name) != flags.get(name)]
     if changed:

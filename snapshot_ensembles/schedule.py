@@ -20,17 +20,3 @@ def multistep_lr(epoch, nb_epochs, alpha_zero):
     one_based = epoch + 1
     decays = (one_based >= 0.5 * nb_epochs) + (one_based >= 0.75 * nb_epochs)
     return alpha_zero * 0.1 ** decays
-
-
-def check_snapshot_counts(nb_epochs, nb_snapshots):
-    """Raise ValueError unless nb_epochs splits into nb_snapshots whole cycles."""
-    if isinstance(nb_snapshots, bool) or not isinstance(nb_snapshots, int) or nb_snapshots < 1:
-        raise ValueError(f"the number of snapshots M must be an integer >= 1, got {nb_snapshots!r}")
-    if isinstance(nb_epochs, bool) or not isinstance(nb_epochs, int) or nb_epochs < 1:
-        raise ValueError(f"the number of epochs must be an integer >= 1, got {nb_epochs!r}")
-    if nb_epochs % nb_snapshots != 0:
-        lower = nb_epochs - nb_epochs % nb_snapshots
-        suggestion = f"{lower} or {lower + nb_snapshots}" if lower else f"{nb_snapshots}"
-        raise ValueError(
-            f"nb_epoch ({nb_epochs}) must be a multiple of M ({nb_snapshots}) so that every cycle has "
-            f"the same length: use for example nb_epoch {suggestion}")

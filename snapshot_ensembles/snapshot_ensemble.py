@@ -18,6 +18,7 @@ import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
 from snapshot_ensembles import evaluation, output
+from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.run_folder import RunFolder
 
 # Far above any weight training produces; 2**62 or infinity makes every activation after it overflow.
@@ -61,6 +62,8 @@ class SnapshotEnsemble:
     @classmethod
     def from_files(cls, build_model, paths, names=None, **options):
         """Members from weight files (Best first, then snapshots 1..M, as the callbacks save them)."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise ValueError(f"paths is one path, {paths!r}: pass a list of weight files, for example [{paths!r}]")
         names = names or [_name_of(path, index) for index, path in enumerate(paths)]
         return cls([Member(name, path=str(path)) for name, path in zip(names, paths)], build_model, **options)
 
@@ -85,6 +88,8 @@ class SnapshotEnsemble:
     @classmethod
     def from_models(cls, models, names=None, **options):
         """Members that are already built Keras models."""
+        if hasattr(models, "predict"):
+            raise ValueError("models is one model: pass a list of models, for example [model]")
         names = names or [f"member {index}" for index in range(len(models))]
         return cls([Member(name, model=model) for name, model in zip(names, models)], **options)
 
@@ -111,10 +116,14 @@ class SnapshotEnsemble:
         Members named in `exclude` get weight 0 (a Best checkpoint chosen on these same samples would
         be trusted for that alone). The objective is convex: `num_tests` restarts only confirm it.
         """
+        _check_exclude(exclude, self.names)
+        class_ids(y, _sample_count(x))  # before the networks run
         return self.fit_weights_to(self.member_predictions(x, verbose), y, exclude, num_tests, seed)
 
     def fit_weights_to(self, member_probs, y, exclude=(), num_tests=1, seed=0):
         """`fit_weights` on member probabilities already computed (`member_predictions`)."""
+        _check_exclude(exclude, self.names)
+        y = class_ids(y, *np.shape(member_probs[0]))
         kept = [index for index, name in enumerate(self.names) if name not in exclude]
         if not kept:
             raise ValueError(f"every member is excluded from the fit: {list(exclude)}")
@@ -146,12 +155,13 @@ class SnapshotEnsemble:
     def member_prediction(self, index, x, verbose=None):
         """The (n, classes) probabilities of the member at `index` on x."""
         member = self.members[index]
+        _sample_count(x)
         with output.verbosity_set_to(self._verbosity(verbose)):
             if self.predict_member is not None:
                 probs = self.predict_member(member, x, lambda: self._loaded(member))
             else:
                 probs = self._loaded(member).predict(x, batch_size=self.batch_size, verbose=output.keras_predict_verbose())
-        return np.asarray(probs, dtype=np.float32)
+        return checked_probabilities(probs, f"member {member.name}")
 
     def predict(self, x, return_members=False, verbose=None):
         """The weighted average of the members' probabilities; with return_members, also each member's."""
@@ -163,6 +173,7 @@ class SnapshotEnsemble:
         """The report on (x, y) that the prediction scripts print (snapshot_ensembles.evaluation): every
         member, the single best, the equal-weight ensemble and, with weights, the weighted one (with its
         `temperature`, when given), the ensemble-size curve, the gain over the best member, diversity."""
+        class_ids(y, _sample_count(x))  # before the networks run
         return self.evaluate_predictions(self.member_predictions(x, verbose), y, temperature=temperature,
                                          member_temperatures=member_temperatures, seed=seed)
 
@@ -171,6 +182,7 @@ class SnapshotEnsemble:
         """`evaluate` on member probabilities already computed (`member_predictions`); `labels` name the
         members in the report (default: their names); without `use_weights` the equal-weight ensemble is
         the one in use, the weighted one only shown."""
+        y = class_ids(y, *np.shape(member_probs[0]))
         return evaluation.evaluate(member_probs, y, labels or self.names, self.weights, temperature,
                                    member_temperatures, use_weights=use_weights, seed=seed,
                                    first_is_best=self.names[0] == "Best")
@@ -233,6 +245,71 @@ def weight_problem(named_arrays):
         if largest > MAX_ABS_WEIGHT:
             return f"{name} holds a value of magnitude {largest:.3g}, beyond any trained network's ({MAX_ABS_WEIGHT:g})"
     return None
+
+
+def _sample_count(x):
+    """The number of samples in `x` (arrays, or a dict or list of them for a model of several inputs)."""
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) and x and \
+        hasattr(x[0], "shape") else x
+    try:
+        count = len(first)
+    except TypeError:  # a generator, or a tf.data.Dataset of unknown length
+        return None
+    if count == 0:
+        raise ValueError("x holds no samples: pass at least one")
+    return count
+
+
+def class_ids(y, nb_samples=None, nb_classes=None):
+    """`y` as integer class ids, one per sample; a ValueError saying what is wrong otherwise (`nb_classes`
+    unknown: before the networks run)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = (": flatten them, y.ravel()" if y.ndim == 2 and y.shape[1] == 1 else
+                ": one-hot labels? pass y.argmax(axis=1)" if y.ndim == 2 else "")
+        raise ValueError(f"y has shape {y.shape}, expected one class id per sample, a 1-D array{hint}")
+    if nb_samples is not None and len(y) != nb_samples:
+        raise ValueError(f"y has {len(y)} labels for {nb_samples} samples")
+    if len(y) == 0:
+        raise ValueError("y holds no labels: pass at least one sample")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise ValueError(f"y holds {y.dtype} values that are not class ids (integers from 0)")
+    if y.min() < 0 or (nb_classes is not None and y.max() >= nb_classes):
+        classes = f"0 to {nb_classes - 1}" if nb_classes is not None else "0 and up"
+        raise ValueError(f"y runs from {y.min():g} to {y.max():g}, outside the class ids {classes}")
+    return y.astype(np.int64)
+
+
+# Row sums of a float32 softmax stay within 1e-6 of 1, a bfloat16 one's within a few 1e-3.
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def checked_probabilities(probs, who):
+    """`probs` as (samples, classes) float32 probability rows; UserError when they are not (a network of
+    several outputs, a linear output without softmax, non-finite values)."""
+    if isinstance(probs, (list, tuple, dict)):
+        raise UserError(f"{who}: the network has {len(probs)} outputs; a SnapshotEnsemble averages one softmax "
+                        "output: build the network with that output alone")
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 2:
+        raise UserError(f"{who} predicts an array of shape {probs.shape}, expected (samples, classes) probabilities")
+    sums = probs.sum(axis=1)
+    if not np.all(np.isfinite(sums)) or np.any(probs < 0) or np.any(np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE):
+        found = ("non-finite values" if not np.all(np.isfinite(sums)) else
+                 f"rows summing to {sums.min():.4g} to {sums.max():.4g}" + (", negative values" if np.any(probs < 0)
+                                                                             else ""))
+        raise UserError(f"{who} outputs no probabilities ({found}): end the network in a softmax "
+                        "(activation='softmax'), as snapshot ensembles average class probabilities")
+    return probs
+
+
+def _check_exclude(exclude, names):
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude is one name, {exclude!r}: pass a list, for example [{exclude!r}]")
+    unknown = [name for name in exclude if name not in names]
+    if unknown:
+        raise ValueError(f"exclude names no member: {', '.join(map(repr, unknown))}; the members are "
+                         f"{', '.join(map(repr, names))}")
 
 
 def _name_of(path, index):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_fixtures import write_archive
-from conftest import USER_ERROR, assert_clean_failure, run_script, train_config
+from conftest import USER_ERROR, assert_clean_failure, patched, run_script, train_config
 from snapshot_ensembles import data, training
 from snapshot_ensembles.data import Dataset
 from snapshot_ensembles.errors import UserError
@@ -210,3 +210,14 @@ def test_a_huge_snapshot_count_is_counted_not_listed(tmp_path):
     result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path)
     line = assert_user_error(result, "missing ensemble member files", f"{PREFIX}-Best.weights.h5")
     assert "more snapshots" not in line
+
+
+def test_plot_without_matplotlib_is_refused_before_any_prediction(tmp_path):
+    """matplotlib is an extra (`pip install '.[plot]'`): without it, --plot is one error line, exit 2."""
+    no_matplotlib = patched("import sys\nsys.modules['matplotlib'] = None  # as if not installed")
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path, "--plot",
+                        python_args=no_matplotlib)
+    assert_user_error(result, "--plot needs matplotlib", "pip install")
+    result = run_script("predict_cifar_10.py", "--wrn_N", "1", "--wrn_k", "1", "--weights_dir", tmp_path,
+                        python_args=no_matplotlib)
+    assert_user_error(result, "missing ensemble member files")  # without --plot, matplotlib is not needed

@@ -11,9 +11,7 @@ from conftest import REPO, run_script, train_config
 from snapshot_ensembles import cli, run_state
 from snapshot_ensembles import config as config_module
 from snapshot_ensembles.config import CycleConfig, DataConfig, ModelConfig, TrainConfig, TrainingConfig
-
-SAVED_RUN = os.path.join(REPO, "tests", "fixtures", "saved-run-v1")
-
+from snapshot_ensembles.errors import UserError
 
 @pytest.mark.parametrize("argv", [[], ["--recipe", "paper", "--model", "dn", "--val_split", "0.1"],
                                   ["--no_augment", "--mixed_precision", "--no_deterministic", "--M", "2",
@@ -22,24 +20,24 @@ def test_the_saved_flags_are_the_parsers_flags_and_load_back_to_the_same_configu
     config = train_config(*argv)
     flat = config.to_dict()
     parser_flags = set(vars(cli.training_parser("cifar10").parse_args(argv))) - {"verbosity"}
-    assert set(flat) == parser_flags  # the run record keeps the format of the versions before
+    assert set(flat) == parser_flags - {"no_augment"}  # --no_augment is a spelling of --augment none
     assert TrainConfig.from_dict(flat) == config
     assert TrainConfig.from_dict(json.loads(json.dumps(flat))) == config
 
 
-def test_a_record_saved_by_the_first_version_loads_with_the_values_it_trained_with():
-    with open(os.path.join(SAVED_RUN, "WRN-CIFAR10-10-1-run.json")) as fh:
-        saved = json.load(fh)["args"]
-    assert "augment" not in saved and "weight_decay" not in saved  # before the recipes existed
-    config = TrainConfig.from_dict(saved)
-    assert config.model == ModelConfig("wrn", wrn_N=1, wrn_k=1, variant="original")  # post-activation WRN
-    assert (config.training.augment, config.training.normalize, config.training.weight_decay) == ("original", "unit", 0.0)
-    assert config.cycles == CycleConfig(M=2, nb_epoch=4, alpha_zero=0.1, schedule="epoch")
-    # The flags of the same command today are that run's flags: it resumes.
+def test_a_run_recorded_before_a_setting_existed_is_not_resumed_but_started_over():
+    # The first version's record of `--wrn_N 1 --wrn_k 1 --nb_epoch 4 --M 2 --momentum 0.9 --val_split 0.2`:
+    # no --recipe, --weight_decay, --augment, --normalize, --bn_momentum, --deterministic or --mixed_precision.
+    saved = {"M": 2, "nb_epoch": 4, "alpha_zero": 0.1, "model": "wrn", "wrn_N": 1, "wrn_k": 1, "dn_depth": 40,
+             "dn_growth_rate": 12, "dn_blocks": 3, "batch_size": 128, "dropout": 0.0, "momentum": 0.9,
+             "nesterov": False, "schedule": "epoch", "val_split": 0.2, "seed": 0, "no_augment": False,
+             "weights_dir": "weights", "resume": True, "data_dir": None, "data_sha256": None}
     today = train_config("--wrn_N", 1, "--wrn_k", 1, "--nb_epoch", 4, "--M", 2, "--momentum", 0.9, "--val_split", 0.2)
-    run_state.check_same_run(run_state.run_flags(saved), run_state.run_flags(today.to_dict()), "a run", "weights")
-    run_state.check_same_run(run_state.run_flags(config.to_dict()), run_state.run_flags(today.to_dict()), "a run",
-                             "weights")
+    with pytest.raises(UserError, match=r"--augment unset \(now original\).*--weight_decay unset \(now 0\).*"
+                                        r"start over with --no_resume"):
+        run_state.check_same_run(saved, today.to_dict(), "a run", "weights")
+    with pytest.raises(ValueError, match="unknown configuration fields: no_augment"):
+        TrainConfig.from_dict(saved)
 
 
 def test_a_program_builds_the_configuration_without_flags_and_gets_library_errors():
@@ -129,16 +127,18 @@ def test_the_readme_python_flows_build_the_configurations_the_scripts_would(monk
     assert calls[1] == cli.predict_config("cifar10", ["--wrn_N", "2", "--wrn_k", "4", "--optimize", "1"])
 
 
-@pytest.mark.parametrize("bad", [dict(cycles=CycleConfig(alpha_zero=0)), dict(training=TrainingConfig(batch_size=0)),
-                                 dict(training=TrainingConfig(dropout=1.5)), dict(data=DataConfig(val_split=1.0)),
-                                 dict(devices=config_module.DeviceConfig(distribute="bogus"))])
-def test_a_value_out_of_range_is_refused_before_any_file_of_an_earlier_run_is_touched(bad, tmp_path):
+@pytest.mark.parametrize("bad,field", [(dict(cycles=CycleConfig(alpha_zero=0)), "alpha_zero"),
+                                       (dict(training=TrainingConfig(batch_size=0)), "batch_size"),
+                                       (dict(training=TrainingConfig(dropout=1.5)), "dropout"),
+                                       (dict(data=DataConfig(val_split=1.0)), "val_split"),
+                                       (dict(devices=config_module.DeviceConfig(distribute="bogus")), "distribute")])
+def test_a_value_out_of_range_is_refused_before_any_file_of_an_earlier_run_is_touched(bad, field, tmp_path):
     from snapshot_ensembles import training
 
     earlier = tmp_path / "WRN-CIFAR10-16-4-1.weights.h5"
     earlier.write_bytes(b"an earlier run's snapshot")
     (tmp_path / "WRN-CIFAR10-16-4-run.json").write_text("{}")
     config = TrainConfig(weights_dir=str(tmp_path), resume=False, **bad)
-    with pytest.raises(ValueError, match="is out of range"):
+    with pytest.raises(ValueError, match=f"^{field}=.* (is out of range|is not one of the choices)"):
         training.train(config)
     assert earlier.read_bytes() == b"an earlier run's snapshot"

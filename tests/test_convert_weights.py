@@ -11,12 +11,13 @@ from scipy import signal
 
 import convert_weights
 import keras1_reference
+from legacy_writer import write_legacy_weights
 from models.dense_net import create_dense_net
 from models.wide_residual_net import create_wide_residual_network
 from snapshot_ensembles.cli import run_cli
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights, write_legacy_weights
+from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights
 from snapshot_ensembles.modeling import build_model
 
 

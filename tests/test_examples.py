@@ -1,9 +1,12 @@
-"""examples/own_model.py runs, and the README shows exactly its code."""
+"""examples/own_model.py runs, and the README shows exactly its code; the package's declared dependencies."""
 
 import os
 import re
+import subprocess
+import sys
+import tomllib
 
-from conftest import REPO, run_script
+from conftest import REPO
 
 EXAMPLE = os.path.join(REPO, "examples", "own_model.py")
 
@@ -20,9 +23,28 @@ def test_the_readme_shows_the_example_file_as_it_is():
 
 def test_own_model_example_trains_snapshots_and_ensembles_them(tmp_path):
     weights = tmp_path / "weights"
-    result = run_script("examples/own_model.py", weights)
+    # As the README runs it from the checkout: the example itself touches no sys.path.
+    assert "sys.path" not in open(EXAMPLE).read()
+    result = subprocess.run([sys.executable, "-m", "examples.own_model", str(weights)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(weights)) == ["digits-1.weights.h5", "digits-2.weights.h5", "digits-3.weights.h5",
                                             "digits-Best.weights.h5", "digits-ensemble.json"]
     fitted = re.search(r"fitted weights: ([\d.]+)%", result.stdout)
     assert fitted and float(fitted.group(1)) > 90, result.stdout
+
+
+def requirement_lines(name):
+    with open(os.path.join(REPO, name)) as fh:
+        return [line.split("#")[0].strip() for line in fh if line.split("#")[0].strip()]
+
+
+def test_the_package_declares_what_requirements_txt_installs_and_ships_its_data():
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)
+    assert project["project"]["dependencies"] == requirement_lines("requirements.txt")
+    extras = project["project"]["optional-dependencies"]
+    assert extras["test"] == requirement_lines("requirements-test.txt")
+    assert extras["backends"] == [line for line in requirement_lines("requirements-backends.txt") if line[0] != "-"]
+    assert [line.split(">")[0] for line in extras["plot"]] == ["matplotlib"]
+    assert project["tool"]["setuptools"]["package-data"]["snapshot_ensembles"] == ["release_data/*.json"]

@@ -44,7 +44,7 @@ def test_paper_recipe_resolves_to_the_papers_values(model, weight_decay):
 def test_original_recipe_is_the_default_and_the_original_scripts_training(model, batch_size, weight_decay, dropout):
     # The original DenseNet's L2(1e-4) penalty is a weight decay of 2e-4 as the paper counts it.
     args = resolved("--model", model)
-    assert args.recipe == "original" and args.no_augment is False
+    assert args.recipe == "original"
     assert recipe_values(args) == dict(batch_size=batch_size, momentum=0.0, nesterov=False, weight_decay=weight_decay,
                                        schedule="epoch", augment="original", normalize="unit", dropout=dropout)
 
@@ -55,7 +55,6 @@ def test_explicit_flags_override_the_recipe():
                     "--dropout", "0.3")
     assert recipe_values(args) == dict(batch_size=32, momentum=0.5, nesterov=False, weight_decay=0.0,
                                        schedule="epoch", augment="none", normalize="unit", dropout=0.3)
-    assert args.no_augment is True
     args = resolved("--weight_decay", "1e-3", "--augment", "paper", "--nesterov", "--momentum", "0.9")
     assert (args.weight_decay, args.augment, args.nesterov, args.schedule) == (1e-3, "paper", True, "epoch")
 
@@ -72,28 +71,16 @@ def test_contradictory_flags_are_refused(argv, message):
         resolved(*argv)
 
 
-def flags_saved_before_the_recipes(*argv):
-    """What the version before the recipes saved for these flags: no recipe, weight decay, augment, normalize."""
-    flags = run_state.run_flags(vars(resolved(*argv)))
-    no_augment = flags.pop("augment") == "none"
-    for name in ("recipe", "weight_decay", "normalize"):
-        del flags[name]
-    return dict(flags, no_augment=no_augment)
-
-
-def test_runs_saved_before_the_recipes_resume_and_recipes_compare_by_value(tmp_path):
+def test_recipes_compare_by_value(tmp_path):
     where = str(tmp_path)
-    for argv in (["--model", "wrn"], ["--model", "dn"], ["--no_augment"]):
-        run_state.check_same_run(flags_saved_before_the_recipes(*argv), run_state.run_flags(vars(resolved(*argv))),
-                                 "a run", where)
-    old = flags_saved_before_the_recipes("--no_augment")
-    run_state.check_same_run(old, run_state.run_flags(vars(resolved("--augment", "none"))), "a run", where)
+    flags = run_state.run_flags(vars(resolved("--no_augment")))
+    run_state.check_same_run(flags, run_state.run_flags(vars(resolved("--augment", "none"))), "a run", where)
     with pytest.raises(UserError, match="--augment none \\(now original\\)"):
-        run_state.check_same_run(old, run_state.run_flags(vars(resolved())), "a run", where)
+        run_state.check_same_run(flags, run_state.run_flags(vars(resolved())), "a run", where)
     with pytest.raises(UserError, match="--normalize unit \\(now channel\\).*--weight_decay 0 \\(now 0.0005\\)"):
-        run_state.check_same_run(old, run_state.run_flags(vars(resolved("--recipe", "paper"))), "a run", where)
+        run_state.check_same_run(flags, run_state.run_flags(vars(resolved("--recipe", "paper"))), "a run", where)
     with pytest.raises(UserError, match="--weight_decay 0.0002 \\(now 0.0001\\)"):
-        run_state.check_same_run(flags_saved_before_the_recipes("--model", "dn"),
+        run_state.check_same_run(run_state.run_flags(vars(resolved("--model", "dn"))),
                                  run_state.run_flags(vars(resolved("--model", "dn", "--weight_decay", "1e-4"))),
                                  "a run", where)
     # The recipe's name is not compared, its values are.
@@ -200,7 +187,7 @@ def test_multistep_learning_rate_read_from_the_optimizer_matches_its_formula():
     np.testing.assert_allclose(seen, [multistep_lr(epoch, 8, 0.2) for epoch in range(8)], rtol=1e-6)
     # The paper's Torch code on one-based epochs: /10 from epoch T/2 = 4, /100 from 3T/4 = 6.
     np.testing.assert_allclose(seen, [0.2] * 3 + [0.02] * 2 + [0.002] * 3, rtol=1e-6)
-    with pytest.raises(ValueError, match="one snapshot"):
+    with pytest.raises(ValueError, match="one snapshot: use nb_snapshots=1"):
         SnapshotCallbackBuilder(8, 2, 0.2, schedule="multistep")
 
 

@@ -14,7 +14,6 @@ from cifar_fixtures import write_archive
 from conftest import (INTERRUPTED_AFTER, RESUMABLE_RUN, TINY_PREFIX, TINY_WRN, USER_ERROR, assert_clean_failure,
                       interrupt_after_epoch, member_predictions, run_process, run_script, start_script, train_config,
                       train_from_flags, wait_until)
-from snapshot import RunStateCheckpoint
 from snapshot_ensembles import run_state, training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
@@ -220,20 +219,22 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
     assert not os.path.exists(RunFolder(str(tmp_path), WRN_PREFIX).state)
 
 
-def test_a_run_saved_before_a_flag_existed_resumes_with_that_flag_off(tmp_path):
+def test_a_run_saved_before_a_flag_existed_is_started_over_and_the_flags_are_compared(tmp_path):
     from snapshot_ensembles.errors import UserError
     from snapshot_ensembles.run_state import check_same_run
 
     # written by a version without --mixed_precision, --bn_momentum and --no_deterministic
     saved = {"M": 2, "nb_epoch": 4, "model": "wrn"}
     now = dict(saved, mixed_precision=False, bn_momentum=0.99, deterministic=True)
-    check_same_run(saved, now, "an unfinished run", str(tmp_path))
+    with pytest.raises(UserError, match="--bn_momentum unset \\(now 0.99\\).*start over with --no_resume"):
+        check_same_run(saved, now, "an unfinished run", str(tmp_path))
+    check_same_run(now, now, "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--mixed_precision off \\(now on\\)"):
-        check_same_run(saved, dict(now, mixed_precision=True), "an unfinished run", str(tmp_path))
+        check_same_run(now, dict(now, mixed_precision=True), "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--bn_momentum 0.99 \\(now 0.9\\)"):
-        check_same_run(saved, dict(now, bn_momentum=0.9), "an unfinished run", str(tmp_path))
+        check_same_run(now, dict(now, bn_momentum=0.9), "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--deterministic on \\(now off\\)"):
-        check_same_run(saved, dict(now, deterministic=False), "an unfinished run", str(tmp_path))
+        check_same_run(now, dict(now, deterministic=False), "an unfinished run", str(tmp_path))
 
 
 def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_dir, tmp_path, monkeypatch):

@@ -110,8 +110,9 @@ def test_best_checkpoint_holds_the_best_epochs_weights(tmp_path):
         np.testing.assert_array_equal(saved, expected)
 
 
-@pytest.mark.parametrize("epochs,snapshots,message", [(10, 3, "multiple of M"), (10, 0, "M must be"),
-                                                      (0, 1, "epochs must be")])
+@pytest.mark.parametrize("epochs,snapshots,message", [(10, 3, "nb_epochs=10 must be a multiple of M"),
+                                                      (10, 0, "nb_snapshots=0 is out of range"),
+                                                      (0, 1, "nb_epochs=0 is out of range")])
 def test_bad_snapshot_counts_are_refused(epochs, snapshots, message):
     with pytest.raises(ValueError, match=message):
         SnapshotCallbackBuilder(epochs, snapshots)

@@ -1,6 +1,8 @@
 """SnapshotEnsemble, the public API for any Keras classifier: members one at a time, weights, report."""
 
+import dataclasses
 import json
+import re
 
 import keras
 import numpy as np
@@ -134,3 +136,79 @@ def test_a_bad_weights_json_is_a_value_error_worded_for_the_api(tmp_path):
     with pytest.raises(ValueError, match="holds 2 weights") as err:
         SnapshotEnsemble.from_models(trained_like_members(3)).load_weights_json(str(path))
     assert "--" not in str(err.value) and "fit_weights" in str(err.value)
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.full(50, -1), r"y runs from -1 to -1, outside the class ids"),
+    (np.eye(3)[Y], r"y has shape \(50, 3\).*one-hot labels\? pass y.argmax\(axis=1\)"),
+    (Y + 0.5, r"y holds float64 values that are not class ids"),
+    (Y[:, None], r"y has shape \(50, 1\).*y.ravel\(\)"),
+    (Y[:10], r"y has 10 labels for 50 samples"),
+    (np.full(50, 3), r"y runs from 3 to 3, outside the class ids 0 to 2"),
+])
+def test_labels_that_are_no_class_ids_are_a_value_error_saying_what_to_pass(labels, message):
+    members = SnapshotEnsemble.from_models(trained_like_members(2))
+    for call in (members.fit_weights, members.evaluate):
+        with pytest.raises(ValueError, match=message):
+            call(X, labels)
+    # Whole-number floats are class ids.
+    assert members.fit_weights(X, Y.astype("float32")).weights.shape == (2,)
+
+
+def test_inputs_that_cannot_form_an_ensemble_are_value_errors():
+    members = SnapshotEnsemble.from_models(trained_like_members(2))
+    for call in (members.predict, lambda x: members.evaluate(x, Y[:0]), lambda x: members.fit_weights(x, Y[:0])):
+        with pytest.raises(ValueError, match="x holds no samples"):
+            call(X[:0])
+    with pytest.raises(ValueError, match=r"paths is one path, 'M-1.weights.h5': pass a list"):
+        SnapshotEnsemble.from_files(build_model, "M-1.weights.h5")
+    with pytest.raises(ValueError, match="models is one model: pass a list"):
+        SnapshotEnsemble.from_models(build_model())
+    with pytest.raises(ValueError, match=r"exclude names no member: 'Bset'; the members are 'member 0', 'member 1'"):
+        members.fit_weights(X, Y, exclude=["Bset"])
+    with pytest.raises(ValueError, match=r"exclude is one name, 'member 0': pass a list"):
+        members.fit_weights(X, Y, exclude="member 0")
+
+
+def test_networks_without_one_softmax_output_are_value_errors():
+    inputs = keras.Input((6,))
+    linear = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    with pytest.raises(ValueError, match=r"member linear outputs no probabilities \(rows summing to .*softmax"):
+        SnapshotEnsemble.from_models([linear], names=["linear"]).predict(X)
+    two_heads = keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(inputs),
+                                     keras.layers.Dense(2, activation="softmax")(inputs)])
+    with pytest.raises(ValueError, match="member two: the network has 2 outputs; a SnapshotEnsemble averages one"):
+        SnapshotEnsemble.from_models([two_heads], names=["two"]).evaluate(X, Y)
+
+
+@pytest.mark.parametrize("part,field,value,message", [
+    ("training", "mixed_precision", "false", "is not True or False"),
+    ("training", "deterministic", 0, "is not True or False"),
+    ("training", "batch_size", 32.0, "is not an integer"),
+    ("training", "dropout", "0.2", "is not a number"),
+    ("training", "seed", -1, "must be 0 or more"),
+    ("training", "momentum", float("nan"), r"must be in \[0, 1\)"),
+    ("training", "augment", "flip", "is not one of the choices"),
+    ("cycles", "M", True, "is not an integer"),
+    ("cycles", "alpha_zero", float("inf"), "must be a positive number"),
+    ("model", "wrn_N", 0, "must be a positive integer"),
+    ("model", "model", "vgg", "is not one of the choices"),
+    ("data", "val_split", None, "is not a number"),
+    ("data", "data_sha256", "abc", "is not a SHA-256 checksum"),
+    ("devices", "cpu_devices", 1000, "must be at most 256"),
+    (None, "weights_dir", 7, "is not a path"),
+    (None, "resume", "yes", "is not True or False"),
+    (None, "dataset", "mnist", "is not one of the choices"),
+    (None, "model", "wrn", "is not a ModelConfig"),
+])
+def test_configuration_values_of_the_wrong_type_or_range_are_value_errors_naming_the_field(part, field, value,
+                                                                                            message):
+    from snapshot_ensembles import config
+
+    train = config.TrainConfig()
+    if part is None:
+        train = dataclasses.replace(train, **{field: value})
+    else:
+        train = dataclasses.replace(train, **{part: dataclasses.replace(getattr(train, part), **{field: value})})
+    with pytest.raises(ValueError, match=f"^{field}={re.escape(repr(value))} .*{message}"):
+        train.resolved()

@@ -211,11 +211,10 @@ def test_no_deterministic_leaves_op_determinism_off_and_is_part_of_the_run(monke
     assert calls == [True]
     training.seed_everything(0, fast.deterministic)
     assert calls == [True]
-    # A run saved before the flag existed was deterministic: resuming it with --no_deterministic is refused.
-    saved = {name: value for name, value in run_flags(vars(default)).items() if name != "deterministic"}
-    check_same_run(saved, run_flags(vars(default)), "an unfinished run", str(tmp_path))
+    # The flag is part of the run: resuming a deterministic run with --no_deterministic is refused.
+    check_same_run(run_flags(vars(default)), run_flags(vars(default)), "an unfinished run", str(tmp_path))
     with pytest.raises(UserError, match="--deterministic on \\(now off\\)"):
-        check_same_run(saved, run_flags(vars(fast)), "an unfinished run", str(tmp_path))
+        check_same_run(run_flags(vars(default)), run_flags(vars(fast)), "an unfinished run", str(tmp_path))
 
 
 def test_no_deterministic_run_trains_with_fused_batch_norm_and_its_snapshots_predict(cifar10_dir, tmp_path):

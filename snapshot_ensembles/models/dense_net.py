@@ -14,6 +14,7 @@ import keras
 from keras import layers, regularizers
 
 from snapshot_ensembles.models import torch_init as torch_initializers
+from snapshot_ensembles.config import DENSENET_DEPTH, MODEL_SIZE, check_value
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
@@ -56,10 +57,8 @@ def create_dense_net(nb_classes, img_dim, depth=40, nb_dense_block=3, growth_rat
                      dropout_rate=None, weight_decay=1e-4, verbose=True, torch_init=False):
     """DenseNet-`depth` with `nb_dense_block` blocks of (depth-4)/3 layers each; depth must be 3n+4.
     `torch_init`: the paper's Torch initialisation instead of the original's."""
-    if depth < 7 or (depth - 4) % 3 != 0:
-        raise ValueError(f"DenseNet depth must be of the form 3n+4 with n >= 1 (40, 100, ...), got {depth}")
-    if nb_dense_block < 1:
-        raise ValueError(f"nb_dense_block must be at least 1, got {nb_dense_block}")
+    check_value("depth", depth, DENSENET_DEPTH)  # a ValueError, worded as the configuration's
+    check_value("nb_dense_block", nb_dense_block, MODEL_SIZE)
     nb_layers = (depth - 4) // 3
 
     inputs = keras.Input(shape=tuple(img_dim))

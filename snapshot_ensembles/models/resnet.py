@@ -16,6 +16,7 @@ import keras
 from keras import layers
 
 from snapshot_ensembles.models import torch_init
+from snapshot_ensembles.config import RESNET_DEPTH, check_value
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
@@ -43,8 +44,7 @@ def basic_block(x, filters, strides=1):
 
 def create_resnet(input_dim, nb_classes=10, depth=110, verbose=1):
     """ResNet-`depth` (6n+2: 20, 32, 44, 56, 110, ...) for `input_dim` images, softmax over `nb_classes`."""
-    if depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(f"ResNet depth must be of the form 6n+2 with n >= 1 (20, 56, 110, ...), got {depth}")
+    check_value("depth", depth, RESNET_DEPTH)  # a ValueError, worded as the configuration's
     n = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_dim))
     x = layers.Activation("relu")(batch_normalization()(_conv(inputs, 16)))
