@@ -2,8 +2,6 @@
 definition, the prefixes that keep two networks apart, the run record, and the warnings of a run that
 lags BatchNormalization's statistics or diverges."""
 
-import json
-import os
 
 import numpy as np
 import pytest
@@ -175,12 +173,14 @@ def test_a_densenet_of_the_other_variant_is_another_run(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["wrn", "dn", "resnet"])
-def test_runs_saved_before_variants_were_the_original_networks(tmp_path, model):
-    """A record without --variant (and --bn_momentum) resumes under the flags that trained it."""
+def test_runs_saved_before_variants_are_refused_naming_no_resume(tmp_path, model):
+    """A record without --variant (and --bn_momentum), of a version before them, is not resumed: the
+    error names what it lacks and --no_resume (runs of earlier versions start over)."""
     today = train_config("--model", model)
     saved = {name: value for name, value in today.to_dict().items() if name not in ("variant", "bn_momentum")}
-    run_state.check_same_run(run_state.run_flags(saved), run_state.run_flags(today.to_dict()), "a run", str(tmp_path))
-    assert type(today).from_dict(saved).resolved().model == today.model
+    with pytest.raises(UserError, match=r"(?s)--variant.*--no_resume"):
+        run_state.check_same_run(run_state.run_flags(saved), run_state.run_flags(today.to_dict()), "a run",
+                                 str(tmp_path))
 
 
 def test_paper_run_records_its_network_and_predicts_with_it(cifar10_dir, tmp_path, capsys):

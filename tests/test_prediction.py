@@ -243,11 +243,14 @@ def test_the_cache_is_keyed_by_the_network_and_the_recorded_standardization(cifa
                                  *common])
     first = predict_argv("cifar10", [*densenet, "--dn_blocks", "2", "--optimize", "-1", *common])
     assert first["networks_run"]  # Best and snapshot 1 may be one file's content: one entry
-    # Another network under the same prefix (--dn_blocks is not in it): the cache must not answer for it.
+    # The same files under another network's prefix (renamed by hand): the cache must not answer for it.
+    for member in ("Best", "1"):
+        shutil.copy(tmp_path / f"DenseNet-CIFAR10-7-4-2blocks-{member}.weights.h5",
+                    tmp_path / f"DenseNet-CIFAR10-7-4-3blocks-{member}.weights.h5")
     with pytest.raises(UserError, match=r"does not fit the network .*--dn_blocks 3"):
         predict_argv("cifar10", [*densenet, "--dn_blocks", "3", "--optimize", "-1", *common])
 
-    record = tmp_path / "DenseNet-CIFAR10-7-4-run.json"
+    record = tmp_path / "DenseNet-CIFAR10-7-4-2blocks-run.json"
     info = json.loads(record.read_text())
     info["standardization"][0] = [value + 40 for value in info["standardization"][0]]
     record.write_text(json.dumps(info))
