@@ -36,6 +36,15 @@ def positive_float(text):
     return value
 
 
+def sha256_or_skip(text):
+    """An argparse type of --data_sha256 for the benchmarks' own parsers: the setting's one rule."""
+    value = config.SHA256.parse(text)
+    problem = config.SHA256.problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return value
+
+
 ORIGINAL_MODELS = config.ORIGINAL_MODELS
 
 
