@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, patched, run_script, start_script, wait_until
+from conftest import USER_ERROR, assert_clean_failure, patched, run_process, start_script, wait_until
 from snapshot_ensembles import run_state
 from snapshot_ensembles.run_folder import RunFolder
 from test_backends import PREFIX, RUN, WRN, data_flags, history, need
@@ -26,7 +26,7 @@ WITHOUT_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
 
 
 def run_without_tensorflow(script, *args, backend):
-    result = run_script(script, *args, env=need(backend), python_args=patched(WITHOUT_TENSORFLOW))
+    result = run_process(script, *args, env=need(backend), python_args=patched(WITHOUT_TENSORFLOW))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -80,8 +80,8 @@ def test_train_resume_and_predict_without_tensorflow(backend, cifar10_dir, tmp_p
 @pytest.mark.parametrize("backend, fragment", [("jax", "multiworker needs the TensorFlow backend"),
                                                ("torch", "not available on the torch backend")])
 def test_multiworker_training_says_it_needs_tensorflow(backend, fragment, cifar10_dir, tmp_path):
-    result = run_script("train_cifar_10.py", *RUN, "--distribute", "multiworker", *data_flags(cifar10_dir, tmp_path),
-                        env={**need(backend), "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, '
-                                                           '"task": {"type": "worker", "index": 0}}'},
-                        python_args=patched(WITHOUT_TENSORFLOW))
+    result = run_process("train_cifar_10.py", *RUN, "--distribute", "multiworker", *data_flags(cifar10_dir, tmp_path),
+                         env={**need(backend), "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, '
+                                                            '"task": {"type": "worker", "index": 0}}'},
+                         python_args=patched(WITHOUT_TENSORFLOW))
     assert_clean_failure(result, USER_ERROR, fragment)
