@@ -230,7 +230,8 @@ class ModelConfig:
         initialiser = {"paper": "the paper's Torch initialisation", "original": "the original's Keras 1 "
                        "initialisation"}.get(self.variant) if initialisation else None
         blocks = f"{self.dn_blocks} dense block{'s' if self.dn_blocks > 1 else ''}"
-        return f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}" + (f", {initialiser}" if initialiser else "")
+        return (f"DenseNet-{self.dn_depth}-{self.dn_growth_rate} with {blocks}"
+                + (f", {initialiser}" if initialiser else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,8 +282,9 @@ class TrainingConfig:
         None, RECIPE + "as the paper's Torch SGD counts it: WD x w added to every weight's gradient, i.e. WD / 2 x "
         "sum(w^2) in the training loss, on every weight", NON_NEGATIVE)
     bn_momentum: Optional[float] = setting(
-        None, RECIPE + "momentum of BatchNormalization's moving mean and variance, the original's 0.99 (Keras 1's), the paper's 0.9 (Torch's 0.1); lower it "
-        "when an epoch has few steps, so that the statistics saved with a snapshot are those of its weights",
+        None, RECIPE + "momentum of BatchNormalization's moving mean and variance, the original's 0.99 (Keras 1's), "
+        "the paper's 0.9 (Torch's 0.1); lower it when an epoch has few steps, so that the statistics saved with a "
+        "snapshot are those of its weights",
         FRACTION)
     augment: Optional[str] = setting(
         None, RECIPE + "original: random rotations (15 degrees) and shifts (5/32), as the original's "

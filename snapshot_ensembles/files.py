@@ -95,14 +95,21 @@ def write_json(path, obj):
             fh.write("\n")
 
 
+def load_json_object(path):
+    """The JSON object in `path`: OSError or ValueError when it cannot be read or is no object."""
+    with open(path) as fh:
+        info = json.load(fh)
+    if not isinstance(info, dict):
+        raise ValueError("not a JSON object")
+    return info
+
+
 def read_json_record(path):
     """A JSON object that training wrote beside the weights; {} when absent or unreadable."""
     try:
-        with open(path) as fh:
-            info = json.load(fh)
+        return load_json_object(path)
     except (OSError, ValueError):
         return {}
-    return info if isinstance(info, dict) else {}
 
 
 def save_weights(model, path):

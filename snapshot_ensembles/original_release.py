@@ -12,6 +12,7 @@ installed; the Keras 1 files stay in the cache. The original's ensemble weights 
 package (release_data/) and are written beside the converted files.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -138,13 +139,6 @@ def error_reason(err):
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err) or type(err).__name__
-
-
-def remove_if_present(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def shipped_ensemble_weights(prefix):
@@ -418,9 +412,8 @@ def _download(asset, folder, repo, timeout):
     """(path, SHA-256) of a verified copy of `asset` in `folder`: a copy there of the listed size (and
     digest) is reused, anything else downloaded again."""
     path = os.path.join(folder, asset.name)
-    if os.path.isfile(path) and os.path.getsize(path) == asset.size and asset.sha256 in (None, sha256_of(path)):
-        digest = sha256_of(path)
-    else:
+    digest = sha256_of(path) if os.path.isfile(path) and os.path.getsize(path) == asset.size else None
+    if digest is None or asset.sha256 not in (None, digest):
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
@@ -435,7 +428,8 @@ def _download(asset, folder, repo, timeout):
             raise FileWriteError(f"{err}: {hint}", reason=err.reason) from None
         digest = sha256_of(path)
         if asset.sha256 is not None and digest != asset.sha256:
-            remove_if_present(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
             raise UserError(f"checksum mismatch for {shown_url(asset.url)}: its SHA-256 is {digest}, not "
                             f"{asset.sha256}, the digest GitHub lists; the download was deleted, run again to retry")
     output.say(f"{asset.name}: {asset.size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))

@@ -21,7 +21,8 @@ from snapshot_ensembles import backend_start, ensemble, metrics, naming, origina
 from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
-from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
+from snapshot_ensembles.files import (FileWriteError, atomic_path, load_json_object, sha256_of, sha256_of_arrays,
+                                      write_json)
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.run_folder import RunFolder
 from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble, weight_problem
@@ -279,14 +280,10 @@ def training_record(folder):
     if not os.path.isfile(info_path):
         return {}
     try:
-        with open(info_path) as fh:
-            info = json.load(fh)
+        return load_json_object(info_path)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read the training record {info_path} ({err}): restore it from the training "
                         "run, or delete it if the weights were trained without --normalize channel") from None
-    if not isinstance(info, dict):
-        raise UserError(f"the training record {info_path} is not a JSON object: restore it from the training run")
-    return info
 
 
 def recorded_standardization(weights_dir, prefix):

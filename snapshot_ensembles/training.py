@@ -1,7 +1,6 @@
 """The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig."""
 
 import dataclasses
-import json
 import math
 import os
 
@@ -9,7 +8,7 @@ import numpy as np
 
 from snapshot_ensembles import backend_start, distribute, output, run_lock, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files
+from snapshot_ensembles.files import FileWriteError, load_json_object, read_json_record, remove_partial_files
 from snapshot_ensembles.modeling import build_model, set_precision
 from snapshot_ensembles.naming import dataset_title
 from snapshot_ensembles.run_folder import RunFolder
@@ -215,6 +214,14 @@ def lagging_statistics(bn_momentum, steps):
     return stale, suggested
 
 
+def run_lagging_statistics(config, splits):
+    """`lagging_statistics` of the run of `config` on `splits`."""
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
+    return lagging_statistics(config.training.bn_momentum,
+                              steps_per_epoch(len(splits.y_train), config.training.batch_size))
+
+
 def warn_lagging_statistics(config, steps):
     """Say once, before training, when BatchNormalization's moving statistics cannot follow an epoch.
 
@@ -303,10 +310,8 @@ def read_run_record(folder):
     if not os.path.lexists(folder.run_record):
         return {}
     try:
-        with open(folder.run_record) as fh:
-            info = json.load(fh)
-        if not (isinstance(info, dict) and isinstance(info.get("args"), dict)
-                and info.get("status") in ("running", "complete")):
+        info = load_json_object(folder.run_record)
+        if not (isinstance(info.get("args"), dict) and info.get("status") in ("running", "complete")):
             raise ValueError("not a run record with its status and args")
     except (OSError, ValueError, RecursionError) as err:
         raise UserError(f"the run record {folder.run_record} is damaged ({str(err)[:200]}): restore it from a "
@@ -468,8 +473,6 @@ def compiled_model(config, nb_classes, splits, distribution):
 
 def run_record(config, splits, resume_from):
     """The run record's content: what prediction and a later resumption read (RunFolder.run_record)."""
-    from snapshot_ensembles.pipeline import steps_per_epoch
-
     record = {"dataset": config.dataset, "prefix": config.prefix, "network": config.model.network_name(),
               "args": config.to_dict(),
               "val_split": config.data.val_split, "seed": config.training.seed,
@@ -477,22 +480,18 @@ def run_record(config, splits, resume_from):
               "standardization": splits.standardization}
     if resume_from is not None:
         record["resumed_after_epoch"] = resume_from.epoch
-    lag = lagging_statistics(config.training.bn_momentum, steps_per_epoch(len(splits.y_train),
-                                                                          config.training.batch_size))
+    lag = run_lagging_statistics(config, splits)
     if lag is not None:  # the warning at the start, kept with the run: its Best checkpoint is suspect
         record["lagging_bn_statistics"] = {"stale_share": round(lag[0], 4), "suggested_bn_momentum": lag[1]}
     return record
 
 
 def report_final_model(model, config, data, splits, distribution, chief):
-    from snapshot_ensembles.pipeline import steps_per_epoch
-
     accuracy = test_accuracy(model, data, evaluation_batch_size(config, distribution), splits.standardization) * 100
     output.always(f"Final model on the test set ({len(data.y_test)} images):")
     output.always("Accuracy : ", accuracy)
     output.always("Error : ", 100 - accuracy)
-    lag = lagging_statistics(config.training.bn_momentum, steps_per_epoch(len(splits.y_train),
-                                                                          config.training.batch_size))
+    lag = run_lagging_statistics(config, splits)
     if lag is not None:
         output.always(f"warning: the Best checkpoint was chosen on lagging BatchNormalization statistics (see the "
                       f"warning at the start); train again with --bn_momentum {lag[1]:g} --no_resume")

@@ -78,12 +78,8 @@ def test_an_interrupted_run_refuses_other_flags_or_data_then_resumes_exactly_and
                          "data differ", "--no_resume")
     assert open(state_file, "rb").read() == state_bytes
 
-    resumed = run_script("train_cifar_10.py", *argv)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming {WRN_PREFIX} after epoch {INTERRUPTED_AFTER} of 6" in resumed.stdout
-    assert f"Epoch {INTERRUPTED_AFTER}/6" not in resumed.stdout and f"Epoch {INTERRUPTED_AFTER + 1}/6" in resumed.stdout
-    assert sorted(os.listdir(weights)) == sorted(os.listdir(reference))  # the state file is gone
-    assert_same_run(weights, reference, cifar10_dir)
+    assert_resumed_to_the_reference(run_script("train_cifar_10.py", *argv), INTERRUPTED_AFTER, weights, reference,
+                                    cifar10_dir)
 
     # A complete run is not trained again, nor touched.
     before = {name: os.stat(weights / name).st_mtime_ns for name in os.listdir(weights)}
@@ -94,6 +90,15 @@ def test_an_interrupted_run_refuses_other_flags_or_data_then_resumes_exactly_and
     assert {name: os.stat(weights / name).st_mtime_ns for name in os.listdir(weights)} == before
     assert_clean_failure(run_script("train_cifar_10.py", *flags(cifar10_dir, weights, "--alpha_zero", "0.2")),
                          USER_ERROR, "complete run", "--alpha_zero 0.1 (now 0.2)", "--no_resume")
+
+
+def assert_resumed_to_the_reference(resumed, done, weights, reference, cifar10_dir):
+    """The rerun `resumed` continued after epoch `done` of 6 and ended bit for bit where `reference` did."""
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {WRN_PREFIX} after epoch {done} of 6" in resumed.stdout
+    assert f"Epoch {done}/6" not in resumed.stdout and f"Epoch {done + 1}/6" in resumed.stdout
+    assert sorted(os.listdir(weights)) == sorted(os.listdir(reference))  # the state file is gone
+    assert_same_run(weights, reference, cifar10_dir)
 
 
 def test_resuming_without_the_seed_generators_state_would_fail_the_comparison(reference, interrupted_run_copy,
@@ -125,12 +130,8 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
     assert_clean_failure(refused, USER_ERROR, "unfinished run", "--momentum 0.9 (now 0.5)", "--seed 0 (now 1)")
     assert open(state_file, "rb").read() == state_bytes
 
-    resumed = run_process("train_cifar_10.py", *argv)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming {WRN_PREFIX} after epoch {killed_at} of 6" in resumed.stdout
-    assert f"Epoch {killed_at}/6" not in resumed.stdout and f"Epoch {killed_at + 1}/6" in resumed.stdout
-    assert sorted(os.listdir(weights)) == sorted(os.listdir(reference))  # the state file is gone
-    assert_same_run(weights, reference, cifar10_dir)
+    assert_resumed_to_the_reference(run_process("train_cifar_10.py", *argv), killed_at, weights, reference,
+                                    cifar10_dir)
 
 
 @pytest.mark.parametrize("model_flags,extra,prefix", [
