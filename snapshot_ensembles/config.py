@@ -107,6 +107,9 @@ PATH = Rule(str, lambda value: None if isinstance(value, (str, os.PathLike)) els
 SHA256 = Rule(lambda text: text.strip().lower(), _sha256_problem)
 DENSENET_DEPTH = depth_form(3, 4, "40, 100, 190")
 RESNET_DEPTH = depth_form(6, 2, "20, 56, 110")
+# Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
+MAX_DN_BLOCKS = 6
+DENSE_BLOCKS = integer(1, MAX_DN_BLOCKS)
 
 
 def check_value(field, value, rule):
@@ -143,8 +146,6 @@ def part(cls, only=None):
 
 
 RECIPE = "recipe; "  # the help's mark of a setting that the --recipe fills in when left None
-# Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
-MAX_DN_BLOCKS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,7 @@ class ModelConfig:
     wrn_k: int = setting(4, "WRN width factor", MODEL_SIZE, network="wrn")
     dn_depth: int = setting(40, "DenseNet depth, 3n+4", MODEL_SIZE, network="dn")
     dn_growth_rate: int = setting(12, "DenseNet growth rate", MODEL_SIZE, network="dn")
-    dn_blocks: int = setting(3, "DenseNet dense blocks; 1 reproduces the original scripts", integer(1, MAX_DN_BLOCKS),
+    dn_blocks: int = setting(3, "DenseNet dense blocks; 1 reproduces the original scripts", DENSE_BLOCKS,
                              network="dn")
     resnet_depth: int = setting(110, "ResNet depth, 6n+2", MODEL_SIZE, network="resnet")
     variant: Optional[str] = setting(

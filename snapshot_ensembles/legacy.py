@@ -53,7 +53,6 @@ _WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "r
                     _DENSE: ("W", "b")}
 
 
-
 def read_legacy_weights(path, label=None, max_elements=None):
     """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
 

@@ -13,8 +13,8 @@ fan-out, Torch's uniform classifier weights; snapshot_ensembles.models.torch_ini
 import keras
 from keras import layers, regularizers
 
+from snapshot_ensembles.config import DENSE_BLOCKS, DENSENET_DEPTH, check_value
 from snapshot_ensembles.models import torch_init as torch_initializers
-from snapshot_ensembles.config import DENSENET_DEPTH, MODEL_SIZE, check_value
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
@@ -58,7 +58,7 @@ def create_dense_net(nb_classes, img_dim, depth=40, nb_dense_block=3, growth_rat
     """DenseNet-`depth` with `nb_dense_block` blocks of (depth-4)/3 layers each; depth must be 3n+4.
     `torch_init`: the paper's Torch initialisation instead of the original's."""
     check_value("depth", depth, DENSENET_DEPTH)  # a ValueError, worded as the configuration's
-    check_value("nb_dense_block", nb_dense_block, MODEL_SIZE)
+    check_value("nb_dense_block", nb_dense_block, DENSE_BLOCKS)
     nb_layers = (depth - 4) // 3
 
     inputs = keras.Input(shape=tuple(img_dim))

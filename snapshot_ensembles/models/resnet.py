@@ -15,8 +15,8 @@ epsilon is 1e-5, Torch's as well as Keras 1's (models.batch_norm).
 import keras
 from keras import layers
 
-from snapshot_ensembles.models import torch_init
 from snapshot_ensembles.config import RESNET_DEPTH, check_value
+from snapshot_ensembles.models import torch_init
 from snapshot_ensembles.models.batch_norm import batch_normalization
 
 
