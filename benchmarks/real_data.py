@@ -39,7 +39,9 @@ from importlib import metadata
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import measure  # noqa: E402
 from snapshot_ensembles.cli import sha256_or_skip  # noqa: E402
+from snapshot_ensembles.modeling import cpu_flags  # noqa: E402
 from snapshot_ensembles.data import CIFAR  # noqa: E402
 
 SHORT_BN_MOMENTUM = "0.9"
@@ -151,20 +153,11 @@ class Outcome:
     returncode: int
 
 
-def cpu_description(cpuinfo="/proc/cpuinfo"):
-    """'model name; N cores; flags: ...' of this machine's CPU, as every figure is printed with."""
-    model, flags = "unknown CPU", "unknown"
-    try:
-        with open(cpuinfo) as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features") and flags == "unknown":
-                    flags = value.strip()
-    except OSError:
-        pass
-    return f"{model}; {os.cpu_count()} cores; flags: {flags}"
+def cpu_description():
+    """'model name; N cores; flags: ...' of this machine's CPU (all its flags), as every figure is printed with."""
+    name, _ = measure.cpu_description()
+    flags = cpu_flags()
+    return f"{name}; {os.cpu_count()} cores; flags: {' '.join(sorted(flags)) if flags else 'unknown'}"
 
 
 def versions():
@@ -420,8 +413,7 @@ def main(argv=None):
         print(f"CPU: {cpu_description()}")
         print(f"Software: Python {sys.version.split()[0]}, {versions()}")
         print(f"Data: {len(dataset.x_train)} training and {len(dataset.x_test)} test images from {args.data_dir}")
-        print(f"Load average at the start (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
-              flush=True)
+        print(f"Load average at the start (1, 5, 15 min): {measure.load_average()}", flush=True)
         start = time.perf_counter()
         record = {"cpu": cpu_description(), "versions": versions(), "train_images": len(dataset.x_train),
                   "test_images": len(dataset.x_test)}
@@ -435,7 +427,7 @@ def main(argv=None):
             record["peer"] = [dict(result, ours=dataclasses.asdict(result["ours"])) for result in results]
         record["seconds"] = round(time.perf_counter() - start, 1)
         print(f"\nWall time: {record['seconds'] / 60:.1f} minutes; load average at the end (1, 5, 15 min): "
-              f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+              f"{measure.load_average()}")
         print(f"CPU: {cpu_description()}")
         if args.json:
             with open(args.json, "w") as fh:
