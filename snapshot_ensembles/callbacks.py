@@ -4,14 +4,9 @@
     snapshot = SnapshotCallbackBuilder(nb_epochs=200, nb_snapshots=5, init_lr=0.1)
     model.fit(x, y, validation_data=(xv, yv), callbacks=snapshot.get_callbacks(model_prefix="Model_"))
 
-The learning rate follows a cyclic cosine annealing,
-
-    lr(t) = alpha_zero / 2 * (cos(pi * (t mod c) / c) + 1),
-
-per epoch (default, as the original) or per optimizer step (the paper's per-iteration annealing),
-and the weights at the end of each of the M cycles are saved as snapshots. For the paper's
-single-model baseline, schedule="multistep" (with one snapshot) divides the learning rate by 10 at 50 %
-and at 75 % of the epochs instead.
+The learning rate follows a cyclic cosine annealing (schedule.cosine_annealing_lr) per epoch, as the
+original, or per optimizer step (the paper's), and the weights at the end of each of the M cycles are
+saved as snapshots; schedule="multistep" is the paper's single-model baseline (÷10 at 50 % and 75 %).
 """
 
 import math
@@ -90,6 +85,7 @@ class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):
     """Epoch mode: the learning rate is set once at the start of every epoch, as in the original."""
 
     def __init__(self, nb_epochs, nb_snapshots, alpha_zero, verbose=0):
+        self.nb_epochs = nb_epochs
         self.cycle_epochs = nb_epochs // nb_snapshots
         self.alpha_zero = alpha_zero
         super().__init__(self.learning_rate_at, verbose=verbose)
@@ -98,16 +94,19 @@ class EpochCosineScheduler(keras.callbacks.LearningRateScheduler):
         return float(cosine_annealing_lr(epoch, self.cycle_epochs, self.alpha_zero))
 
 
-class MultiStepScheduler(keras.callbacks.LearningRateScheduler):
+class MultiStepScheduler(EpochCosineScheduler):
     """The paper's single-model schedule, set at the start of every epoch: ÷10 at 50 % and 75 % of training."""
 
     def __init__(self, nb_epochs, alpha_zero, verbose=0):
-        self.nb_epochs = nb_epochs
-        self.alpha_zero = alpha_zero
-        super().__init__(self.learning_rate_at, verbose=verbose)
+        super().__init__(nb_epochs, 1, alpha_zero, verbose=verbose)
 
     def learning_rate_at(self, epoch, current_lr=None):
         return float(multistep_lr(epoch, self.nb_epochs, self.alpha_zero))
+
+
+def cosine_schedule(nb_epochs, nb_snapshots, alpha_zero, steps_per_epoch):
+    """The per-step SnapshotCosineSchedule of a run: M cycles of nb_epochs / M epochs."""
+    return SnapshotCosineSchedule(alpha_zero, nb_epochs // nb_snapshots * steps_per_epoch)
 
 
 class StepCosineScheduler(keras.callbacks.Callback):
@@ -120,14 +119,8 @@ class StepCosineScheduler(keras.callbacks.Callback):
 
     def __init__(self, nb_epochs, nb_snapshots, alpha_zero, steps_per_epoch=None):
         super().__init__()
-        self.nb_epochs = nb_epochs
-        self.nb_snapshots = nb_snapshots
-        self.alpha_zero = alpha_zero
+        self.cycle = (nb_epochs, nb_snapshots, alpha_zero)
         self.steps_per_epoch = steps_per_epoch
-
-    def schedule_for(self, steps_per_epoch):
-        cycle_steps = self.nb_epochs // self.nb_snapshots * steps_per_epoch
-        return SnapshotCosineSchedule(self.alpha_zero, cycle_steps)
 
     def on_train_begin(self, logs=None):
         steps = self.steps_per_epoch or self.params.get("steps")
@@ -135,7 +128,7 @@ class StepCosineScheduler(keras.callbacks.Callback):
             raise ValueError("batch-mode annealing needs the number of steps per epoch: pass "
                              "steps_per_epoch to the builder or to fit()")
         optimizer = self.model.optimizer
-        wanted = self.schedule_for(steps)
+        wanted = cosine_schedule(*self.cycle, steps)
         current = optimizer._learning_rate  # the schedule object itself, not its value at this step
         if not (isinstance(current, SnapshotCosineSchedule) and current.get_config() == wanted.get_config()):
             optimizer.learning_rate = wanted
@@ -155,13 +148,11 @@ class SnapshotModelCheckpoint(keras.callbacks.Callback):
         self.fn_prefix = fn_prefix
         self.save_enabled = save_enabled  # False on non-chief workers of a multi-worker run
 
-    def snapshot_path(self, index):
-        return RunFolder(os.path.dirname(self.fn_prefix), os.path.basename(self.fn_prefix)).snapshot(index)
-
     def on_epoch_end(self, epoch, logs=None):
         # Unlike the original, which skipped epoch 0, this also saves when a cycle is one epoch long.
         if (epoch + 1) % self.check == 0 and self.save_enabled:
-            save_weights(self.model, self.snapshot_path((epoch + 1) // self.check))
+            folder = RunFolder(os.path.dirname(self.fn_prefix), os.path.basename(self.fn_prefix))
+            save_weights(self.model, folder.snapshot((epoch + 1) // self.check))
 
 
 class BestWeightsCheckpoint(keras.callbacks.Callback):
@@ -226,15 +217,11 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 class RunStateCheckpoint(keras.callbacks.Callback):
     """Keras's BackupAndRestore for a snapshot run: the one owner of the run's state file and record.
 
-    - train begin: restores `resume_from` (a run_state.RunState read from the state file) into the model,
-      its optimizer and the best checkpoint, and writes the run record with status "running";
-    - every epoch end: saves the state (snapshot_ensembles.run_state), to resume from;
-    - the end of the last epoch: writes the history and the record with status "complete", then removes
-      the state file (in that order: a crash in between resumes and finishes).
-
-    Put it last, so that it records an epoch only once that epoch's snapshot and best checkpoints are
-    written and the learning rate is in the logs. `folder` is the run's RunFolder, `record` the run
-    record's content; on non-chief workers (`save_enabled` False) it keeps the history and writes nothing.
+    At train begin it restores `resume_from` (a run_state.RunState) and writes the run record "running";
+    at every epoch end it saves the state; after the last epoch it writes the history and the record
+    "complete", then removes the state file. Put it last, so that an epoch is recorded only once its
+    checkpoints are written. `record` None (a library caller's fit) writes no record; `save_enabled`
+    False (non-chief workers) writes nothing.
     """
 
     def __init__(self, folder, best_checkpoint, flags, data_fingerprint, nb_epoch, steps_per_epoch,
@@ -247,20 +234,16 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         self.nb_epoch = nb_epoch
         self.steps_per_epoch = steps_per_epoch
         self.resume_from = resume_from
-        self.record = None if record is None else dict(record)  # None: a library caller's fit, no record
+        self.record = None if record is None else dict(record)
         self.save_enabled = save_enabled
         self.history = {name: list(values) for name, values in (resume_from.history if resume_from else {}).items()}
         self.saved_epochs = resume_from.epoch if resume_from else 0  # completed epochs the state file records
         self.started = None
 
-    @property
-    def path(self):
-        return self.folder.state
-
     def on_train_begin(self, logs=None):
         self.started = time.time()
         if self.resume_from is not None:
-            run_state.restore_state(self.model, self.path, self.resume_from, self.steps_per_epoch)
+            run_state.restore_state(self.model, self.folder.state, self.resume_from, self.steps_per_epoch)
             self.best_checkpoint.best = self.resume_from.best
         if self.save_enabled and self.record is not None:
             self.folder.write_record(dict(self.record, status="running"))
@@ -271,7 +254,7 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         state = run_state.RunState(epoch=epoch + 1, best=self.best_checkpoint.best, history=self.history,
                                    flags=self.flags, data_fingerprint=self.data_fingerprint)
         if self.save_enabled:
-            run_state.save_state(self.model, self.path, state)
+            run_state.save_state(self.model, self.folder.state, state)
         self.saved_epochs = epoch + 1
 
     def on_train_end(self, logs=None):
@@ -281,8 +264,8 @@ class RunStateCheckpoint(keras.callbacks.Callback):
         if self.record is not None:
             self.folder.write_record(dict(self.record, status="complete",
                                           train_seconds=round(time.time() - self.started, 1)))
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        if os.path.exists(self.folder.state):
+            os.remove(self.folder.state)
 
 
 class SnapshotCallbackBuilder:
@@ -299,20 +282,19 @@ class SnapshotCallbackBuilder:
         self.weights_dir = weights_dir
         self.save_enabled = save_enabled
 
-    def learning_rate_callback(self):
-        if self.schedule == "epoch":
-            return EpochCosineScheduler(self.T, self.M, self.alpha_zero)
-        if self.schedule == "multistep":
-            return MultiStepScheduler(self.T, self.alpha_zero)
-        return StepCosineScheduler(self.T, self.M, self.alpha_zero, self.steps_per_epoch)
-
     def get_callbacks(self, model_prefix="Model"):
         """[best-weights checkpoint, learning-rate schedule, snapshot checkpoint]."""
         if self.save_enabled:
             os.makedirs(self.weights_dir, exist_ok=True)
+        if self.schedule == "epoch":
+            schedule = EpochCosineScheduler(self.T, self.M, self.alpha_zero)
+        elif self.schedule == "multistep":
+            schedule = MultiStepScheduler(self.T, self.alpha_zero)
+        else:
+            schedule = StepCosineScheduler(self.T, self.M, self.alpha_zero, self.steps_per_epoch)
         return [
             BestWeightsCheckpoint(RunFolder(self.weights_dir, model_prefix).best, save_enabled=self.save_enabled),
-            self.learning_rate_callback(),
+            schedule,
             SnapshotModelCheckpoint(self.T, self.M, fn_prefix=os.path.join(self.weights_dir, model_prefix),
                                     save_enabled=self.save_enabled),
         ]

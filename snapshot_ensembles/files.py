@@ -1,9 +1,7 @@
-"""Crash-safe file writes: everything goes to a temporary name in the same folder, then is renamed.
+"""Crash-safe file writes: a temporary name in the same folder, then a rename (docs/reliability.md).
 
-A reader (or a restarted run) therefore sees either the old complete file or the new complete
-file, never a truncated one, whether the writer fails (disk full, permissions), is interrupted
-(Ctrl-C) or is killed outright (`kill -9`, power loss). Only a killed writer can leave its hidden
-temporary file behind; `remove_partial_files` clears those on the next run.
+A reader sees the old complete file or the new one, never a truncated one; only a killed writer leaves
+its hidden temporary file behind, which `remove_partial_files` clears on the next run.
 """
 
 import contextlib
@@ -30,13 +28,6 @@ class FileWriteError(UserError):
         self.reason = reason  # what the system said ("No space left on device"), when known
 
 
-def partial_path(path):
-    """A hidden temporary name beside `path` that keeps its suffix (Keras insists on `.weights.h5`)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{suffix}")
-
-
 def remove_partial_files(paths):
     """Delete the temporary files that a killed writer of any of `paths` left behind."""
     for path in paths:
@@ -46,25 +37,6 @@ def remove_partial_files(paths):
                 os.remove(leftover)
 
 
-def _fsync_folder(folder):
-    """Make the rename itself durable, so that a power loss right after it cannot bring back the old entry.
-
-    Best effort: some platforms and file systems cannot sync a folder, and the new file is in place anyway.
-    """
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _reason(err):
-    if err.errno:
-        return os.strerror(err.errno)
-    return str(err) or type(err).__name__
-
-
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
@@ -72,7 +44,9 @@ def atomic_path(path):
     An OSError becomes a FileWriteError naming the file; any other exception (KeyboardInterrupt
     included) passes through unchanged. Either way `path` keeps its previous content.
     """
-    tmp = partial_path(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]  # Keras insists
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # flush the data to disk before the rename makes it visible
@@ -82,10 +56,17 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(err, OSError):
-            raise FileWriteError(f"cannot write {path} ({_reason(err)}); its previous version, if any, "
-                                 "is unchanged", reason=_reason(err)) from None
+            reason = os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
+            raise FileWriteError(f"cannot write {path} ({reason}); its previous version, if any, "
+                                 "is unchanged", reason=reason) from None
         raise
-    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+    # Make the rename durable too; best effort, as some file systems cannot sync a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json(path, obj):

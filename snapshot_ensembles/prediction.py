@@ -21,8 +21,7 @@ from snapshot_ensembles import backend_start, ensemble, metrics, naming, origina
 from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
-from snapshot_ensembles.files import (FileWriteError, atomic_path, load_json_object, sha256_of, sha256_of_arrays,
-                                      write_json)
+from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.run_folder import RunFolder
 from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble, weight_problem
@@ -276,14 +275,9 @@ def load_member_weights(model, member, config):
 
 def training_record(folder):
     """The run record training wrote beside the weights ({} when there is none, as for release weights)."""
-    info_path = folder.run_record
-    if not os.path.isfile(info_path):
-        return {}
-    try:
-        return load_json_object(info_path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the training record {info_path} ({err}): restore it from the training "
-                        "run, or delete it if the weights were trained without --normalize channel") from None
+    return folder.read_record(damaged=lambda reason: (
+        f"cannot read the training record {folder.run_record} ({reason}): restore it from the training "
+        "run, or delete it if the weights were trained without --normalize channel"))
 
 
 def recorded_standardization(weights_dir, prefix):

@@ -1,11 +1,5 @@
-"""One training run at a time per (weights folder, model prefix): an OS file lock held for the run's life.
-
-Two runs writing the same `{prefix}-*` files would mix their snapshots, and one's `--no_resume` would
-delete the other's state. The lock is `fcntl.flock` on the hidden file `.{prefix}.lock` in the weights
-folder: the operating system releases it when the process ends, however it ends (`kill -9` and power
-loss included), so a crash never leaves a stale lock behind. The file holds the PID and command of
-the running process, which a refused run names; a run that ends removes it, and one that was killed
-leaves it for the next run to reuse.
+"""One training run at a time per (weights folder, prefix): `fcntl.flock` on `.{prefix}.lock`, held for
+the run's life (docs/reliability.md). The OS releases it however the process ends, so no lock goes stale.
 
 This module imports no Keras, so that a second run is refused before TensorFlow starts.
 """
@@ -34,8 +28,7 @@ class RunInProgress(UserError):
 
 def _holder_text(fh):
     fh.seek(0)
-    text = fh.read().strip()
-    return text or "another process"
+    return fh.read().strip() or "another process"
 
 
 def command_line():
@@ -50,7 +43,10 @@ def command_line():
 
 @contextlib.contextmanager
 def hold_run_lock(weights_dir, prefix):
-    """Hold the run lock of `prefix` in `weights_dir` until the block ends; RunInProgress if it is taken."""
+    """Hold the run lock of `prefix` in `weights_dir` until the block ends; RunInProgress if it is taken.
+
+    The lock file names the holder (PID, start, command) for a refused run; a run that ends removes it.
+    """
     if fcntl is None:
         yield
         return
@@ -59,8 +55,7 @@ def hold_run_lock(weights_dir, prefix):
     try:
         fh.seek(0)
         fh.truncate()
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        fh.write(f"process {os.getpid()} (started {started}: {command_line()})\n")
+        fh.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command_line()})\n")
         fh.flush()
         yield
     finally:
@@ -85,11 +80,9 @@ def _acquire(path, weights_dir, prefix):
             raise RunInProgress(
                 f"{weights_dir} is in use: {holder} is training {prefix} there. Wait for it to end (or stop "
                 "it; it resumes later from its last epoch), or choose another --weights_dir") from None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
                 return fh
-        except FileNotFoundError:
-            pass
         fh.close()
 
 

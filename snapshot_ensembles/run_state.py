@@ -1,23 +1,8 @@
-"""The saved state of an unfinished training run, from which the same command resumes it.
+"""Resuming: the saved state of an unfinished run, `{prefix}-state.weights.h5`, and whether a run resumes.
 
-At the end of every epoch the training flow writes one file, `{prefix}-state.weights.h5`:
-
-- the model's weights and the optimizer's variables (iteration counter, momentum buffers, learning
-  rate), exactly as Keras's `model.save_weights` stores them;
-- group `run_state`: the states of the model's random seed generators (dropout masks), which
-  `save_weights` leaves out, and a JSON attribute with the number of completed epochs, the best
-  validation accuracy so far, the history of every completed epoch, the flags that define the run
-  and a fingerprint of its data.
-
-One file written through a temporary name and a rename (snapshot_ensembles.files) means a crash
-can never pair the weights of one epoch with the bookkeeping of another. Keras's BackupAndRestore
-was the starting point, but it writes its weights and its epoch counter as two files in place
-(a crash between them leaves a mismatched or truncated pair) and keeps neither the best-checkpoint
-value nor the history; what it does (save_weights at epoch end, optimizer.build then load_weights,
-fit's initial_epoch) is what this module does too.
-
-The name is not `{prefix}-<digits>.weights.h5` or `{prefix}-Best.weights.h5`, so prediction never
-mistakes it for an ensemble member. The file is deleted once the run completes.
+The state file holds the model's weights and optimizer variables as `model.save_weights` writes them, plus
+the group `run_state`: the seed generators' states (dropout) and a JSON RunState. It is one file, written
+atomically, so a crash never pairs one epoch's weights with another's bookkeeping (docs/reliability.md).
 
 This module imports no Keras at load time, so that a run can be refused before TensorFlow starts.
 """
@@ -30,18 +15,25 @@ import os
 import h5py
 import numpy as np
 
+from snapshot_ensembles import output
 from snapshot_ensembles.config import compared_settings
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import atomic_path, sha256_of_arrays
+from snapshot_ensembles.files import atomic_path, read_json_record, sha256_of_arrays
+from snapshot_ensembles.run_folder import RunFolder
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1
 MAX_EPOCHS = 2**31 - 1  # more completed epochs than any run can have: the state is damaged
+COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
+# The settings (`TrainConfig.to_dict()`, or a run record's "args") that define what a run computes.
+run_flags = compared_settings
+# A resumed run must see exactly the same data: the SHA-256 of its arrays.
+data_fingerprint = sha256_of_arrays
 
 
 @dataclasses.dataclass
 class RunState:
-    """What a resumed run needs besides the variables: see the module docstring."""
+    """What a resumed run needs besides the variables."""
 
     epoch: int  # completed epochs: the resumed run starts at this zero-based epoch
     best: float  # the best-weights checkpoint's best validation accuracy so far
@@ -70,11 +62,6 @@ class RunState:
         return state
 
 
-def run_flags(arguments):
-    """The settings (`TrainConfig.to_dict()`, or a run record's "args") that define what a run computes."""
-    return compared_settings(arguments)
-
-
 def _describe(value):
     if value is None:
         return "unset"
@@ -97,11 +84,6 @@ def check_same_run(saved_flags, flags, what, weights_dir):
             f"{weights_dir} holds {what}, trained with other flags: {', '.join(changed)}. Rerun with that "
             "run's flags to keep it, start over with --no_resume (its files will be overwritten), or "
             "choose another --weights_dir")
-
-
-def data_fingerprint(*arrays):
-    """A resumed run must see exactly the same data: the SHA-256 of its arrays."""
-    return sha256_of_arrays(*arrays)
 
 
 def read_state(path):
@@ -149,3 +131,81 @@ def restore_state(model, path, state, steps_per_epoch):
     if int(optimizer.iterations.numpy()) != expected:
         raise UserError(f"the optimizer state in {path} does not match this run (step "
                         f"{int(optimizer.iterations.numpy())}, expected {expected}): start over with --no_resume")
+
+
+def find_run_to_resume(config):
+    """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
+
+    Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
+    weights folder is only ever continued, or left alone, with the flags it was started with.
+    """
+    folder = RunFolder(config.weights_dir, config.prefix)
+    if not config.resume:
+        return None  # the earlier run's files are removed once the new one is ready to start
+    flags = run_flags(config.to_dict())
+    saved = read_state(folder.state)
+    if saved is not None:
+        check_same_run(saved.flags, flags, f"an unfinished run of {config.prefix} "
+                       f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", config.weights_dir)
+        return saved
+    # A damaged record is refused, since starting over would delete the run it describes.
+    info = folder.read_record(resumable=True, damaged=lambda reason: (
+        f"the run record {folder.run_record} is damaged ({reason}): restore it from a backup, or pass "
+        f"--no_resume to train {folder.prefix} again from the start (which deletes its snapshots)"))
+    if info.get("status") == "complete":
+        check_same_run(run_flags(info["args"]), flags, f"a complete run of {config.prefix}", config.weights_dir)
+        return COMPLETE
+    return None
+
+
+def check_same_data(resume_from, fingerprint, state_file):
+    """UserError when the data of `fingerprint` are not those of the run to resume."""
+    if resume_from is not None and resume_from.data_fingerprint != fingerprint:
+        raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
+                        "with the same --data_dir and --val_split, or start over with --no_resume")
+
+
+def check_foreign_weights(config):
+    """Refuse to train over weight files of the prefix that no run here recorded, unless `overwrite`.
+
+    Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
+    """
+    folder = RunFolder(config.weights_dir, config.prefix)
+    members = folder.member_files()
+    if members and not config.overwrite and not os.path.isfile(folder.run_record):
+        names = ", ".join(sorted(os.path.basename(path) for path in members.values()))
+        raise UserError(f"{config.weights_dir} holds weight files of {config.prefix} that no training run here "
+                        f"recorded (downloaded or converted weights?): {names}. Training would replace them: pass "
+                        "--overwrite to do so, or choose another --weights_dir")
+
+
+def remove_earlier_run(folder):
+    """A run that starts at epoch 0 first removes every file of an earlier run in its RunFolder.
+
+    Otherwise an earlier run's snapshots beyond this run's M, or its ensemble weights, would be taken
+    for members of the new ensemble.
+    """
+    earlier = folder.run_files()
+    for path in earlier:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise UserError(f"cannot remove {path} of the earlier run of {folder.prefix} ({err.strerror}): remove "
+                            "it yourself or choose another --weights_dir") from None
+    if earlier:
+        output.always(f"Starting over: removed the files of the earlier run of {folder.prefix} in "
+                      f"{folder.weights_dir}: " + ", ".join(os.path.basename(path) for path in earlier))
+
+
+def load_completed_run(model, folder, nb_snapshots):
+    """The final weights (the last snapshot: both are the weights after the last epoch) and the history."""
+    last = folder.snapshot(nb_snapshots)
+    model.optimizer.build(model.trainable_variables)  # snapshots hold optimizer variables too: load them all
+    try:
+        model.load_weights(last)
+    except (OSError, ValueError) as err:
+        raise UserError(f"the complete run's last snapshot {last} cannot be loaded ({err}): train again "
+                        "with --no_resume") from None
+    return read_json_record(folder.history)

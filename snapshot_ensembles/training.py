@@ -8,12 +8,12 @@ import numpy as np
 
 from snapshot_ensembles import backend_start, distribute, output, run_lock, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, load_json_object, read_json_record, remove_partial_files
+from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files  # noqa: F401 (tests)
 from snapshot_ensembles.modeling import build_model, set_precision
 from snapshot_ensembles.naming import dataset_title
 from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.run_state import COMPLETE
 
-COMPLETE = "complete"  # find_run_to_resume's answer when the run in the weights folder is finished
 EVALUATION_BATCH_SIZE = 256
 # BatchNormalization's moving statistics lag when, at an epoch's end, more than this share of them
 # still comes from before the epoch: momentum ** steps per epoch (1/e at one time constant).
@@ -70,9 +70,8 @@ def seed_everything(seed, deterministic=True):
 def compile_model(model, config, steps_per_epoch=None):
     """SGD and the loss of the original; in batch mode with `steps_per_epoch`, the per-step schedule too.
 
-    The batch-mode schedule is installed here rather than by StepCosineScheduler at the start of fit
-    so that the optimizer holds the same variables (no learning-rate variable) whether it saves a
-    run's state or loads it to resume.
+    Installed here rather than at the start of fit, the schedule leaves the optimizer the same variables
+    (no learning-rate variable) whether it saves a run's state or loads it to resume.
     """
     import keras
 
@@ -81,8 +80,7 @@ def compile_model(model, config, steps_per_epoch=None):
     cycles, training = config.cycles, config.training
     learning_rate = cycles.alpha_zero
     if cycles.schedule == "batch" and steps_per_epoch:
-        learning_rate = callbacks.StepCosineScheduler(cycles.nb_epoch, cycles.M,
-                                                      cycles.alpha_zero).schedule_for(steps_per_epoch)
+        learning_rate = callbacks.cosine_schedule(cycles.nb_epoch, cycles.M, cycles.alpha_zero, steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=training.momentum,
                                      nesterov=training.nesterov)
     if model.dtype_policy.name == "mixed_float16":
@@ -135,6 +133,13 @@ def checked_splits(splits, nb_classes):
     return dataclasses.replace(splits, **arrays)
 
 
+def run_steps(config, splits):
+    """Steps per epoch: of the global batch, so that replicas change nothing."""
+    from snapshot_ensembles.pipeline import steps_per_epoch
+
+    return steps_per_epoch(len(splits.y_train), config.training.batch_size)
+
+
 def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from=None, distribution=None,
                           record=None):
     """Train with the snapshot callbacks; the run state is saved at every epoch end to resume from.
@@ -144,64 +149,47 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
     resumed ones included (name -> values). `distribution` (snapshot_ensembles.distribute) is the one
     the model was built under; only its chief writes files.
     """
-    from snapshot_ensembles.pipeline import steps_per_epoch
+    from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
+    from snapshot_ensembles.pipeline import evaluation_dataset, training_dataset
 
     distribution = distribution or distribute.Distribution("none", None)
+    folder = RunFolder(config.weights_dir, config.prefix)
     splits = checked_splits(splits, model.output_shape[-1])
-    check_same_data(resume_from, splits, RunFolder(config.weights_dir, config.prefix).state)
-    steps = steps_per_epoch(len(splits.y_train), config.training.batch_size)  # global batch: replicas change nothing
-    callbacks, checkpoint = snapshot_callbacks(config, splits, steps, distribution, resume_from, record)
-    warn_lagging_statistics(config, steps)
+    run_state.check_same_data(resume_from, splits.fingerprint, folder.state)
+    steps = run_steps(config, splits)
+    cycles, training = config.cycles, config.training
+    best, schedule, snapshots = SnapshotCallbackBuilder(
+        cycles.nb_epoch, cycles.M, cycles.alpha_zero, schedule=cycles.schedule, steps_per_epoch=steps,
+        weights_dir=config.weights_dir, save_enabled=distribution.is_chief).get_callbacks(model_prefix=config.prefix)
+    checkpoint = RunStateCheckpoint(folder, best, run_state.run_flags(config.to_dict()), splits.fingerprint,
+                                    cycles.nb_epoch, steps, resume_from=resume_from, record=record,
+                                    save_enabled=distribution.is_chief)
+    warn_lagging_statistics(training.bn_momentum, steps)
     initial_epoch = resume_from.epoch if resume_from is not None else 0
     if resume_from is not None:
-        output.say(f"Resuming {config.prefix} after epoch {initial_epoch} of {config.cycles.nb_epoch} "
+        output.say(f"Resuming {config.prefix} after epoch {initial_epoch} of {cycles.nb_epoch} "
                    "(--no_resume starts over)")
     with distribution.scope():  # the optimizer's variables it builds must be mirrored like the model's
-        if initial_epoch == config.cycles.nb_epoch:  # stopped after its last epoch, before recording it
+        if initial_epoch == cycles.nb_epoch:  # stopped after its last epoch, before recording it
             checkpoint.set_model(model)
             checkpoint.on_train_begin()
             checkpoint.on_train_end()
             return checkpoint.history
-    train_data, val_data = datasets(config, splits, initial_epoch, distribution)
+    train_data = training_dataset(splits.x_train, splits.y_train, training.batch_size, training.seed, initial_epoch,
+                                  cycles.nb_epoch, augment=training.augment, standardization=splits.standardization)
+    val_data = evaluation_dataset(splits.x_val, splits.y_val, evaluation_batch_size(config, distribution),
+                                  standardization=splits.standardization)
+    # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
     try:
-        model.fit(train_data, epochs=config.cycles.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_data=val_data, shuffle=False, callbacks=[*callbacks, *extra_callbacks, checkpoint],
-                  verbose=output.keras_verbose())
+        model.fit(train_data, epochs=cycles.nb_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=val_data, shuffle=False, verbose=output.keras_verbose(),
+                  callbacks=[NonFiniteLossGuard(), best, schedule, snapshots, *extra_callbacks, checkpoint])
     except Exception as err:
         explained = explained_failure(err, config, checkpoint, distribution)
         if explained is None:
             raise
         raise explained from None
     return checkpoint.history
-
-
-def snapshot_callbacks(config, splits, steps, distribution, resume_from, record):
-    """The callbacks of a run, in their order, and its RunStateCheckpoint."""
-    from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
-
-    cycles = config.cycles
-    builder = SnapshotCallbackBuilder(cycles.nb_epoch, cycles.M, cycles.alpha_zero, schedule=cycles.schedule,
-                                      steps_per_epoch=steps, weights_dir=config.weights_dir,
-                                      save_enabled=distribution.is_chief)
-    best, schedule, snapshots = builder.get_callbacks(model_prefix=config.prefix)
-    checkpoint = RunStateCheckpoint(RunFolder(config.weights_dir, config.prefix), best,
-                                    run_state.run_flags(config.to_dict()), splits.fingerprint, cycles.nb_epoch,
-                                    steps, resume_from=resume_from, record=record, save_enabled=distribution.is_chief)
-    # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
-    return [NonFiniteLossGuard(), best, schedule, snapshots], checkpoint
-
-
-def datasets(config, splits, initial_epoch, distribution):
-    """(training dataset, validation dataset) as fit takes them: the training one as `x`."""
-    from snapshot_ensembles.pipeline import evaluation_dataset, training_dataset
-
-    training = config.training
-    train_data = training_dataset(splits.x_train, splits.y_train, training.batch_size, training.seed, initial_epoch,
-                                  config.cycles.nb_epoch, augment=training.augment,
-                                  standardization=splits.standardization)
-    val_data = evaluation_dataset(splits.x_val, splits.y_val, evaluation_batch_size(config, distribution),
-                                  standardization=splits.standardization)
-    return train_data, val_data
 
 
 def lagging_statistics(bn_momentum, steps):
@@ -214,23 +202,12 @@ def lagging_statistics(bn_momentum, steps):
     return stale, suggested
 
 
-def run_lagging_statistics(config, splits):
-    """`lagging_statistics` of the run of `config` on `splits`."""
-    from snapshot_ensembles.pipeline import steps_per_epoch
-
-    return lagging_statistics(config.training.bn_momentum,
-                              steps_per_epoch(len(splits.y_train), config.training.batch_size))
-
-
-def warn_lagging_statistics(config, steps):
+def warn_lagging_statistics(momentum, steps):
     """Say once, before training, when BatchNormalization's moving statistics cannot follow an epoch.
 
-    Validation (hence the Best checkpoint) and every snapshot use the moving statistics; with few steps
-    per epoch against their time constant 1 / (1 - momentum) they still hold those of earlier weights
-    (at first, their initial zeros and ones): validation accuracy stays near chance while training
-    accuracy climbs, and the Best checkpoint is chosen on that.
+    Validation (hence the Best checkpoint) and every snapshot use them; with few steps per epoch against
+    their time constant 1 / (1 - momentum) they still hold those of earlier weights.
     """
-    momentum = config.training.bn_momentum
     lag = lagging_statistics(momentum, steps)
     if lag is None:
         return
@@ -274,86 +251,6 @@ def explained_failure(err, config, checkpoint, distribution):
     return distribution.lost_worker(err)  # a multi-worker run whose peer died: say so, no traceback
 
 
-def check_same_data(resume_from, splits, state_file):
-    """UserError when `splits` are not the data of the run to resume."""
-    if resume_from is not None and resume_from.data_fingerprint != splits.fingerprint:
-        raise UserError(f"the data differ from those of the unfinished run saved in {state_file}: resume "
-                        "with the same --data_dir and --val_split, or start over with --no_resume")
-
-
-def find_run_to_resume(config):
-    """The RunState to resume from, None to start, or COMPLETE when the same run already finished.
-
-    Runs before the data and TensorFlow load, so that a refusal answers at once. A run found in the
-    weights folder is only ever continued, or left alone, with the flags it was started with.
-    """
-    folder = RunFolder(config.weights_dir, config.prefix)
-    if not config.resume:
-        return None  # the earlier run's files are removed once the new one is ready to start
-    flags = run_state.run_flags(config.to_dict())
-    saved = run_state.read_state(folder.state)
-    if saved is not None:
-        run_state.check_same_run(saved.flags, flags, f"an unfinished run of {config.prefix} "
-                                 f"({saved.epoch} of {saved.flags.get('nb_epoch')} epochs done)", config.weights_dir)
-        return saved
-    info = read_run_record(folder)
-    if info.get("status") == "complete":
-        run_state.check_same_run(run_state.run_flags(info["args"]), flags, f"a complete run of {config.prefix}",
-                                 config.weights_dir)
-        return COMPLETE
-    return None
-
-
-def read_run_record(folder):
-    """The run record of `folder` ({} when there is none); a damaged one is refused, since starting over
-    would delete the run it describes."""
-    if not os.path.lexists(folder.run_record):
-        return {}
-    try:
-        info = load_json_object(folder.run_record)
-        if not (isinstance(info.get("args"), dict) and info.get("status") in ("running", "complete")):
-            raise ValueError("not a run record with its status and args")
-    except (OSError, ValueError, RecursionError) as err:
-        raise UserError(f"the run record {folder.run_record} is damaged ({str(err)[:200]}): restore it from a "
-                        f"backup, or pass --no_resume to train {folder.prefix} again from the start (which deletes "
-                        "its snapshots)") from None
-    return info
-
-
-def check_foreign_weights(config):
-    """Refuse to train over weight files of the prefix that no run here recorded, unless `overwrite`.
-
-    Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
-    """
-    folder = RunFolder(config.weights_dir, config.prefix)
-    members = folder.member_files()
-    if members and not config.overwrite and not os.path.isfile(folder.run_record):
-        names = ", ".join(sorted(os.path.basename(path) for path in members.values()))
-        raise UserError(f"{config.weights_dir} holds weight files of {config.prefix} that no training run here "
-                        f"recorded (downloaded or converted weights?): {names}. Training would replace them: pass "
-                        "--overwrite to do so, or choose another --weights_dir")
-
-
-def remove_earlier_run(folder):
-    """A run that starts at epoch 0 first removes every file of an earlier run in its RunFolder.
-
-    Otherwise an earlier run's snapshots beyond this run's M, or its ensemble weights, would be taken
-    for members of the new ensemble.
-    """
-    earlier = folder.run_files()
-    for path in earlier:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise UserError(f"cannot remove {path} of the earlier run of {folder.prefix} ({err.strerror}): remove "
-                            "it yourself or choose another --weights_dir") from None
-    if earlier:
-        output.always(f"Starting over: removed the files of the earlier run of {folder.prefix} in {folder.weights_dir}: "
-                   + ", ".join(os.path.basename(path) for path in earlier))
-
-
 def evaluation_batch_size(config, distribution=None):
     """Batch for validation and test predictions: at least 256 images on one device.
 
@@ -371,24 +268,6 @@ def test_probabilities(model, data, batch_size, standardization=None):
     from snapshot_ensembles.pipeline import images_dataset
 
     return model.predict(images_dataset(data.x_test, batch_size, standardization), verbose=0)
-
-
-def test_accuracy(model, data, batch_size, standardization=None):
-    """Fraction of the test images that `model` classifies correctly."""
-    return float(np.mean(np.argmax(test_probabilities(model, data, batch_size, standardization), axis=1)
-                         == data.y_test))
-
-
-def load_completed_run(model, folder, nb_snapshots):
-    """The final weights (the last snapshot: both are the weights after the last epoch) and the history."""
-    last = folder.snapshot(nb_snapshots)
-    model.optimizer.build(model.trainable_variables)  # snapshots hold optimizer variables too: load them all
-    try:
-        model.load_weights(last)
-    except (OSError, ValueError) as err:
-        raise UserError(f"the complete run's last snapshot {last} cannot be loaded ({err}): train again "
-                        "with --no_resume") from None
-    return read_json_record(folder.history)
 
 
 def train(config, data=None):
@@ -409,29 +288,30 @@ def train(config, data=None):
 def _train(config, task, data):
     chief = distribute.is_chief(task)
     folder = RunFolder(config.weights_dir, config.prefix)
-    resume_from = find_run_to_resume(config)
+    resume_from = run_state.find_run_to_resume(config)
     if resume_from is None and chief:
-        check_foreign_weights(config)
+        run_state.check_foreign_weights(config)
     if resume_from is not COMPLETE and chief:
         remove_partial_files([folder.best, folder.state, folder.history, folder.run_record]
                              + [folder.snapshot(i) for i in range(1, config.cycles.M + 1)])
     data, splits = load_training_data(config, data)  # before TensorFlow starts: data errors answer fast
     if resume_from is not COMPLETE:
-        check_same_data(resume_from, splits, folder.state)  # before the run record is rewritten
+        run_state.check_same_data(resume_from, splits.fingerprint, folder.state)  # before the record is rewritten
     backend_start.start()  # its start-up lines hidden; data and flag errors answered without it
     distribution = start_devices(config, task, resume_from, data, splits)
     model = compiled_model(config, data.nb_classes, splits, distribution)
+    lag = lagging_statistics(config.training.bn_momentum, run_steps(config, splits))
     if resume_from is COMPLETE:
         output.always(f"{config.prefix} in {config.weights_dir} is already trained with these flags: nothing to "
                       "train (--no_resume trains it again).")
         with distribution.scope():
-            history = load_completed_run(model, folder, config.cycles.M)
+            history = run_state.load_completed_run(model, folder, config.cycles.M)
     else:
         if chief and resume_from is None:
-            remove_earlier_run(folder)
+            run_state.remove_earlier_run(folder)
         history = fit_snapshot_ensemble(model, splits, config, resume_from=resume_from, distribution=distribution,
-                                        record=run_record(config, splits, resume_from))
-    report_final_model(model, config, data, splits, distribution, chief)
+                                        record=run_record(config, splits, resume_from, lag))
+    report_final_model(model, config, data, splits, distribution, chief, lag)
     return model, history
 
 
@@ -456,9 +336,6 @@ def start_devices(config, task, resume_from, data, splits):
 
 def compiled_model(config, nb_classes, splits, distribution):
     """The network, built and compiled under the distribution's scope, in the run's precision."""
-    from snapshot_ensembles.pipeline import steps_per_epoch
-
-    steps = steps_per_epoch(len(splits.y_train), config.training.batch_size)
     policy = set_precision(config.training.mixed_precision)
     if config.training.mixed_precision:
         output.say(f"Mixed precision: Keras dtype policy {policy}")
@@ -468,11 +345,11 @@ def compiled_model(config, nb_classes, splits, distribution):
     summary = 1 if output.verbosity() >= output.NORMAL else 0
     with distribution.scope():  # the model's and the optimizer's variables are created mirrored
         model = build_training_model(config, nb_classes, verbose=summary)
-        return compile_model(distribution.prepare_model(model), config, steps)
+        return compile_model(distribution.prepare_model(model), config, run_steps(config, splits))
 
 
-def run_record(config, splits, resume_from):
-    """The run record's content: what prediction and a later resumption read (RunFolder.run_record)."""
+def run_record(config, splits, resume_from, lag):
+    """The run record's content: what prediction and a later resumption read (RunFolder.read_record)."""
     record = {"dataset": config.dataset, "prefix": config.prefix, "network": config.model.network_name(),
               "args": config.to_dict(),
               "val_split": config.data.val_split, "seed": config.training.seed,
@@ -480,18 +357,17 @@ def run_record(config, splits, resume_from):
               "standardization": splits.standardization}
     if resume_from is not None:
         record["resumed_after_epoch"] = resume_from.epoch
-    lag = run_lagging_statistics(config, splits)
     if lag is not None:  # the warning at the start, kept with the run: its Best checkpoint is suspect
         record["lagging_bn_statistics"] = {"stale_share": round(lag[0], 4), "suggested_bn_momentum": lag[1]}
     return record
 
 
-def report_final_model(model, config, data, splits, distribution, chief):
-    accuracy = test_accuracy(model, data, evaluation_batch_size(config, distribution), splits.standardization) * 100
+def report_final_model(model, config, data, splits, distribution, chief, lag):
+    probabilities = test_probabilities(model, data, evaluation_batch_size(config, distribution), splits.standardization)
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == data.y_test)) * 100
     output.always(f"Final model on the test set ({len(data.y_test)} images):")
     output.always("Accuracy : ", accuracy)
     output.always("Error : ", 100 - accuracy)
-    lag = run_lagging_statistics(config, splits)
     if lag is not None:
         output.always(f"warning: the Best checkpoint was chosen on lagging BatchNormalization statistics (see the "
                       f"warning at the start); train again with --bn_momentum {lag[1]:g} --no_resume")
