@@ -51,14 +51,10 @@ class SnapshotCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="snapshot")
 class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """Keras's dynamic loss scaling (mixed_float16), with every training step counted in `iterations`.
+    """Keras's dynamic loss scaling (mixed_float16), with the steps it skips counted in `iterations` too.
 
-    Keras 3's LossScaleOptimizer skips a step whose gradients overflow, halving the loss scale, and
-    only a step it applies advances the inner optimizer's `iterations`. The per-step cosine schedule
-    reads that counter as the global step, and a resumed run checks it against the completed epochs:
-    counting skipped steps too keeps every cycle ending with the epoch whose snapshot is saved.
-    Compile a mixed_float16 model with it (`model.compile(optimizer=StepCountingLossScaleOptimizer(sgd))`);
-    Keras then does not wrap the optimizer again.
+    The per-step schedule and a resumed run's check read that counter (docs/performance.md). Compile a
+    mixed_float16 model with `StepCountingLossScaleOptimizer(sgd)`; Keras then does not wrap it again.
     """
 
     def _stateful_handle_non_finite_grads(self):  # TensorFlow and PyTorch
@@ -112,9 +108,8 @@ def cosine_schedule(nb_epochs, nb_snapshots, alpha_zero, steps_per_epoch):
 class StepCosineScheduler(keras.callbacks.Callback):
     """Batch mode: installs SnapshotCosineSchedule on the optimizer, which anneals at every step.
 
-    The schedule reads the optimizer's own step counter, so a resumed run (whose optimizer state
-    was restored) continues at the right point. The cycle length needs the steps per epoch, taken
-    from `fit`'s parameters when not given.
+    It reads the optimizer's step counter, so a resumed run continues at the right point; the steps
+    per epoch come from `fit`'s parameters when not given.
     """
 
     def __init__(self, nb_epochs, nb_snapshots, alpha_zero, steps_per_epoch=None):
@@ -156,10 +151,7 @@ class SnapshotModelCheckpoint(keras.callbacks.Callback):
 
 
 class BestWeightsCheckpoint(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best validation accuracy, whatever the metric is called.
-
-    `best` is public so that a resumed run can restore it.
-    """
+    """Keeps the weights of the epoch with the best validation accuracy (`best`, which a resumed run restores)."""
 
     def __init__(self, filepath, save_enabled=True):
         super().__init__()
@@ -197,12 +189,9 @@ class TrainingDiverged(RuntimeError):
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Raises TrainingDiverged at the end of an epoch whose loss or validation loss is not finite.
 
-    Put it first among the callbacks: raising ends `fit` before any later callback of that epoch
-    runs, so no snapshot, best checkpoint or run state is written with diverged weights. Keras's
-    TerminateOnNaN only sets `stop_training`, after which the epoch still ends normally and every
-    checkpoint would save. The check is per epoch, not per batch, because a batch-end hook would
-    make every step wait for its loss; a step that breaks the weights shows up in the epoch's mean
-    loss, or, when it is the last of the epoch, in the validation loss.
+    Put it first: raising ends `fit` before any later callback writes diverged weights (Keras's
+    TerminateOnNaN lets the epoch end and every checkpoint save). Per epoch, as a batch-end hook
+    would make every step wait for its loss.
     """
 
     MONITORED = ("loss", "val_loss")

@@ -1,16 +1,9 @@
 """Training on several devices or machines: `--distribute {none,mirrored,multiworker}` (README "Scaling out").
 
-- `mirrored`: every device of this machine holds a copy of the model and takes a slice of each batch.
-  TensorFlow: `tf.distribute.MirroredStrategy` (all GPUs, else the CPU). JAX: Keras's distribution
-  API, `keras.distribution.DataParallel` over all local devices.
-- `multiworker`: several machines, TensorFlow's `MultiWorkerMirroredStrategy`, configured by the
-  standard `TF_CONFIG` environment variable; the same command runs on every machine.
-
-`--batch_size` is the global batch, split across the replicas, so the steps per epoch, the cosine
-schedule and the snapshot epochs are those of a single-device run whatever the number of replicas.
-BatchNormalization layers are switched to synchronised statistics under tf.distribute, so that they
-normalise over the global batch as on one device (Keras 3's JAX DataParallel already computes them
-on the global batch). Only the chief (TF_CONFIG's `chief` task, else worker 0) writes files.
+`mirrored`: every device of this machine holds a copy of the model and takes a slice of each batch
+(TensorFlow's MirroredStrategy; on JAX, Keras's DataParallel). `multiworker`: several machines,
+TensorFlow's MultiWorkerMirroredStrategy, configured by `TF_CONFIG`; only the chief writes files.
+docs/design.md "Scaling out" says why the batch is global and BatchNormalization synchronised.
 
 This module imports no TensorFlow or Keras at load time, so that flag and TF_CONFIG errors answer
 before TensorFlow starts.
@@ -131,13 +124,17 @@ class Distribution:
             layer.synchronized = True  # read when fit traces the train step
         return model
 
+    @property
+    def engine(self):
+        if self.backend == "jax":
+            return "JAX DataParallel"
+        return "MirroredStrategy" if self.mode == "mirrored" else "MultiWorkerMirroredStrategy"
+
     def describe(self, batch_size):
         if self.mode == "none":
             return None
-        if self.backend == "jax":
-            what = f"JAX DataParallel over {self.replicas} device(s) ({', '.join(map(str, self.devices))})"
-        elif self.mode == "mirrored":
-            what = f"MirroredStrategy over {self.replicas} device(s) ({', '.join(self.devices)})"
+        if self.mode == "mirrored":
+            what = f"{self.engine} over {self.replicas} device(s) ({', '.join(self.devices)})"
         else:
             role = "chief" if self.is_chief else "non-chief: writes no files"
             what = (f"MultiWorkerMirroredStrategy, {self.task.nb_workers} workers, {self.replicas} replicas; "
@@ -147,19 +144,12 @@ class Distribution:
         return f"Distributed training: {what}; global batch {batch_size}, {per_replica} per replica"
 
     def check_even_batches(self, batch_size, sizes):
-        """Every batch, the last and partial one of each data split included, must split evenly over the replicas.
-
-        JAX DataParallel shards each batch evenly and fails on one that does not divide. Under tf.distribute
-        an uneven batch gives the replicas slices of different sizes, and the synchronised BatchNormalization
-        (prepare_model) then fails in its collective reduction ("Shape mismatch in the collective"). Both are
-        refused here, before training, with a --batch_size that works. `sizes` maps a data split's name to
-        its number of images.
-        """
+        """UserError, with a --batch_size that works, unless every batch (each data split's last, partial
+        one included) splits evenly over the replicas: JAX shards evenly, and tf.distribute's synchronised
+        BatchNormalization fails on slices of different sizes. `sizes`: a split's name -> its images."""
         n = self.replicas
         if self.mode == "none" or n == 1:
             return
-        engine = ("JAX DataParallel" if self.backend == "jax" else
-                  "MirroredStrategy" if self.mode == "mirrored" else "MultiWorkerMirroredStrategy")
 
         def fits(batch):
             return batch % n == 0 and all(size % batch % n == 0 for size in sizes.values())
@@ -183,7 +173,7 @@ class Distribution:
             hint = (f"no --batch_size can, since the {name} has {size} images, not a multiple of {n}: train on a "
                     "number of devices that divides every split's size (CUDA_VISIBLE_DEVICES, --cpu_devices), or "
                     "change the split sizes with --val_split")
-        raise UserError(f"{engine} splits every batch evenly over its {n} devices, but {problem}: {hint}")
+        raise UserError(f"{self.engine} splits every batch evenly over its {n} devices, but {problem}: {hint}")
 
     def lost_worker(self, err):
         """The WorkerLost error that `err`, raised by fit, means; None if it means something else."""
@@ -290,23 +280,11 @@ def _short_names(strategy):
 
 
 def _patch_keras_for_multi_worker():
-    """Two fixes that Keras 3's TensorFlow trainer needs to fit under MultiWorkerMirroredStrategy.
-
-    Measured with Keras 3.15 / TensorFlow 2.21: without them `fit` stops before its first step, then
-    after it (keras-team/keras#20585: fit has failed under this strategy since TensorFlow 2.16 moved
-    to Keras 3).
-
-    1. `_maybe_symbolic_build` builds the metrics from a first batch that it averages over the
-       replicas with `strategy.reduce("MEAN", (images, labels))`; the collective reduction of
-       MultiWorkerMirroredStrategy takes single tensors only and fails ("Attempt to convert a value
-       (PerReplica...) ... to a Tensor"). Only the batch's shapes matter there, so this worker's
-       first replica's slice is used instead.
-    2. `reduce_per_replica` averages each step's scalar loss and metrics across the workers with
-       `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars ("Invalid reduction dimension
-       0 for input with 0 dimensions"); scalars are averaged with axis=None, the same mean across
-       the workers, so every worker's callbacks see the same logs.
-
-    Both apply only in multi-worker mode and are skipped if a Keras release renames what they wrap.
+    """Two fixes that Keras 3's TensorFlow trainer needs to fit under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585; measured with Keras 3.15 / TensorFlow 2.21): the metrics are built from this
+    worker's first replica's slice of a first batch instead of a collective reduction of it, and scalar
+    losses and metrics are averaged across the workers with axis=None, on which axis=0 fails. Skipped if
+    a Keras release renames what they wrap.
     """
     try:
         from keras.src.backend.tensorflow import trainer

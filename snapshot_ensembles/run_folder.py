@@ -35,9 +35,6 @@ class RunFolder:
         self.weights_dir = weights_dir
         self.prefix = prefix
 
-    def __repr__(self):
-        return f"RunFolder({self.weights_dir!r}, {self.prefix!r})"
-
     def snapshot(self, index):
         """`{prefix}-{1..M}.weights.h5`, the snapshots."""
         return os.path.join(self.weights_dir, f"{self.prefix}-{index}.weights.h5")

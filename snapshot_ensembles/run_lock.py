@@ -31,16 +31,6 @@ def _holder_text(fh):
     return fh.read().strip() or "another process"
 
 
-def command_line():
-    """This process's command line as the system shows it (`ps`), for the message of a refused second run."""
-    try:
-        with open("/proc/self/cmdline", "rb") as fh:
-            words = fh.read().split(b"\0")
-    except OSError:  # no /proc (macOS): the interpreter's path at least
-        return sys.executable or "python"
-    return " ".join(word.decode(errors="replace") for word in words if word) or "python"
-
-
 @contextlib.contextmanager
 def hold_run_lock(weights_dir, prefix):
     """Hold the run lock of `prefix` in `weights_dir` until the block ends; RunInProgress if it is taken.
@@ -55,7 +45,8 @@ def hold_run_lock(weights_dir, prefix):
     try:
         fh.seek(0)
         fh.truncate()
-        fh.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command_line()})\n")
+        command = " ".join(sys.orig_argv) or "python"  # as `ps` shows it
+        fh.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command})\n")
         fh.flush()
         yield
     finally:

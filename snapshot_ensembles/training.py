@@ -142,12 +142,9 @@ def run_steps(config, splits):
 
 def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from=None, distribution=None,
                           record=None):
-    """Train with the snapshot callbacks; the run state is saved at every epoch end to resume from.
-
-    `resume_from`, a RunState read from the run's state file, continues that run from its last completed
-    epoch. `record` is the run record that the state callback writes. Returns the history of every epoch,
-    resumed ones included (name -> values). `distribution` (snapshot_ensembles.distribute) is the one
-    the model was built under; only its chief writes files.
+    """Train with the snapshot callbacks, saving the run state at every epoch end; returns the history of
+    every epoch, resumed ones included. `resume_from`: the RunState to continue; `record`: the run record
+    to write; `distribution`: the one the model was built under (only its chief writes files).
     """
     from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
     from snapshot_ensembles.pipeline import evaluation_dataset, training_dataset
@@ -252,12 +249,8 @@ def explained_failure(err, config, checkpoint, distribution):
 
 
 def evaluation_batch_size(config, distribution=None):
-    """Batch for validation and test predictions: at least 256 images on one device.
-
-    Inference keeps no activations for a backward pass, so a larger batch than the training batch costs
-    little memory and saves per-step overhead (docs/design.md). Distributed runs keep the training batch,
-    which their checks of even per-device batches assume.
-    """
+    """Batch for validation and test predictions: at least 256 images on one device (docs/design.md);
+    distributed runs keep the training batch, which their checks of even per-device batches assume."""
     if distribution is not None and distribution.mode != "none":
         return config.training.batch_size
     return max(config.training.batch_size, EVALUATION_BATCH_SIZE)
@@ -273,8 +266,7 @@ def test_probabilities(model, data, batch_size, standardization=None):
 def train(config, data=None):
     """The whole training flow of a TrainConfig; returns the final model and the history of every epoch.
 
-    `data`, a snapshot_ensembles.data.Dataset, replaces the CIFAR loading (the demo's digits). A run
-    that already completed with the same configuration is not trained again: its final weights are loaded.
+    `data` (a data.Dataset) replaces the CIFAR loading. A run already complete with the same flags is loaded.
     """
     config = config.resolved()
     task = distribute.check_flags(config.devices)
