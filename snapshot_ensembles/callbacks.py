@@ -151,7 +151,7 @@ class SnapshotModelCheckpoint(keras.callbacks.Callback):
 
 
 class BestWeightsCheckpoint(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best validation accuracy (`best`, which a resumed run restores)."""
+    """Keeps the weights of the epoch with the best validation accuracy (`best`, restored on resuming)."""
 
     def __init__(self, filepath, save_enabled=True):
         super().__init__()

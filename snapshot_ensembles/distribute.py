@@ -43,8 +43,7 @@ def parse_tf_config(text):
     except ValueError as err:
         raise UserError(f"{TF_CONFIG} is not valid JSON ({err}): set it to the cluster and this machine's task, "
                         f"{example}") from None
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise UserError(f"{TF_CONFIG} needs a \"cluster\" and a \"task\" object: {example}")
     for job, addresses in cluster.items():
@@ -70,12 +69,11 @@ def parse_tf_config(text):
     return Task(task_type, index, nb_workers, has_chief="chief" in cluster)
 
 
-def check_flags(device_config, environ=os.environ):
-    """What can be checked before TensorFlow starts besides the settings themselves (config.DeviceConfig):
-    TF_CONFIG. Returns the multi-worker Task, or None."""
+def check_flags(device_config):
+    """The multi-worker Task that TF_CONFIG describes, or None: checked before TensorFlow starts."""
     if device_config.distribute != "multiworker":
         return None
-    text = environ.get(TF_CONFIG, "").strip()
+    text = os.environ.get(TF_CONFIG, "").strip()
     if not text:
         raise UserError(f"--distribute multiworker needs the {TF_CONFIG} environment variable, which lists the "
                         "machines and says which one this is (README: Scaling out); for several devices of "
@@ -211,57 +209,46 @@ class Distribution:
 
 
 def setup(device_config, task):
-    """Create the Distribution for `device_config` (a config.DeviceConfig); call it before anything else runs TensorFlow ops."""
+    """The Distribution for `device_config` (a config.DeviceConfig); before any other TensorFlow op runs."""
     import keras
 
-    backend = keras.backend.backend()
-    if device_config.distribute == "none":
+    backend, mode, cpu_devices = keras.backend.backend(), device_config.distribute, device_config.cpu_devices
+    if mode == "none":
         return Distribution("none", backend)
     if backend == "torch":
-        raise UserError(f"--distribute {device_config.distribute} is not available on the torch backend (Keras 3 has no "
+        raise UserError(f"--distribute {mode} is not available on the torch backend (Keras 3 has no "
                         "distribution API for PyTorch): use KERAS_BACKEND=tensorflow for mirrored and "
                         "multiworker, or KERAS_BACKEND=jax for mirrored")
+    if backend == "jax" and mode == "multiworker":
+        raise UserError("--distribute multiworker needs the TensorFlow backend (MultiWorkerMirroredStrategy): "
+                        "use KERAS_BACKEND=tensorflow, or --distribute mirrored for the devices of one "
+                        "machine on JAX")
     if backend == "jax":
-        if device_config.distribute == "multiworker":
-            raise UserError("--distribute multiworker needs the TensorFlow backend (MultiWorkerMirroredStrategy): "
-                            "use KERAS_BACKEND=tensorflow, or --distribute mirrored for the devices of one "
-                            "machine on JAX")
-        return _setup_jax(device_config)
+        if cpu_devices:  # read when JAX first lists its devices, which Keras has not done yet at this point
+            flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        import jax
+
+        devices = jax.devices("cpu") if cpu_devices else jax.devices()
+        if cpu_devices and len(devices) != cpu_devices:
+            raise UserError(f"--cpu_devices {cpu_devices}: JAX had already started with {len(devices)} CPU "
+                            f"device(s); set XLA_FLAGS=--xla_force_host_platform_device_count="
+                            f"{cpu_devices} before starting Python")
+        names = [f"{d.platform}:{d.id}" for d in devices]
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
+        return Distribution("mirrored", "jax", devices=names)
     if backend != "tensorflow":
-        raise UserError(f"--distribute {device_config.distribute} needs the tensorflow or jax backend, not {backend}")
-    return _setup_tensorflow(device_config, task)
-
-
-def _setup_jax(device_config):
-    if device_config.cpu_devices:
-        # Read when JAX first lists its devices, which Keras has not done yet at this point.
-        flag = f"--xla_force_host_platform_device_count={device_config.cpu_devices}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-    import jax
-    import keras
-
-    devices = jax.devices("cpu") if device_config.cpu_devices else jax.devices()
-    if device_config.cpu_devices and len(devices) != device_config.cpu_devices:
-        raise UserError(f"--cpu_devices {device_config.cpu_devices}: JAX had already started with {len(devices)} CPU "
-                        f"device(s); set XLA_FLAGS=--xla_force_host_platform_device_count="
-                        f"{device_config.cpu_devices} before starting Python")
-    names = [f"{d.platform}:{d.id}" for d in devices]
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
-    return Distribution("mirrored", "jax", devices=names)
-
-
-def _setup_tensorflow(device_config, task):
+        raise UserError(f"--distribute {mode} needs the tensorflow or jax backend, not {backend}")
     import tensorflow as tf
 
-    if device_config.distribute == "mirrored":
+    if mode == "mirrored":
         devices = None
-        if device_config.cpu_devices:
-            cpu = tf.config.list_physical_devices("CPU")[0]
+        if cpu_devices:
+            cpu, logical = tf.config.list_physical_devices("CPU")[0], tf.config.LogicalDeviceConfiguration()
             try:
-                tf.config.set_logical_device_configuration(
-                    cpu, [tf.config.LogicalDeviceConfiguration()] * device_config.cpu_devices)
+                tf.config.set_logical_device_configuration(cpu, [logical] * cpu_devices)
             except RuntimeError as err:  # the runtime had started: only a library user can get here
-                raise UserError(f"--cpu_devices {device_config.cpu_devices}: {err}") from None
+                raise UserError(f"--cpu_devices {cpu_devices}: {err}") from None
             devices = [device.name for device in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
         return Distribution("mirrored", "tensorflow", strategy, devices=_short_names(strategy))

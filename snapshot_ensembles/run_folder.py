@@ -51,8 +51,8 @@ class RunFolder:
         """{"Best" or number: path} of the files `{prefix}-{Best or number}{suffix}` present now."""
         pattern = re.compile(re.escape(self.prefix) + rf"-(Best|{number}){re.escape(suffix)}")
         names = os.listdir(self.weights_dir) if os.path.isdir(self.weights_dir) else []
-        return {(m.group(1) if m.group(1) == "Best" else int(m.group(1))): os.path.join(self.weights_dir, name)
-                for name in names if (m := pattern.fullmatch(name))}
+        matches = filter(None, (pattern.fullmatch(name) for name in names))
+        return {("Best" if m[1] == "Best" else int(m[1])): os.path.join(self.weights_dir, m[0]) for m in matches}
 
     def member_files(self):
         """{"Best" or snapshot number: path} of the member files present now."""

@@ -153,7 +153,7 @@ def find_run_to_resume(config):
         f"the run record {folder.run_record} is damaged ({reason}): restore it from a backup, or pass "
         f"--no_resume to train {folder.prefix} again from the start (which deletes its snapshots)"))
     if info.get("status") == "complete":
-        check_same_run(run_flags(info["args"]), flags, f"a complete run of {config.prefix}", config.weights_dir)
+        check_same_run(info["args"], flags, f"a complete run of {config.prefix}", config.weights_dir)
         return COMPLETE
     return None
 
@@ -168,7 +168,8 @@ def check_same_data(resume_from, fingerprint, state_file):
 def check_foreign_weights(config):
     """Refuse to train over weight files of the prefix that no run here recorded, unless `overwrite`.
 
-    Downloaded or converted weights come without a run record; a new run would replace them at its first epoch.
+    Downloaded or converted weights come without a run record; a new run would replace them at its first
+    epoch.
     """
     folder = RunFolder(config.weights_dir, config.prefix)
     members = folder.member_files()

@@ -8,7 +8,8 @@ import numpy as np
 
 from snapshot_ensembles import backend_start, distribute, output, run_lock, run_state
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.files import FileWriteError, read_json_record, remove_partial_files  # noqa: F401 (tests)
+from snapshot_ensembles.files import FileWriteError, remove_partial_files
+from snapshot_ensembles.files import read_json_record  # noqa: F401 (the tests read histories through it)
 from snapshot_ensembles.modeling import build_model, set_precision
 from snapshot_ensembles.naming import dataset_title
 from snapshot_ensembles.run_folder import RunFolder
@@ -80,7 +81,8 @@ def compile_model(model, config, steps_per_epoch=None):
     cycles, training = config.cycles, config.training
     learning_rate = cycles.alpha_zero
     if cycles.schedule == "batch" and steps_per_epoch:
-        learning_rate = callbacks.cosine_schedule(cycles.nb_epoch, cycles.M, cycles.alpha_zero, steps_per_epoch)
+        learning_rate = callbacks.cosine_schedule(cycles.nb_epoch, cycles.M, cycles.alpha_zero,
+                                                  steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=training.momentum,
                                      nesterov=training.nesterov)
     if model.dtype_policy.name == "mixed_float16":
@@ -155,9 +157,10 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
     run_state.check_same_data(resume_from, splits.fingerprint, folder.state)
     steps = run_steps(config, splits)
     cycles, training = config.cycles, config.training
-    best, schedule, snapshots = SnapshotCallbackBuilder(
-        cycles.nb_epoch, cycles.M, cycles.alpha_zero, schedule=cycles.schedule, steps_per_epoch=steps,
-        weights_dir=config.weights_dir, save_enabled=distribution.is_chief).get_callbacks(model_prefix=config.prefix)
+    builder = SnapshotCallbackBuilder(cycles.nb_epoch, cycles.M, cycles.alpha_zero, schedule=cycles.schedule,
+                                      steps_per_epoch=steps, weights_dir=config.weights_dir,
+                                      save_enabled=distribution.is_chief)
+    best, schedule, snapshots = builder.get_callbacks(model_prefix=config.prefix)
     checkpoint = RunStateCheckpoint(folder, best, run_state.run_flags(config.to_dict()), splits.fingerprint,
                                     cycles.nb_epoch, steps, resume_from=resume_from, record=record,
                                     save_enabled=distribution.is_chief)
@@ -172,8 +175,9 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
             checkpoint.on_train_begin()
             checkpoint.on_train_end()
             return checkpoint.history
-    train_data = training_dataset(splits.x_train, splits.y_train, training.batch_size, training.seed, initial_epoch,
-                                  cycles.nb_epoch, augment=training.augment, standardization=splits.standardization)
+    train_data = training_dataset(splits.x_train, splits.y_train, training.batch_size, training.seed,
+                                  initial_epoch, cycles.nb_epoch, augment=training.augment,
+                                  standardization=splits.standardization)
     val_data = evaluation_dataset(splits.x_val, splits.y_val, evaluation_batch_size(config, distribution),
                                   standardization=splits.standardization)
     # The guard first: a diverged epoch must end fit before any checkpoint saves its weights.
@@ -288,7 +292,8 @@ def _train(config, task, data):
                              + [folder.snapshot(i) for i in range(1, config.cycles.M + 1)])
     data, splits = load_training_data(config, data)  # before TensorFlow starts: data errors answer fast
     if resume_from is not COMPLETE:
-        run_state.check_same_data(resume_from, splits.fingerprint, folder.state)  # before the record is rewritten
+        # Before the run record is rewritten.
+        run_state.check_same_data(resume_from, splits.fingerprint, folder.state)
     backend_start.start()  # its start-up lines hidden; data and flag errors answered without it
     distribution = start_devices(config, task, resume_from, data, splits)
     model = compiled_model(config, data.nb_classes, splits, distribution)
@@ -355,7 +360,8 @@ def run_record(config, splits, resume_from, lag):
 
 
 def report_final_model(model, config, data, splits, distribution, chief, lag):
-    probabilities = test_probabilities(model, data, evaluation_batch_size(config, distribution), splits.standardization)
+    batch_size = evaluation_batch_size(config, distribution)
+    probabilities = test_probabilities(model, data, batch_size, splits.standardization)
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == data.y_test)) * 100
     output.always(f"Final model on the test set ({len(data.y_test)} images):")
     output.always("Accuracy : ", accuracy)
