@@ -197,7 +197,7 @@ class ModelConfig:
 
     def network_settings(self):
         """The settings that, with `model`, fix the weight shapes: name -> value."""
-        return {field.name: getattr(self, field.name) for field, declared in settings(ModelConfig)
+        return {field.name: getattr(self, field.name) for field, declared, _ in settings(ModelConfig)
                 if declared.network == self.model}
 
     def flags(self):
