@@ -7,7 +7,6 @@ and flag errors answer at once.
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -116,21 +115,18 @@ def parse(parser, argv):
     return args
 
 
+def script_parser(cls, description, prog=None):
+    """The parser of a script whose flags are the settings of `cls`, with --quiet / --verbose."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_setting_flags(parser, cls)
+    add_output_flags(parser)
+    return parser
+
+
 def training_parser(dataset, prog=None):
-    parser = ArgumentParser(
-        prog=prog, description=f"Train a snapshot ensemble on {dataset_title(dataset)} "
-                               "(one run, M cosine cycles, one snapshot per cycle).")
-    add_setting_flags(parser, config.TrainConfig)
-    add_output_flags(parser)
-    return parser
-
-
-def prediction_parser(dataset, prog=None):
-    parser = ArgumentParser(prog=prog, description=f"Predict {dataset_title(dataset)} with a snapshot "
-                                                       "ensemble: equal, saved or fitted member weights.")
-    add_setting_flags(parser, config.PredictConfig)
-    add_output_flags(parser)
-    return parser
+    description = (f"Train a snapshot ensemble on {dataset_title(dataset)} (one run, M cosine cycles, one "
+                   "snapshot per cycle).")
+    return script_parser(config.TrainConfig, description, prog)
 
 
 def train_config(dataset, argv=None, prog=None):
@@ -142,7 +138,9 @@ def train_config(dataset, argv=None, prog=None):
 
 def predict_config(dataset, argv=None, prog=None):
     """The PredictConfig of a prediction command line, checked."""
-    args = parse(prediction_parser(dataset, prog), argv)
+    description = (f"Predict {dataset_title(dataset)} with a snapshot ensemble: equal, saved or fitted "
+                   "member weights.")
+    args = parse(script_parser(config.PredictConfig, description, prog), argv)
     with flag_wording():
         return config_from_args(config.PredictConfig, args, dataset=dataset).check()
 

@@ -1,8 +1,9 @@
 """The typed configuration of a training run and of a prediction, with every setting declared once.
 
-Each field is declared with `setting(default, help, rule, ...)`; its command-line flag (snapshot_ensembles.cli),
-its key in the run record, whether resuming compares it and its one check are derived from that declaration
-(docs/design.md, "Layers"). No Keras import: a configuration is checked before TensorFlow starts.
+Each field is declared with `setting(default, help, rule, ...)`; its command-line flag
+(snapshot_ensembles.cli), its key in the run record, whether resuming compares it and its one check are
+derived from that declaration (docs/design.md, "Layers"). No Keras import: a configuration is checked
+before TensorFlow starts.
 """
 
 import dataclasses
@@ -23,9 +24,6 @@ ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has releas
 # The largest integer a setting takes: TensorFlow's int32 tensors, NumPy's seeds and C longs overflow above it.
 INT_MAX = 2**31 - 1
 MODEL_SIZE_MAX = 1000  # per architecture setting: far beyond any published network, and still buildable
-
-
-# --------------------------------------------------------------------------- rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +109,6 @@ def check_value(field, value, rule):
     return value
 
 
-# --------------------------------------------------------------------------- declarations
-
-
 @dataclasses.dataclass(frozen=True)
 class Setting:
     help: str  # the command-line flag's help
@@ -170,13 +165,14 @@ class ModelConfig:
         return self
 
     def prefix(self, dataset):
-        """The run's file-name prefix: `WRN-CIFAR10-16-4`, `PreActWRN-CIFAR10-34-4`, `DenseNet-CIFAR100-40-12-3blocks`,
-        `ResNet-CIFAR10-110`. The original's networks (its post-activation WRN, its one-block DenseNet) keep the
-        original's prefixes, which name its release weights; the others hold weights of other shapes and are named
-        apart. The DenseNet's variant changes its initialisation only, and is not part of its prefix."""
+        """The run's file-name prefix: `WRN-CIFAR10-16-4`, `PreActWRN-CIFAR10-34-4`, `ResNet-CIFAR10-110`,
+        `DenseNet-CIFAR100-40-12-3blocks`. The original's networks (post-activation WRN, one-block DenseNet)
+        keep the prefixes that name its release weights; the DenseNet's variant (initialisation) is not in it.
+        """
         tag = DATASETS[dataset][0]
         if self.model == "wrn":
-            return f"{'PreActWRN' if self.variant == 'paper' else 'WRN'}-{tag}-{6 * self.wrn_N + 4}-{self.wrn_k}"
+            family = "PreActWRN" if self.variant == "paper" else "WRN"
+            return f"{family}-{tag}-{6 * self.wrn_N + 4}-{self.wrn_k}"
         if self.model == "dn":
             blocks = f"-{self.dn_blocks}blocks" if self.dn_blocks != 1 else ""
             return f"DenseNet-{tag}-{self.dn_depth}-{self.dn_growth_rate}{blocks}"
@@ -211,7 +207,8 @@ class ModelConfig:
         hint = "check " + "/".join(f"--{name}" for name in [*self.network_settings(), "dataset"])
         if self.model == "dn" and self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-        label = f"ResNet-{self.resnet_depth}" if self.model == "resnet" else self.network_name(initialisation=False)
+        label = (f"ResNet-{self.resnet_depth}" if self.model == "resnet"
+                 else self.network_name(initialisation=False))
         return f"{label} for {nb_classes} classes", hint
 
     def network_name(self, initialisation=True):
@@ -340,7 +337,8 @@ class DeviceConfig:
     distribute: str = setting(
         "none", "none: one device; mirrored: every GPU of this machine (TensorFlow MirroredStrategy, or JAX "
         "DataParallel); multiworker: several machines, TensorFlow MultiWorkerMirroredStrategy configured by "
-        "TF_CONFIG. --batch_size is the global batch", choice("none", "mirrored", "multiworker"), compared=False)
+        "TF_CONFIG. --batch_size is the global batch", choice("none", "mirrored", "multiworker"),
+        compared=False)
     cpu_devices: Optional[int] = setting(
         None, "with --distribute mirrored: split the CPU into N devices and mirror over them, to try or test "
         "data-parallel training on a machine without GPUs", integer(1, 256), compared=False, cli={"metavar": "N"})
@@ -379,8 +377,8 @@ class TrainConfig:
     def resolved(self):
         """Checked, with the recipe's values in every training setting left None."""
         check_settings(self)
-        for part_ in (self.model, self.cycles, self.data, self.devices, self.training):  # the training as given
-            part_.check()
+        for part_ in (self.model, self.cycles, self.data, self.devices, self.training):
+            part_.check()  # the training as given: the recipe's values are checked with it below
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
         return dataclasses.replace(self, training=training.check(), model=self.model.with_variant(training.recipe),
                                    cycles=dataclasses.replace(self.cycles, schedule=schedule).check())
@@ -432,15 +430,13 @@ class PredictConfig:
         return self
 
 
-# --------------------------------------------------------------------------- derived from the declarations
-
-
 def settings(cls):
     """(field, Setting, part) of every setting of `cls` and of its parts, in declaration order; `part` is the
     class of the part that declares it, None for the settings of `cls` itself."""
     for field in dataclasses.fields(cls):
         if "part" in field.metadata:
-            yield from ((inner, declared, field.metadata["part"]) for inner, declared, _ in settings(field.metadata["part"]))
+            owner = field.metadata["part"]
+            yield from ((inner, declared, owner) for inner, declared, _ in settings(owner))
         else:
             yield field, field.metadata["setting"], None
 

@@ -34,7 +34,8 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
             fields = [line.split(":", 1) for line in fh]
     except OSError:
         return None
-    return {flag for field in fields if field[0].strip() in ("flags", "Features") for flag in field[1].split()}
+    names = ("flags", "Features")
+    return {flag for name, *values in fields if name.strip() in names for flag in values[0].split()}
 
 
 def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -64,7 +65,7 @@ def set_precision(mixed):
 
 def build_model(model_config, nb_classes, dropout=None, bn_momentum=None, weight_decay=None,
                 input_shape=INPUT_SHAPE, verbose=0, fused_batch_norm=False):
-    """The network that `model_config` (a config.ModelConfig) describes, the original's where its variant is unset.
+    """The network that `model_config` (a config.ModelConfig) describes (the original's if no variant is set).
 
     Training gives `bn_momentum` (every BatchNormalization's) and `weight_decay`: weight_decay / 2 x sum(w^2)
     on every trainable weight, the paper's Torch SGD's gradient weight_decay x w, in place of the builder's

@@ -4,7 +4,7 @@ and its fused variant for fast training (`--no_deterministic`)."""
 import keras
 from keras import layers
 
-# Keras 1.1.1's default epsilon (Keras 3's is 1e-3): the original's release weights compute its outputs only with it.
+# Keras 1.1.1's default epsilon (Keras 3's: 1e-3): the original's release weights compute its outputs with it.
 KERAS1_EPSILON = 1e-5
 
 
@@ -14,8 +14,8 @@ def batch_normalization(**kwargs):
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
-    """Keras's BatchNormalization whose training step on TensorFlow is one fused kernel (FusedBatchNormV3): same
-    variables and statistics, rounded differently, hence `--no_deterministic` only (docs/performance.md).
+    """Keras's BatchNormalization whose training step on TensorFlow is one fused kernel (FusedBatchNormV3):
+    same variables and statistics, rounded differently, hence `--no_deterministic` only (docs/performance.md).
     Inference, other backends and the options the kernel lacks take Keras's own path."""
 
     def _fused_applies(self, inputs, training, mask):

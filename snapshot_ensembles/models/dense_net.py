@@ -20,13 +20,23 @@ def _conv(filters, size, weight_decay, name=None, torch_init=False):
                          kernel_regularizer=regularizers.L2(weight_decay), name=name)
 
 
+def _bn_relu(x, weight_decay):
+    return bn_relu(x, gamma_regularizer=regularizers.L2(weight_decay),
+                   beta_regularizer=regularizers.L2(weight_decay))
+
+
 def conv_block(x, nb_filter, dropout_rate=None, weight_decay=1e-4, torch_init=False, size=3):
     """BN-ReLU-conv (3x3 in a dense block, 1x1 in a transition)-(dropout)."""
-    x = bn_relu(x, gamma_regularizer=regularizers.L2(weight_decay), beta_regularizer=regularizers.L2(weight_decay))
+    x = _bn_relu(x, weight_decay)
     x = _conv(nb_filter, size, weight_decay, torch_init=torch_init)(x)
     if dropout_rate:
         x = layers.Dropout(dropout_rate)(x)
     return x
+
+
+def transition_block(x, nb_filter, dropout_rate=None, weight_decay=1e-4, torch_init=False):
+    x = conv_block(x, nb_filter, dropout_rate, weight_decay, torch_init, size=1)
+    return layers.AveragePooling2D((2, 2), strides=(2, 2))(x)
 
 
 def dense_block(x, nb_layers, nb_filter, growth_rate, dropout_rate=None, weight_decay=1e-4, torch_init=False):
@@ -48,12 +58,11 @@ def create_dense_net(nb_classes, img_dim, depth=40, nb_dense_block=3, growth_rat
     for block in range(nb_dense_block):
         x, nb_filter = dense_block(x, (depth - 4) // 3, nb_filter, growth_rate, dropout_rate, weight_decay,
                                    torch_init)
-        if block < nb_dense_block - 1:  # a transition
-            x = layers.AveragePooling2D((2, 2), strides=(2, 2))(
-                conv_block(x, nb_filter, dropout_rate, weight_decay, torch_init, size=1))
-    x = bn_relu(x, gamma_regularizer=regularizers.L2(weight_decay), beta_regularizer=regularizers.L2(weight_decay))
-    x = layers.GlobalAveragePooling2D()(x)
-    return softmax_model(inputs, x, nb_classes, f"densenet_{depth}_{growth_rate}", f"DenseNet-{depth}-{growth_rate}",
-                         verbose, kernel_initializer=linear_kernel() if torch_init else "glorot_uniform",
+        if block < nb_dense_block - 1:
+            x = transition_block(x, nb_filter, dropout_rate, weight_decay, torch_init)
+    x = layers.GlobalAveragePooling2D()(_bn_relu(x, weight_decay))
+    name, title = f"densenet_{depth}_{growth_rate}", f"DenseNet-{depth}-{growth_rate}"
+    return softmax_model(inputs, x, nb_classes, name, title, verbose,
+                         kernel_initializer=linear_kernel() if torch_init else "glorot_uniform",
                          kernel_regularizer=regularizers.L2(weight_decay),
                          bias_regularizer=regularizers.L2(weight_decay))

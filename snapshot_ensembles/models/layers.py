@@ -16,17 +16,18 @@ def conv_kernel():
 
 
 def linear_kernel():
-    """Torch's nn.Linear weights: uniform in +-1/sqrt(fan_in) (the networks then zero its bias, Keras's default)."""
+    """Torch's nn.Linear weights: uniform in +-1/sqrt(fan_in) (and a zero bias, Keras's default)."""
     return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 def torch_conv(x, filters, size=3, strides=1):
-    """A bias-free convolution with Torch's initialisation; a strided 3x3 one pads a pixel on every side, as Torch
-    does, so that its outputs sit on the even pixels a shortcut keeps (Keras's "same" pads bottom and right only)."""
-    padded = strides != 1 and size > 1
-    if padded:
+    """A bias-free convolution with Torch's initialisation; a strided 3x3 one pads a pixel on every side, as
+    Torch does, so its outputs sit on the even pixels a shortcut keeps (Keras's "same": bottom and right)."""
+    padding = "same"
+    if strides != 1 and size > 1:
         x = layers.ZeroPadding2D(size // 2)(x)
-    return layers.Conv2D(filters, size, strides=strides, padding="valid" if padded else "same", use_bias=False,
+        padding = "valid"
+    return layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=False,
                          kernel_initializer=conv_kernel())(x)
 
 

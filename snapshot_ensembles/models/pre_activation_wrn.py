@@ -1,6 +1,6 @@
-"""The pre-activation Wide Residual Network the Snapshot Ensembles paper trained (Zagoruyko & Komodakis, 2016),
-built as their Torch code (wide-resnet.lua) builds it; docs/paper.md compares the two, and says why the
-paper's "Wide-ResNet-32" is N=5, k=4 here.
+"""The pre-activation Wide Residual Network the Snapshot Ensembles paper trained (Zagoruyko & Komodakis,
+2016), built as their Torch code (wide-resnet.lua) builds it; docs/paper.md compares the two, and says why
+the paper's "Wide-ResNet-32" is N=5, k=4 here.
 """
 
 import keras
@@ -32,5 +32,5 @@ def create_pre_activation_wrn(input_dim, nb_classes=10, N=5, k=4, dropout=0.0, v
             x = wide_basic_block(x, width, strides=2 if group > 0 and block == 0 else 1, dropout=dropout)
     x = layers.GlobalAveragePooling2D()(bn_relu(x))
     depth = 6 * N + 4
-    return softmax_model(inputs, x, nb_classes, f"preact_wrn_{depth}_{k}",
-                         f"Pre-activation Wide Residual Network-{depth}-{k}", verbose, kernel_initializer=linear_kernel())
+    name, title = f"preact_wrn_{depth}_{k}", f"Pre-activation Wide Residual Network-{depth}-{k}"
+    return softmax_model(inputs, x, nb_classes, name, title, verbose, kernel_initializer=linear_kernel())
