@@ -14,9 +14,8 @@ from snapshot_ensembles.errors import UserError
 # is imported (snapshot_ensembles/__init__.py), before anything imports TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# XLA's CPU runtime hands convolutions, dots and element-wise fusions to YNNPACK (jaxlib 0.10.2); in a
-# training step of WRN-16-4 that corrupts the heap (docs/performance.md). An empty list of YNN fusion
-# types turns them all off and names no type, which some versions lack.
+# XLA's YNNPACK fusions on CPUs corrupt the heap in training (jaxlib 0.10.2, docs/performance.md). An empty
+# list of YNN fusion types turns them all off and names no type, which some versions lack.
 YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS_OFF = f"--{YNN_FUSION_FLAG}="
 FIRST_JAXLIB_WITH_YNN = (0, 8, 1)  # the first with the flag; older ones stop at it: "Unknown flag in XLA_FLAGS"

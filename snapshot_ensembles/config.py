@@ -96,8 +96,7 @@ SHA256 = Rule(lambda text: text.strip().lower(), _sha256_problem)
 DENSENET_DEPTH = depth_form(3, 4, "40, 100, 190")
 RESNET_DEPTH = depth_form(6, 2, "20, 56, 110")
 # Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
-MAX_DN_BLOCKS = 6
-DENSE_BLOCKS = integer(1, MAX_DN_BLOCKS)
+DENSE_BLOCKS = integer(1, 6)
 
 
 def check_value(field, value, rule):
