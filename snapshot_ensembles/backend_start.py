@@ -2,6 +2,7 @@
 first computation (TensorFlow's log level, JAX's XLA_FLAGS)."""
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ def start():
         if "keras" not in sys.modules:
             # TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised.
             with native_stderr_hidden():
-                import keras  # noqa: F401
+                importlib.import_module("keras")
     except ImportError as err:
         backend = os.environ.get("KERAS_BACKEND")
         raise UserError(f"the Keras backend{' ' + backend if backend else ''} cannot start ({err}): install it (README \"Backends\": "
