@@ -11,7 +11,7 @@ WRN-CIFAR100-16-4) it also writes the original's ensemble weights, so `--optimiz
 import os
 
 from snapshot_ensembles import output
-from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, add_output_flags, model_config,
+from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, run_cli)
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.modeling import build_model, nb_classes_of
@@ -30,7 +30,7 @@ def build_parser():
                              "in --weights_dir)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
                         help="dataset the weights were trained on; sets the class count (default: %(default)s)")
-    add_model_flags(parser, ORIGINAL_MODELS)
+    add_model_flags(parser)
     parser.add_argument("--weights_dir", default="weights",
                         help="where to look for files when no FILE is given (default: %(default)s)")
     parser.add_argument("--backend", choices=("theano", "tensorflow"), default="theano",

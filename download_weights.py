@@ -5,7 +5,7 @@
 """
 
 from snapshot_ensembles import original_release, output
-from snapshot_ensembles.cli import (ORIGINAL_MODELS, ArgumentParser, add_model_flags, add_output_flags, model_config,
+from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, positive_float, run_cli)
 from snapshot_ensembles.naming import DATASETS
 
@@ -17,7 +17,7 @@ def build_parser():
                     "converted to .weights.h5, with the original's ensemble weights).")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
                         help="dataset the weights were trained on (default: %(default)s)")
-    add_model_flags(parser, ORIGINAL_MODELS)
+    add_model_flags(parser)
     parser.add_argument("--weights_dir", default="weights", help="where files go (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a run of the same model in --weights_dir that is not the release's "

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from measure import cpu_description, describe_cpu, load_average  # noqa: E402
-from snapshot_ensembles import output  # noqa: E402
+from snapshot_ensembles import backend_start  # noqa: E402
 
 AUGMENTATIONS = ("original", "paper", "none")
 
@@ -58,7 +58,7 @@ def time_epochs(make_batches, nb_images, epochs, repeats):
 def tf_data_rate(x, y, augment, batch_size, epochs, repeats):
     """tf.data's rate, or None where TensorFlow is not installed."""
     try:
-        with output.native_stderr_hidden():
+        with backend_start.native_stderr_hidden():
             from snapshot_ensembles import tf_pipeline
     except ImportError:
         return None
@@ -80,7 +80,7 @@ def numpy_rate(x, y, augment, batch_size, epochs, repeats, workers):
 
 
 def main(argv=None):
-    output.load_keras()  # the NumPy pipeline's evaluation batches are Keras PyDatasets
+    backend_start.start()  # the NumPy pipeline's evaluation batches are Keras PyDatasets
     from snapshot_ensembles.numpy_pipeline import WORKERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,9 +1,11 @@
 """What both throughput benchmarks report: the CPU they ran on and a rate's median and spread."""
 
+import argparse
 import os
 
 import numpy as np
 
+from snapshot_ensembles import config
 from snapshot_ensembles.modeling import cpu_flags
 
 REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -36,3 +38,12 @@ def rate_summary(seconds, images):
 def load_average():
     """The 1, 5 and 15 minute load averages, as `uptime` prints them: other jobs on the machine slow a run."""
     return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def sha256_or_skip(text):
+    """An argparse type of --data_sha256 for the benchmarks' own parsers: the setting's one rule."""
+    value = config.SHA256.parse(text)
+    problem = config.SHA256.problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return value

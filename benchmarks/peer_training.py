@@ -34,7 +34,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional  # noqa: E402
 
 import torch_peer  # noqa: E402
-from snapshot_ensembles.cli import sha256_or_skip  # noqa: E402
+from measure import sha256_or_skip  # noqa: E402
 from snapshot_ensembles.data import channel_statistics, load_cifar  # noqa: E402
 from snapshot_ensembles.errors import UserError  # noqa: E402
 

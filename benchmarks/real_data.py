@@ -40,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import measure  # noqa: E402
-from snapshot_ensembles.cli import sha256_or_skip  # noqa: E402
+from measure import sha256_or_skip  # noqa: E402
 from snapshot_ensembles.modeling import cpu_flags  # noqa: E402
 from snapshot_ensembles.data import CIFAR  # noqa: E402
 

@@ -6,6 +6,9 @@
 It is imported on first use, so that the command-line tools answer --help before Keras loads.
 """
 
+# TensorFlow's log level, set before anything imports TensorFlow (backend_start owns the backend's start).
+from snapshot_ensembles import backend_start  # noqa: F401
+
 __all__ = ["SnapshotEnsemble"]
 
 

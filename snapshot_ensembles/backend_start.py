@@ -1,16 +1,22 @@
 """Starting the Keras backend in a process: quietly, and with the settings it reads only once, before its
-first computation."""
+first computation (TensorFlow's log level, JAX's XLA_FLAGS)."""
 
+import contextlib
+import importlib
 import os
 import re
+import sys
 from importlib import metadata
 
 from snapshot_ensembles import output
 from snapshot_ensembles.errors import UserError
 
-# XLA's CPU runtime hands convolutions, dots and element-wise fusions to YNNPACK (jaxlib 0.10.2); in a
-# training step of WRN-16-4 that corrupts the heap (docs/performance.md). An empty list of YNN fusion
-# types turns them all off and names no type, which some versions lack.
+# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show. Set when the package
+# is imported (snapshot_ensembles/__init__.py), before anything imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# XLA's YNNPACK fusions on CPUs corrupt the heap in training (jaxlib 0.10.2, docs/performance.md). An empty
+# list of YNN fusion types turns them all off and names no type, which some versions lack.
 YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS_OFF = f"--{YNN_FUSION_FLAG}="
 FIRST_JAXLIB_WITH_YNN = (0, 8, 1)  # the first with the flag; older ones stop at it: "Unknown flag in XLA_FLAGS"
@@ -23,7 +29,10 @@ def start():
     UserError when the backend's framework is not installed.
     """
     try:
-        output.load_keras()
+        if "keras" not in sys.modules:
+            # TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised.
+            with native_stderr_hidden():
+                importlib.import_module("keras")
     except ImportError as err:
         backend = os.environ.get("KERAS_BACKEND")
         raise UserError(f"the Keras backend{' ' + backend if backend else ''} cannot start ({err}): install it (README \"Backends\": "
@@ -38,6 +47,21 @@ def start():
                           f"keeps its YNNPACK fusions, which crashed training on CPUs; set XLA_FLAGS={YNN_FUSIONS_OFF} "
                           "before starting Python")
         turn_off_ynn_fusions()
+
+
+@contextlib.contextmanager
+def native_stderr_hidden():
+    """Hide what native code writes to stderr in the block (TensorFlow's start-up lines: absl, oneDNN, CUDA
+    stubs); a Python error of the block still shows, raised after stderr is back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def jax_started():

@@ -7,7 +7,6 @@ and flag errors answer at once.
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -36,36 +35,19 @@ def positive_float(text):
     return value
 
 
-def sha256_or_skip(text):
-    """An argparse type of --data_sha256 for the benchmarks' own parsers: the setting's one rule."""
-    value = config.SHA256.parse(text)
-    problem = config.SHA256.problem(value)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
-    return value
-
-
-ORIGINAL_MODELS = config.ORIGINAL_MODELS
-
-
-def add_setting_flags(parser, cls, only=None, defaults=None, choices=None, group=None):
+def add_setting_flags(parser, cls, only=None, defaults=None, choices=None):
     """A flag for every setting of the configuration class `cls` (snapshot_ensembles.config) and of its parts,
     as declared there: same name, help, default and parse type; argparse parses, the configuration checks.
 
     `only`: the names of the settings to take (None: all); `defaults` and `choices` replace those declared,
     by name (a script with other defaults, or fewer networks).
     """
-    defaults, choices = defaults or {}, choices or {}
-    for field in dataclasses.fields(cls):
-        if "part" in field.metadata:
-            inner = field.metadata["only"]
-            wanted = [name for name in (inner or [f.name for f in dataclasses.fields(field.metadata["part"])])
-                      if only is None or name in only]
-            if wanted:
-                add_setting_flags(parser, field.metadata["part"], wanted, defaults, choices,
-                                  group=group or parser.add_argument_group(field.metadata["part"].TITLE))
-        elif field.metadata["setting"].flag and (only is None or field.name in only):
-            _add_flag(group or parser, field.name, field.metadata["setting"], defaults.get(field.name, field.default),
+    defaults, choices, groups = defaults or {}, choices or {}, {}
+    for field, declared, part in config.settings(cls):
+        if declared.flag and (only is None or field.name in only):
+            if part and part not in groups:
+                groups[part] = parser.add_argument_group(part.TITLE)
+            _add_flag(groups.get(part, parser), field.name, declared, defaults.get(field.name, field.default),
                       choices.get(field.name))
 
 
@@ -93,21 +75,21 @@ def config_from_args(cls, args, **fixed):
 
     An alias flag (`--no_augment`) sets its setting, unless that setting's own flag says otherwise."""
     values = dict(vars(args))
-    for field, declared in config.settings(cls):
+    for field, declared, _ in config.settings(cls):
         if declared.alias and values.pop(declared.alias[0], False):
             alias, value, _ = declared.alias
             if values.get(field.name) not in (None, value):
                 raise UserError(f"--{alias} contradicts --{field.name} {values[field.name]}: keep one of the two")
             values[field.name] = value
-    names = {field.name for field, _ in config.settings(cls)}
+    names = {field.name for field, _, _ in config.settings(cls)}
     return config.from_flat_settings(cls, {name: value for name, value in values.items() if name in names}, **fixed)
 
 
-def add_model_flags(parser, models=config.MODELS):
-    """The model flags; `models` are the --model choices (the networks of the script)."""
-    only = ["model"] + [field.name for field, declared in config.settings(config.ModelConfig)
-                        if declared.network in models]
-    add_setting_flags(parser, config.PredictConfig, only=only, choices={"model": models})
+def add_model_flags(parser):
+    """The model flags of the release scripts: --model and the sizes of the original's networks."""
+    only = ["model"] + [field.name for field, declared, _ in config.settings(config.ModelConfig)
+                        if declared.network in config.ORIGINAL_MODELS]
+    add_setting_flags(parser, config.PredictConfig, only=only, choices={"model": config.ORIGINAL_MODELS})
 
 
 def model_config(args):
@@ -133,21 +115,18 @@ def parse(parser, argv):
     return args
 
 
+def script_parser(cls, description, prog=None):
+    """The parser of a script whose flags are the settings of `cls`, with --quiet / --verbose."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_setting_flags(parser, cls)
+    add_output_flags(parser)
+    return parser
+
+
 def training_parser(dataset, prog=None):
-    parser = ArgumentParser(
-        prog=prog, description=f"Train a snapshot ensemble on {dataset_title(dataset)} "
-                               "(one run, M cosine cycles, one snapshot per cycle).")
-    add_setting_flags(parser, config.TrainConfig)
-    add_output_flags(parser)
-    return parser
-
-
-def prediction_parser(dataset, prog=None):
-    parser = ArgumentParser(prog=prog, description=f"Predict {dataset_title(dataset)} with a snapshot "
-                                                       "ensemble: equal, saved or fitted member weights.")
-    add_setting_flags(parser, config.PredictConfig)
-    add_output_flags(parser)
-    return parser
+    description = (f"Train a snapshot ensemble on {dataset_title(dataset)} (one run, M cosine cycles, one "
+                   "snapshot per cycle).")
+    return script_parser(config.TrainConfig, description, prog)
 
 
 def train_config(dataset, argv=None, prog=None):
@@ -159,7 +138,9 @@ def train_config(dataset, argv=None, prog=None):
 
 def predict_config(dataset, argv=None, prog=None):
     """The PredictConfig of a prediction command line, checked."""
-    args = parse(prediction_parser(dataset, prog), argv)
+    description = (f"Predict {dataset_title(dataset)} with a snapshot ensemble: equal, saved or fitted "
+                   "member weights.")
+    args = parse(script_parser(config.PredictConfig, description, prog), argv)
     with flag_wording():
         return config_from_args(config.PredictConfig, args, dataset=dataset).check()
 

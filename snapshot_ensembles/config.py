@@ -1,39 +1,29 @@
 """The typed configuration of a training run and of a prediction, with every setting declared once.
 
-Each field is declared with `setting(default, help, rule, ...)`, and everything else about it is derived
-from that declaration:
-
-- the command line's flag (snapshot_ensembles.cli): the field's name, its help, default and parse type;
-- the run record's "args": `TrainConfig.to_dict()` / `from_dict()`, one key per setting;
-- what a resumed run must keep the same (`compared_settings`): every setting not declared `compared=False`;
-- the one check of its value (`check_settings`), whose ConfigError reads `dn_depth=41 ...` for a program
-  and `--dn_depth 41 ...` on the command line.
-
-Adding a training setting is one field here plus the code that uses it. This module imports no Keras,
-so that a configuration is checked before TensorFlow starts.
+Each field is declared with `setting(default, help, rule, ...)`; its command-line flag
+(snapshot_ensembles.cli), its key in the run record, whether resuming compares it and its one check are
+derived from that declaration (docs/design.md, "Layers"). No Keras import: a configuration is checked
+before TensorFlow starts.
 """
 
 import dataclasses
 import math
 import numbers
 import os
+import re
 from typing import Optional
 
 from snapshot_ensembles import recipes
 from snapshot_ensembles.errors import ConfigError
-from snapshot_ensembles.naming import DATASETS, model_prefix
+from snapshot_ensembles.naming import DATASETS
 from snapshot_ensembles.schedule import SCHEDULE_MODES
 
 MODELS = ("wrn", "dn", "resnet")
 VARIANTS = ("original", "paper")
 ORIGINAL_MODELS = ("wrn", "dn")  # those of the original suite, which has release weights for them
-DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 # The largest integer a setting takes: TensorFlow's int32 tensors, NumPy's seeds and C longs overflow above it.
 INT_MAX = 2**31 - 1
 MODEL_SIZE_MAX = 1000  # per architecture setting: far beyond any published network, and still buildable
-
-
-# --------------------------------------------------------------------------- rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +70,8 @@ def choice(*values, parse=str):
 def depth_form(step, offset, examples):
     """A network depth of the form step*n + offset, n >= 1."""
     def problem(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            return "is not an integer"
-        if value < step + offset or (value - offset) % step:
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if integral and (value < step + offset or (value - offset) % step):
             return f"is not of the form {step}n+{offset} with n >= 1 (for example {examples})"
         return MODEL_SIZE.problem(value)
 
@@ -90,8 +79,7 @@ def depth_form(step, offset, examples):
 
 
 def _sha256_problem(value):
-    if isinstance(value, str) and (value.lower() == "skip" or (
-            len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))):
+    if isinstance(value, str) and (value.lower() == "skip" or re.fullmatch("[0-9a-f]{64}", value.lower())):
         return None
     return "is not a SHA-256 checksum (64 hexadecimal digits) or 'skip'"
 
@@ -108,8 +96,7 @@ SHA256 = Rule(lambda text: text.strip().lower(), _sha256_problem)
 DENSENET_DEPTH = depth_form(3, 4, "40, 100, 190")
 RESNET_DEPTH = depth_form(6, 2, "20, 56, 110")
 # Each transition between dense blocks halves the 32x32 images: six blocks end at 1x1, a seventh has none.
-MAX_DN_BLOCKS = 6
-DENSE_BLOCKS = integer(1, MAX_DN_BLOCKS)
+DENSE_BLOCKS = integer(1, 6)
 
 
 def check_value(field, value, rule):
@@ -119,9 +106,6 @@ def check_value(field, value, rule):
     if problem:
         raise ConfigError(f"{{value}} {problem}", value=(field, value))
     return value
-
-
-# --------------------------------------------------------------------------- declarations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +124,9 @@ def setting(default, help, rule=None, **declaration):
     return dataclasses.field(default=default, metadata={"setting": Setting(help, rule, **declaration)})
 
 
-def part(cls, only=None):
-    """A group of settings; `only`: those of its settings this configuration takes (None: all)."""
-    return dataclasses.field(default=cls(), metadata={"part": cls, "only": only})
+def part(cls):
+    """A group of settings: a field holding a dataclass of them."""
+    return dataclasses.field(default=cls(), metadata={"part": cls})
 
 
 RECIPE = "recipe; "  # the help's mark of a setting that the --recipe fills in when left None
@@ -180,9 +164,20 @@ class ModelConfig:
         return self
 
     def prefix(self, dataset):
-        """The run's file-name prefix, `WRN-CIFAR10-16-4`, ..."""
-        return model_prefix(dataset, self.model, self.wrn_N, self.wrn_k, self.dn_depth, self.dn_growth_rate,
-                            self.resnet_depth, dn_blocks=self.dn_blocks, variant=self.variant)
+        """The run's file-name prefix: `WRN-CIFAR10-16-4`, `PreActWRN-CIFAR10-34-4`, `ResNet-CIFAR10-110`,
+        `DenseNet-CIFAR100-40-12-3blocks`. The original's networks (post-activation WRN, one-block DenseNet)
+        keep the prefixes that name its release weights; the DenseNet's variant (initialisation) is not in it.
+        """
+        tag = DATASETS[dataset][0]
+        if self.model == "wrn":
+            family = "PreActWRN" if self.variant == "paper" else "WRN"
+            return f"{family}-{tag}-{6 * self.wrn_N + 4}-{self.wrn_k}"
+        if self.model == "dn":
+            blocks = f"-{self.dn_blocks}blocks" if self.dn_blocks != 1 else ""
+            return f"DenseNet-{tag}-{self.dn_depth}-{self.dn_growth_rate}{blocks}"
+        if self.model == "resnet":
+            return f"ResNet-{tag}-{self.resnet_depth}"
+        raise ValueError(f"unknown model {self.model!r}")
 
     def with_variant(self, recipe):
         """This configuration with the variant left unset taken from `recipe`, whose networks are the variant of
@@ -197,7 +192,7 @@ class ModelConfig:
 
     def network_settings(self):
         """The settings that, with `model`, fix the weight shapes: name -> value."""
-        return {field.name: getattr(self, field.name) for field, declared in settings(ModelConfig)
+        return {field.name: getattr(self, field.name) for field, declared, _ in settings(ModelConfig)
                 if declared.network == self.model}
 
     def flags(self):
@@ -209,13 +204,11 @@ class ModelConfig:
     def describe(self, nb_classes):
         """The network in words and the flags to check when a weight file does not fit it."""
         hint = "check " + "/".join(f"--{name}" for name in [*self.network_settings(), "dataset"])
-        if self.model == "wrn":
-            return f"{self.network_name()} for {nb_classes} classes", hint
-        if self.model == "resnet":
-            return f"ResNet-{self.resnet_depth} for {nb_classes} classes", hint
-        if self.dn_blocks != 1:
+        if self.model == "dn" and self.dn_blocks != 1:
             hint += " (the original release DenseNet had one dense block: try --dn_blocks 1)"
-        return f"{self.network_name(initialisation=False)} for {nb_classes} classes", hint
+        label = (f"ResNet-{self.resnet_depth}" if self.model == "resnet"
+                 else self.network_name(initialisation=False))
+        return f"{label} for {nb_classes} classes", hint
 
     def network_name(self, initialisation=True):
         """The network in words, as the run record keeps it: `pre-activation WRN-34-4 (Wide-ResNet-32-4 as the
@@ -311,8 +304,8 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from and what part of the training set is held out for validation."""
+class DataSource:
+    """Where the images come from."""
 
     TITLE = "data"
     data_dir: Optional[str] = setting(
@@ -321,12 +314,18 @@ class DataConfig:
     data_sha256: Optional[str] = setting(
         None, "expected SHA-256 of the archive in --data_dir (default: the official archive's checksum; 'skip' "
         "turns the check off)", SHA256, compared=False)
-    val_split: float = setting(
-        0.0, "fraction of the training set held out for checkpoint selection and ensemble weighting; 0 validates "
-        "on the test set as the original did (optimistic)", FRACTION)
 
     def check(self):
         return check_settings(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(DataSource):
+    """Where the images come from and what part of the training set is held out for validation."""
+
+    val_split: float = setting(
+        0.0, "fraction of the training set held out for checkpoint selection and ensemble weighting; 0 validates "
+        "on the test set as the original did (optimistic)", FRACTION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +336,8 @@ class DeviceConfig:
     distribute: str = setting(
         "none", "none: one device; mirrored: every GPU of this machine (TensorFlow MirroredStrategy, or JAX "
         "DataParallel); multiworker: several machines, TensorFlow MultiWorkerMirroredStrategy configured by "
-        "TF_CONFIG. --batch_size is the global batch", choice(*DISTRIBUTIONS), compared=False)
+        "TF_CONFIG. --batch_size is the global batch", choice("none", "mirrored", "multiworker"),
+        compared=False)
     cpu_devices: Optional[int] = setting(
         None, "with --distribute mirrored: split the CPU into N devices and mirror over them, to try or test "
         "data-parallel training on a machine without GPUs", integer(1, 256), compared=False, cli={"metavar": "N"})
@@ -376,9 +376,8 @@ class TrainConfig:
     def resolved(self):
         """Checked, with the recipe's values in every training setting left None."""
         check_settings(self)
-        for name in ("model", "cycles", "data", "devices"):
-            getattr(self, name).check()
-        self.training.check()  # what was given; the recipe's values below are checked with them
+        for part_ in (self.model, self.cycles, self.data, self.devices, self.training):
+            part_.check()  # the training as given: the recipe's values are checked with it below
         training, schedule = recipes.resolve(self.training, self.cycles.schedule, self.model.model)
         return dataclasses.replace(self, training=training.check(), model=self.model.with_variant(training.recipe),
                                    cycles=dataclasses.replace(self.cycles, schedule=schedule).check())
@@ -417,7 +416,7 @@ class PredictConfig:
         None, "save the ensemble in use (its members, weights and temperature) as one Keras model that "
         "keras.saving.load_model reads without this project", PATH, cli={"metavar": "PATH.keras"})
     weights_dir: str = setting("weights", "folder of the weight files", PATH)
-    data: DataConfig = part(DataConfig, only=("data_dir", "data_sha256"))
+    data: DataSource = part(DataSource)
 
     @property
     def prefix(self):
@@ -430,18 +429,15 @@ class PredictConfig:
         return self
 
 
-# --------------------------------------------------------------------------- derived from the declarations
-
-
 def settings(cls):
-    """(field, Setting) of every setting of `cls` and of its parts, in declaration order."""
+    """(field, Setting, part) of every setting of `cls` and of its parts, in declaration order; `part` is the
+    class of the part that declares it, None for the settings of `cls` itself."""
     for field in dataclasses.fields(cls):
         if "part" in field.metadata:
-            only = field.metadata["only"]
-            yield from ((inner, declared) for inner, declared in settings(field.metadata["part"])
-                        if only is None or inner.name in only)
-        elif "setting" in field.metadata:
-            yield field, field.metadata["setting"]
+            owner = field.metadata["part"]
+            yield from ((inner, declared, owner) for inner, declared, _ in settings(owner))
+        else:
+            yield field, field.metadata["setting"], None
 
 
 def check_settings(config):
@@ -452,7 +448,7 @@ def check_settings(config):
         if "part" in field.metadata:
             if not isinstance(value, field.metadata["part"]):
                 raise ConfigError(f"{{value}} is not a {field.metadata['part'].__name__}", value=(field.name, value))
-        elif "setting" in field.metadata and not (value is None and field.default is None):
+        elif not (value is None and field.default is None):
             check_value(field.name, value, field.metadata["setting"].rule)
     return config
 
@@ -463,8 +459,7 @@ def flat_settings(config):
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if "part" in field.metadata:
-            only = field.metadata["only"]
-            flat.update({name: inner for name, inner in flat_settings(value).items() if only is None or name in only})
+            flat.update(flat_settings(value))
         elif field.metadata["setting"].flag:
             flat[field.name] = os.fspath(value) if isinstance(value, os.PathLike) else value
     return flat
@@ -474,12 +469,12 @@ def from_flat_settings(cls, flat, **fixed):
     """The `cls` of settings by name (`flat_settings`'s inverse); unknown names are an error."""
     left = dict(flat)
 
-    def build(part_cls, only=None):
+    def build(part_cls):
         values = {}
         for field in dataclasses.fields(part_cls):
             if "part" in field.metadata:
-                values[field.name] = build(field.metadata["part"], field.metadata["only"])
-            elif field.name in left and (only is None or field.name in only):
+                values[field.name] = build(field.metadata["part"])
+            elif field.name in left:
                 values[field.name] = left.pop(field.name)
         return part_cls(**values)
 
@@ -491,7 +486,6 @@ def from_flat_settings(cls, flat, **fixed):
 
 def compared_settings(flat):
     """The settings of a run record's "args" (or `to_dict()`) that a resumed run must keep: name -> value."""
-    declared = dict((field.name, setting_) for field, setting_ in settings(TrainConfig))
-    model = flat.get("model")
-    return {name: value for name, value in flat.items()
-            if name in declared and declared[name].compared and declared[name].network in (None, model)}
+    declared = {field.name: setting_ for field, setting_, _ in settings(TrainConfig)}
+    return {name: value for name, value in flat.items() if name in declared and declared[name].compared
+            and declared[name].network in (None, flat.get("model"))}

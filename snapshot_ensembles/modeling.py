@@ -31,14 +31,11 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     """The CPU's feature flags (x86 `flags`, Arm `Features` in /proc/cpuinfo); None when unreadable."""
     try:
         with open(cpuinfo) as fh:
-            text = fh.read()
+            fields = [line.split(":", 1) for line in fh]
     except OSError:
         return None
-    flags = set()
-    for line in text.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            flags.update(line.split(":", 1)[1].split())
-    return flags
+    names = ("flags", "Features")
+    return {flag for name, *values in fields if name.strip() in names for flag in values[0].split()}
 
 
 def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -50,10 +47,8 @@ def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
 def set_precision(mixed):
     """Set Keras's global dtype policy before the model is built; returns the policy's name.
 
-    Mixed precision computes in float16 on a GPU (Keras then wraps the optimizer in a
-    LossScaleOptimizer) and in bfloat16 on a CPU (same exponent range as float32: no loss
-    scaling needed). Variables stay float32 and the softmax layer is float32 in models/, so
-    snapshots load into float32 models unchanged.
+    Mixed precision computes in float16 on a GPU (with loss scaling) and in bfloat16 on a CPU (float32's
+    exponent range: none needed); variables and the softmax layer stay float32, so snapshots load as usual.
     """
     import keras
 
@@ -70,10 +65,15 @@ def set_precision(mixed):
 
 def build_model(model_config, nb_classes, dropout=None, bn_momentum=None, weight_decay=None,
                 input_shape=INPUT_SHAPE, verbose=0, fused_batch_norm=False):
-    """The network that `model_config` (a config.ModelConfig) describes, the original's where its variant is
-    unset; `bn_momentum` and `weight_decay`, when given (training), replace BatchNormalization's momentum
-    and the weights' penalties;
-    `fused_batch_norm` trains its BatchNormalization with TensorFlow's fused kernel (models.batch_norm)."""
+    """The network that `model_config` (a config.ModelConfig) describes (the original's if no variant is set).
+
+    Training gives `bn_momentum` (every BatchNormalization's) and `weight_decay`: weight_decay / 2 x sum(w^2)
+    on every trainable weight, the paper's Torch SGD's gradient weight_decay x w, in place of the builder's
+    penalties (the DenseNet's L2(1e-4) is weight_decay 2e-4). `fused_batch_norm`: models.batch_norm's fused
+    layers, for fast training.
+    """
+    import keras
+
     from snapshot_ensembles.models import (create_dense_net, create_pre_activation_wrn, create_resnet,
                                            create_wide_residual_network)
     from snapshot_ensembles.models.batch_norm import with_fused_batch_norm
@@ -96,34 +96,12 @@ def build_model(model_config, nb_classes, dropout=None, bn_momentum=None, weight
     if fused_batch_norm:
         model = with_fused_batch_norm(model)  # first: the copy's variables get the momentum and penalties
     if bn_momentum is not None:
-        set_batch_norm_momentum(model, bn_momentum)
+        for layer in batch_norm_layers(model):
+            layer.momentum = float(bn_momentum)
     if weight_decay is not None:
-        set_weight_decay(model, weight_decay)
+        for variable in model.trainable_variables:
+            variable.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
     return model
-
-
-def set_weight_decay(model, weight_decay):
-    """Penalise every trainable weight with weight_decay / 2 x sum(w^2) in the training loss; 0 removes it.
-
-    That is the gradient weight_decay x w of the paper's Torch SGD on every parameter (BatchNormalization
-    and biases included). It replaces the penalties the builder attached: the DenseNet's L2(1e-4) on
-    every weight is weight_decay 2e-4, the same penalty. Before the model is first trained.
-    """
-    import keras
-
-    for variable in model.trainable_variables:
-        variable.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
-
-
-def set_batch_norm_momentum(model, momentum):
-    """Set every BatchNormalization layer's moving-average momentum; before the model is first trained.
-
-    The moving statistics follow the last ~1/(1 - momentum) steps. With the default 0.99 that is ~100
-    steps: on a small dataset (the demo's 21 steps per epoch) they still mix in the statistics of the
-    high learning rates of a cycle when its snapshot is saved.
-    """
-    for layer in batch_norm_layers(model):
-        layer.momentum = float(momentum)
 
 
 def batch_norm_layers(model):

@@ -1,16 +1,12 @@
 """The one verbosity switch for everything the package prints (the scripts' --quiet / --verbose).
 
 QUIET shows warnings, notes and results only; NORMAL adds progress and reports; VERBOSE adds Keras's
-per-step progress bars and details. Messages go to the `sys.stdout` of the moment (pytest's capture
-included); errors are not printed here: they are raised, and the command line prints them.
+per-step progress bars. Messages go to the `sys.stdout` of the moment (pytest's capture included);
+errors are raised, and the command line prints them.
 """
 
 import contextlib
-import os
 import sys
-
-# TensorFlow's C++ start-up chatter drowns the messages users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 _level = NORMAL
@@ -60,31 +56,3 @@ def keras_verbose():
 def keras_predict_verbose():
     """The `verbose` of Keras's predict: its progress bar with --verbose only (one per member and split)."""
     return 1 if _level == VERBOSE else 0
-
-
-@contextlib.contextmanager
-def native_stderr_hidden():
-    """Hide what native code writes to stderr in the block (TensorFlow's start-up lines: absl, oneDNN, CUDA
-    stubs); a Python error of the block still shows, raised after stderr is back."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def load_keras():
-    """Import Keras, and with it its backend's framework, with the start-up lines TensorFlow writes hidden;
-    only the TensorFlow backend imports TensorFlow.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised; they would bury
-    the messages users need.
-    """
-    if "keras" in sys.modules:
-        return
-    with native_stderr_hidden():
-        import keras  # noqa: F401

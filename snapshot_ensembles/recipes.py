@@ -1,14 +1,9 @@
 """Training recipes: the original suite's (the default) and the paper's (Huang et al., 2017, section 4).
 
-A recipe fills in every training flag the user left unset; an explicit flag always wins. The
-resolved values, not the recipe's name, define a run: they are what the run record stores and
-what resuming compares.
-
-Weight decay is counted as the paper's Torch code counts it (optim.sgd's weightDecay): every step
-adds WD x w to each weight's gradient, which is a penalty of WD / 2 x sum(w^2) in the training loss.
-The original Keras DenseNet's L2(1e-4) penalty is therefore a weight decay of 2e-4.
-
-This module imports no Keras, so that flags are resolved and checked before TensorFlow starts.
+A recipe fills in every training flag left unset; an explicit flag always wins. The resolved values, not
+the recipe's name, are what the run record stores and resuming compares. Weight decay counts as the
+paper's Torch SGD counts it (WD x w added to each gradient). No Keras import: flags are checked before
+TensorFlow starts.
 """
 
 import dataclasses
@@ -18,18 +13,13 @@ from snapshot_ensembles.errors import ConfigError
 AUGMENTATIONS = ("original", "paper", "none")
 NORMALIZATIONS = ("unit", "channel")
 
-# The original scripts: plain SGD, the learning rate set per epoch, the Keras 1 rotations and shifts,
-# pixels scaled to [0, 1]; weight decay and dropout only in the DenseNet (its L2(1e-4) on every weight).
-# The ResNet, which the original lacks, trains as its WRN.
+# The original scripts; the ResNet, which the original lacks, trains as its WRN. The DenseNet's L2(1e-4) on
+# every weight is weight decay 2e-4.
 ORIGINAL = {"momentum": 0.0, "nesterov": False, "bn_momentum": 0.99, "schedule": "epoch", "augment": "original",
             "normalize": "unit", "batch_size": {"wrn": 128, "dn": 64, "resnet": 128},
             "dropout": {"wrn": 0.0, "dn": 0.2, "resnet": 0.0}, "weight_decay": {"wrn": 0.0, "dn": 2e-4, "resnet": 0.0}}
-# The paper: SGD with Nesterov momentum 0.9, batch 64, per-iteration annealing, padded crops and
-# flips on per-channel standardised images (fb.resnet.torch's CIFAR pipeline), no dropout (Table 1
-# has the DenseNet with dropout as a baseline of its own), BatchNormalization's moving statistics with
-# Torch's momentum 0.1 (nn.BatchNormalization's default, which is Keras's 0.9; the original's 0.99 is
-# Keras 1's). Weight decay 5e-4 for the ResNet and the WRN, 1e-4 for the DenseNet; the Torch code's own
-# default, 1e-4 for every network, is `--weight_decay 1e-4`.
+# The paper and its Torch code (fb.resnet.torch's CIFAR pipeline); Torch's BatchNormalization momentum 0.1
+# is Keras's 0.9. Without dropout (Table 1 has the DenseNet with dropout as a baseline of its own).
 PAPER = {"momentum": 0.9, "nesterov": True, "bn_momentum": 0.9, "schedule": "batch", "augment": "paper",
          "normalize": "channel", "batch_size": 64, "dropout": 0.0,
          "weight_decay": {"wrn": 5e-4, "dn": 1e-4, "resnet": 5e-4}}

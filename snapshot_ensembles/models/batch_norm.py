@@ -4,8 +4,7 @@ and its fused variant for fast training (`--no_deterministic`)."""
 import keras
 from keras import layers
 
-# Keras 1.1.1's default epsilon (keras/layers/normalization.py); Keras 3's is 1e-3. The original
-# networks trained with it, so their release weights compute the original outputs only with it.
+# Keras 1.1.1's default epsilon (Keras 3's: 1e-3): the original's release weights compute its outputs with it.
 KERAS1_EPSILON = 1e-5
 
 
@@ -15,15 +14,9 @@ def batch_normalization(**kwargs):
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
-    """Keras's BatchNormalization whose training step on TensorFlow runs one fused kernel.
-
-    Keras 3 computes a training batch's statistics and the normalisation as separate element-wise
-    operations (moments, then batch_normalization), forward and back; TensorFlow's FusedBatchNormV3
-    does each direction in one. Same variables and statistics as Keras, summed in float32 as Keras
-    sums them but in another order: the results round differently, which is why only
-    `--no_deterministic` training uses it. Inference, other backends and the layer options the kernel
-    lacks (masks, renorm, synchronized statistics, other axes) take Keras's own path.
-    """
+    """Keras's BatchNormalization whose training step on TensorFlow is one fused kernel (FusedBatchNormV3):
+    same variables and statistics, rounded differently, hence `--no_deterministic` only (docs/performance.md).
+    Inference, other backends and the options the kernel lacks take Keras's own path."""
 
     def _fused_applies(self, inputs, training, mask):
         return (training and self.trainable and mask is None and not self.renorm and not self.synchronized
@@ -53,9 +46,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-# Keras's weight files address a layer by its class name (saving_lib._save_container_state): under
-# Keras's name, a fused network's snapshots load into the plain network and the other way round. The
-# registration lets a whole .keras file of it (and copy.deepcopy) find the class under its own name.
+# Weight files address a layer by its class name: under Keras's, the fused and the plain network load each
+# other's snapshots; the registration lets a whole .keras file (and copy.deepcopy) find the class.
 FusedBatchNormalization.__name__ = layers.BatchNormalization.__name__
 keras.saving.register_keras_serializable(package="snapshot_ensembles",
                                          name="FusedBatchNormalization")(FusedBatchNormalization)

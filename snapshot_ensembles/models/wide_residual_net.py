@@ -7,31 +7,22 @@ weights convert layer by layer (see convert_weights.py).
 import keras
 from keras import layers
 
-from snapshot_ensembles.models.batch_norm import batch_normalization
-
-
-def _conv(filters, size):
-    return layers.Conv2D(filters, size, padding="same")
-
-
-def _bn_relu(x):
-    x = batch_normalization()(x)
-    return layers.Activation("relu")(x)
+from snapshot_ensembles.models.layers import bn_relu, softmax_model
 
 
 def initial_conv(inputs):
-    return _bn_relu(_conv(16, 3)(inputs))
+    return bn_relu(layers.Conv2D(16, 3, padding="same")(inputs))
 
 
 def residual_block(inputs, filters, dropout=0.0):
     """conv3x3-BN-ReLU-(dropout)-conv3x3-BN-ReLU, added to the input (1x1 projection if widths differ)."""
     shortcut = inputs
     if inputs.shape[-1] != filters:
-        shortcut = _conv(filters, 1)(inputs)
-    x = _bn_relu(_conv(filters, 3)(inputs))
+        shortcut = layers.Conv2D(filters, 1, padding="same")(inputs)
+    x = bn_relu(layers.Conv2D(filters, 3, padding="same")(inputs))
     if dropout > 0.0:
         x = layers.Dropout(dropout)(x)
-    x = _bn_relu(_conv(filters, 3)(x))
+    x = bn_relu(layers.Conv2D(filters, 3, padding="same")(x))
     return layers.Add()([shortcut, x])
 
 
@@ -44,11 +35,7 @@ def create_wide_residual_network(input_dim, nb_classes=100, N=2, k=1, dropout=0.
             x = layers.MaxPooling2D((2, 2))(x)
         for _ in range(N):
             x = residual_block(x, width, dropout)
-    x = layers.AveragePooling2D((8, 8))(x)
-    x = layers.Flatten()(x)
-    outputs = layers.Dense(nb_classes, activation="softmax", dtype="float32")(x)
+    x = layers.Flatten()(layers.AveragePooling2D((8, 8))(x))
     depth = 6 * N + 4
-    model = keras.Model(inputs, outputs, name=f"wrn_{depth}_{k}")
-    if verbose:
-        print(f"Wide Residual Network-{depth}-{k} created.")
-    return model
+    name, title = f"wrn_{depth}_{k}", f"Wide Residual Network-{depth}-{k}"
+    return softmax_model(inputs, x, nb_classes, name, title, verbose)
