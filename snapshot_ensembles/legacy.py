@@ -1,36 +1,8 @@
-"""The original project's Keras 1.1.1 weight files: read them and convert them (tests/legacy_writer.py
-writes them).
+"""The original project's Keras 1.1.1 weight files: read them and convert them for our Keras 3 networks.
 
-Layout of a Keras 1 `model.save_weights` HDF5 file: the root attribute `layer_names` lists every
-layer of the Keras 1 `model.layers` (weightless ones included); each name is a group whose
-attribute `weight_names` lists its datasets (`convolution2d_3_W`, `convolution2d_3_b`,
-`batchnormalization_2_gamma`, `_beta`, `_running_mean`, `_running_std`, `dense_1_W`, `dense_1_b`).
-Keras 1.1.1 recorded neither its version nor its backend in the file, so the backend is an argument.
-
-The conversion follows Keras 2's own loader for Keras 1 files (`preprocess_weights_for_loading`
-and `load_weights_from_hdf5_group` in keras/engine/saving.py, with `convert_kernel` from
-keras/utils/conv_utils.py):
-
-- layers are matched by position: the file's layers that hold weights, in file order, against
-  the model's layers that hold weights, in `model.layers` order. That order is NOT creation order:
-  Keras 1 and Keras 3 both sort `model.layers` by depth from the output (longest path), so a WRN
-  shortcut 1x1 conv, created before its block's first conv, sits after the block's second BN,
-  in the file and in our model alike (Keras 1.1.1's `Container` in keras/engine/topology.py).
-  Ties in depth go by the order of the depth-first walk from the output in both (Keras 1 sorted
-  them by name only under `K.set_legacy_weight_ordering(True)`), and neither WRN nor DenseNet has
-  two weighted layers at one depth. tests/test_convert_weights.py checks the whole pairing against
-  a file written by Keras 1.1.1's algorithm and a NumPy forward pass of the original network.
-- BatchNormalization uses Keras 1.1.1's epsilon, 1e-5, in models/ (Keras 3's default is 1e-3).
-- conv kernels in "th" dim ordering are (filters, in, rows, cols): transposed to Keras 3's
-  (rows, cols, in, filters). Theano's conv2d really convolves while TensorFlow cross-correlates,
-  so Theano-trained kernels are also flipped on both spatial axes (`convert_kernel`).
-- BatchNormalization arrays map in order gamma, beta, moving_mean, moving_variance. Keras 1's
-  `running_std` is a misnomer: `normalize_batch_in_training` returned the batch variance and
-  `K.batch_normalization` took it as the variance, so it is copied unchanged.
-- Dense kernels are (in, out) in both versions. Only when a Dense reads a Flatten of a feature
-  map larger than 1x1 do its rows need reordering, from "th"'s (C, H, W) flattening to Keras 3's
-  (H, W, C). WRN flattens an 8x8-average-pooled 8x8 map (1x1 spatially) and DenseNet uses global
-  pooling, so for them this is the identity.
+Layers pair up by position among those holding weights, in `model.layers` order (by depth from the output in
+Keras 1 and 3 alike); Theano's kernels are flipped, "th" ones transposed, Keras 1's `running_std` is the
+moving variance (docs/design.md). tests/legacy_writer.py writes such files.
 """
 
 import os
@@ -48,17 +20,12 @@ DIM_ORDERINGS = ("th", "tf")
 
 _CONV, _BN, _DENSE = "convolution", "batch-normalization", "dense"
 
-# Keras 1 weight names are `<layer name>_<suffix>`, in the order Keras 1 stored them.
-_WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "running_std"),
-                    _DENSE: ("W", "b")}
-
 
 def read_legacy_weights(path, label=None, max_elements=None):
     """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
 
-    `label` names the file in messages (default: its path). A dataset of more than `max_elements`
-    values (the largest weight of the network it is for) is refused before it is read: a small
-    compressed file can describe an array of many gigabytes.
+    `label` names the file in messages (default: its path). A dataset of more than `max_elements` values
+    is refused before it is read: a small compressed file can describe an array of many gigabytes.
     """
     label = label or path
     if not os.path.isfile(path):
@@ -70,7 +37,7 @@ def read_legacy_weights(path, label=None, max_elements=None):
         raise UserError(f"{label} cannot be read as an HDF5 file (is it complete?): {err}") from None
 
 
-def _read_layers(f, path, max_elements=None):
+def _read_layers(f, path, max_elements):
     group = f
     if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
         group = f["model_weights"]  # a whole Keras 1 model saved with model.save()
@@ -124,10 +91,9 @@ def _text(value):
 
 def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering="th",
                            model_label=None, hint=None):
-    """Set `model`'s weights from `read_legacy_weights` output, after checking every layer.
+    """Set `model`'s weights from `read_legacy_weights` output once every layer has converted.
 
-    `model_label` names the model in messages ("WRN-16-4 for 10 classes") and `hint` ends them
-    ("check --wrn_N/--wrn_k/--dataset"). Nothing is assigned unless every layer converts.
+    `model_label` names the model in messages ("WRN-16-4 for 10 classes"), `hint` ends them.
     """
     _check_conventions(backend, dim_ordering)
     label = model_label or f"the model {model.name!r}"
@@ -162,11 +128,8 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
 
 def convert_files(model, sources, targets, backend="theano", dim_ordering="th", model_label=None, hint=None,
                   labels=None):
-    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets`.
-
-    Every file is read and converted before the first target is written, so a bad file leaves no
-    target behind; each target is written atomically. `labels` name the sources in messages.
-    """
+    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets` (written atomically,
+    and only once every source has converted); `labels` name the sources in messages."""
     converted = []
     largest = max(int(np.prod(weight.shape)) for weight in model.weights)
     for source, label in zip(sources, labels or sources):
