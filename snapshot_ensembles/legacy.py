@@ -112,10 +112,16 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
                 f"{legacy_kind or 'unrecognised'} layer (arrays of shapes {_shapes(arrays)}), "
                 f"{layer.name} of {label} is a {kind} layer", hint))
         values = list(arrays)
-        if kind == _CONV:
-            values[0] = _kernel_from_legacy(arrays[0], backend, dim_ordering)
+        if kind == _CONV:  # "th": (filters, in, rows, cols) -> (rows, cols, in, filters)
+            kernel = np.transpose(arrays[0], (2, 3, 1, 0)) if dim_ordering == "th" else arrays[0]
+            # Theano's kernel convolves: flipped, it cross-correlates, as Keras 3's.
+            values[0] = np.ascontiguousarray(kernel[::-1, ::-1] if backend == "theano" else kernel)
         elif kind == _DENSE and dim_ordering == "th" and id(layer.input) in flattened:
-            values[0] = _dense_rows_from_channels_first(arrays[0], flattened[id(layer.input)])
+            rows, cols, channels = flattened[id(layer.input)]
+            kernel = arrays[0]
+            if kernel.shape[0] == rows * cols * channels:  # else left for the shape check to report
+                values[0] = kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(
+                    kernel.shape)
         expected = [tuple(weight.shape) for weight in layer.weights]
         if _shapes(values) != expected:
             raise UserError(_hinted(
@@ -185,14 +191,6 @@ def _legacy_kind(arrays):
     return None
 
 
-def _kernel_from_legacy(kernel, backend, dim_ordering):
-    if dim_ordering == "th":  # (filters, in, rows, cols) -> (rows, cols, in, filters)
-        kernel = np.transpose(kernel, (2, 3, 1, 0))
-    if backend == "theano":  # a convolution kernel becomes a cross-correlation kernel
-        kernel = kernel[::-1, ::-1]
-    return np.ascontiguousarray(kernel)
-
-
 def _flattened_feature_maps(model):
     """{id(Flatten output): (rows, cols, channels)} for each Flatten of a map larger than 1x1."""
     maps = {}
@@ -203,10 +201,3 @@ def _flattened_feature_maps(model):
             if rows * cols > 1:
                 maps[id(layer.output)] = (rows, cols, channels)
     return maps
-
-
-def _dense_rows_from_channels_first(kernel, feature_map):
-    rows, cols, channels = feature_map
-    if kernel.shape[0] != rows * cols * channels:
-        return kernel  # left for the shape check to report
-    return kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)

@@ -1,7 +1,8 @@
 """The input pipelines, by Keras backend: tf.data on TensorFlow (the default), NumPy on JAX and PyTorch.
 
-Both give the same batches, shuffled per epoch and augmented per step with stateless draws, so that a resumed
-run sees the batches an uninterrupted one would (docs/design.md). Only the TensorFlow backend imports TensorFlow.
+Both give the same batches, shuffled per epoch and augmented per step with stateless draws, so that a
+resumed run sees the batches an uninterrupted one would (docs/design.md). Only the TensorFlow backend
+imports TensorFlow.
 """
 
 import math

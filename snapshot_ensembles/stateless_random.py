@@ -23,7 +23,7 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 def _random_words(seed, nb_groups):
-    """The first `nb_groups` outputs of the generator of a shape-[2] int64 seed: an (nb_groups, 4) uint32 array.
+    """The first `nb_groups` outputs of the generator of a shape-[2] int64 seed, as (nb_groups, 4) uint32.
 
     The key and counter come from the seed as StatelessRandomGetKeyCounter derives them, on Python integers
     (many times faster than on NumPy scalars).
@@ -45,7 +45,8 @@ def _bits(shape, seed):
 
 def uniform(shape, seed, minval=0.0, maxval=1.0):
     """float32 draws in [minval, maxval): tf.random.stateless_uniform(shape, seed, minval, maxval)."""
-    unit = ((_bits(shape, seed) & np.uint32(0x7FFFFF)) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1.0)
+    mantissa = _bits(shape, seed) & np.uint32(0x7FFFFF)
+    unit = (mantissa | np.uint32(0x3F800000)).view(np.float32) - np.float32(1.0)
     low, high = np.float32(minval), np.float32(maxval)
     return (unit * (high - low) + low).reshape(shape)
 

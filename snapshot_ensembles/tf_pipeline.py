@@ -12,9 +12,9 @@ from snapshot_ensembles.augmentation import CROP_PADDING
 from snapshot_ensembles.pipeline import steps_per_epoch
 
 # augmentation's draws source: TensorFlow's stateless random ops.
-TensorFlowDraws = types.SimpleNamespace(split=tf.random.experimental.stateless_split, cos=tf.cos, sin=tf.sin,
-                                        uniform=tf.random.stateless_uniform,
-                                        integers=functools.partial(tf.random.stateless_uniform, dtype=tf.int32))
+TensorFlowDraws = types.SimpleNamespace(
+    split=tf.random.experimental.stateless_split, cos=tf.cos, sin=tf.sin, uniform=tf.random.stateless_uniform,
+    integers=functools.partial(tf.random.stateless_uniform, dtype=tf.int32))
 
 
 def random_rotate_shift(images, seed):
@@ -95,7 +95,7 @@ def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment="o
 
 
 def evaluation_dataset(x, y, batch_size, standardization=None):
-    """Unaugmented, in order: (images, labels) batches for validation, images alone (y None) for prediction."""
+    """Unaugmented, in order: (images, labels) for validation, images alone (y None) for prediction."""
     parts = np.asarray(x, np.uint8) if y is None else (np.asarray(x, np.uint8), np.asarray(y, np.int32))
 
     def convert(images, *labels):
