@@ -56,9 +56,8 @@ IMAGE_SHAPE = (32, 32, 3)
 
 @dataclasses.dataclass
 class Dataset:
-    """Images as uint8 NHWC 32x32x3, labels as 1-D int32 class ids; checked on construction, so that data
-    from CIFAR files, the demo or a library caller cannot be silently misread (see check_images, check_labels).
-    """
+    """Images as uint8 NHWC 32x32x3, labels as 1-D int32 class ids, checked on construction: data from CIFAR
+    files, the demo or a library caller cannot be silently misread."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -68,8 +67,8 @@ class Dataset:
     source: str
 
     def __post_init__(self):
-        for part in ("train", "test"):
-            where = f"the {part}ing set of {self.source}" if part == "train" else f"the test set of {self.source}"
+        for part, name in (("train", "training"), ("test", "test")):
+            where = f"the {name} set of {self.source}"
             images = check_images(getattr(self, f"x_{part}"), where)
             setattr(self, f"x_{part}", images)
             setattr(self, f"y_{part}", check_labels(getattr(self, f"y_{part}"), self.nb_classes, len(images), where))

@@ -119,11 +119,11 @@ class TrainingBatches:
         indices = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         images = np.take(self.x, indices, axis=0)
         seed = (self.seed, global_step)
-        if self.augment == "original":
-            return to_float(random_rotate_shift(images, seed), self.standardization), self.y[indices]
         if self.augment == "paper":
             crops, inside = random_crop_flip(images, seed)
             return to_float(crops, self.standardization, outside=~inside), self.y[indices]
+        if self.augment == "original":
+            images = random_rotate_shift(images, seed)
         return to_float(images, self.standardization), self.y[indices]
 
     def batches(self, first_step, end_step, workers=WORKERS, prefetch=PREFETCH_BATCHES):
