@@ -19,6 +19,8 @@ BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")
 
 _CONV, _BN, _DENSE = "convolution", "batch-normalization", "dense"
+# Which Keras 1 layer stored a layer's arrays, by their ranks: the names may be custom.
+_LEGACY_KINDS = {(1, 1, 1, 1): _BN, (4,): _CONV, (4, 1): _CONV, (2,): _DENSE, (2, 1): _DENSE}
 
 
 def read_legacy_weights(path, label=None, max_elements=None):
@@ -105,7 +107,7 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
     converted = []
     for index, ((legacy_name, arrays), layer) in enumerate(zip(legacy_layers, targets), start=1):
         kind = _keras3_kind(layer)
-        legacy_kind = _legacy_kind(arrays)
+        legacy_kind = _LEGACY_KINDS.get(tuple(array.ndim for array in arrays))
         if legacy_kind != kind:
             raise UserError(_hinted(
                 f"layer {index} with weights: {legacy_name} in the file is a "
@@ -177,18 +179,6 @@ def _keras3_kind(layer):
             return kind
     raise UserError(f"layer {layer.name} is a {type(layer).__name__}: only Conv2D, BatchNormalization "
                     "and Dense weights convert from Keras 1")
-
-
-def _legacy_kind(arrays):
-    """Which Keras 1 layer stored these arrays: told apart by count and rank, as the names may be custom."""
-    ranks = [array.ndim for array in arrays]
-    if ranks == [1, 1, 1, 1]:
-        return _BN
-    if ranks in ([4], [4, 1]):
-        return _CONV
-    if ranks in ([2], [2, 1]):
-        return _DENSE
-    return None
 
 
 def _flattened_feature_maps(model):

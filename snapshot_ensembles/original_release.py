@@ -9,12 +9,14 @@ import collections
 import contextlib
 import datetime
 import errno
+import filecmp
 import http.client
 import ipaddress
 import itertools
 import json
 import os
 import re
+import shutil
 import threading
 import urllib.error
 import urllib.parse
@@ -137,17 +139,14 @@ def install_ensemble_weights(weights_dir, prefix, overwrite=False):
     if shipped is None:
         return None
     target = RunFolder(weights_dir, prefix).ensemble_json
-    with open(shipped, "rb") as fh:
-        data = fh.read()
     if os.path.isfile(target):
-        with open(target, "rb") as fh:
-            if fh.read() == data:
-                return None
+        if filecmp.cmp(shipped, target, shallow=False):
+            return None
         if not overwrite:
             return (f"kept {target}, which differs from the original's ensemble weights (fitted with "
                     "--optimize 1?); --overwrite replaces it")
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(shipped, tmp)
     return f"wrote {target} (the original's ensemble weights)"
 
 
