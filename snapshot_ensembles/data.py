@@ -283,9 +283,7 @@ def split_validation(x, y, fraction, seed):
     indices = np.arange(len(y))
     stratify = y if min(np.bincount(y)) >= 2 and round(fraction * len(y)) >= len(np.unique(y)) else None
     train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
-    train_idx.sort()
-    val_idx.sort()
-    return train_idx, val_idx
+    return np.sort(train_idx), np.sort(val_idx)
 
 
 def channel_statistics(x, chunk=1024):
