@@ -1,14 +1,12 @@
 """What the input pipelines draw, defined once for both: the per-epoch shuffle and each augmentation's parameters.
 
-Every draw is stateless and keyed on (seed, epoch) for the shuffle and (seed, global step) for the
-augmentation, so the batches of epoch e are the same whether a run started at epoch 0 or was resumed at
-epoch e. The functions here take a `draws` source: TensorFlow's stateless ops for the tf.data pipeline
-(snapshot_ensembles.tf_pipeline) or their NumPy port (snapshot_ensembles.stateless_random) for the NumPy
-pipeline of the JAX and PyTorch backends, which thus draw the same numbers and apply them in the same
-float32 arithmetic.
+Every draw is stateless, keyed on (seed, epoch) for the shuffle and (seed, global step) for the augmentation,
+and taken from a `draws` source: TensorFlow's stateless ops (tf_pipeline) or their NumPy port (NumpyDraws),
+so that both pipelines draw the same numbers and apply them in the same float32 arithmetic.
 """
 
 import math
+import types
 
 import numpy as np
 
@@ -20,20 +18,14 @@ SHIFT_FRACTION = 5.0 / 32.0
 CROP_PADDING = 4  # the paper's: zero-pad 4 pixels on each side, crop back to the image size
 
 
-class NumpyDraws:
-    """The draws of snapshot_ensembles.stateless_random, with NumPy's float32 cos and sin."""
+def _in_float64(function):
+    """`function` computed in float64 and rounded to float32: correctly rounded, as float32 cos may not be."""
+    return lambda values: function(values.astype(np.float64)).astype(np.float32)
 
-    split = staticmethod(stateless_random.split)
-    uniform = staticmethod(stateless_random.uniform)
-    integers = staticmethod(stateless_random.integers)
 
-    @staticmethod
-    def cos(values):
-        return np.cos(values.astype(np.float64)).astype(np.float32)  # correctly rounded: float32 cos may not be
-
-    @staticmethod
-    def sin(values):
-        return np.sin(values.astype(np.float64)).astype(np.float32)
+NumpyDraws = types.SimpleNamespace(split=stateless_random.split, uniform=stateless_random.uniform,
+                                   integers=stateless_random.integers, cos=_in_float64(np.cos),
+                                   sin=_in_float64(np.sin))
 
 
 def shuffle_keys(draws, seed, nb_samples):

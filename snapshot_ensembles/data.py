@@ -1,9 +1,8 @@
-"""CIFAR-10/100 from local files first (no network needed), and the tf.data training pipeline.
+"""CIFAR-10/100 from local files first (no network needed), its checks, validation split and statistics.
 
-Loading order: `--data_dir` (the official python archive, checksum-verified, or
-its extracted folder), then the Keras cache (`$KERAS_HOME` or `~/.keras`, `datasets/`), then
-Keras's own download. The batches are pickles: they are read with an unpickler that can only
-rebuild NumPy arrays, so a tampered file cannot run code.
+Loading order: `--data_dir` (the official python archive, checksum-verified, or its extracted folder),
+then the Keras cache (`$KERAS_HOME` or `~/.keras`, `datasets/`), then Keras's own download. The batches
+are pickles, read with an unpickler that can only rebuild NumPy arrays, so a tampered file cannot run code.
 """
 
 import dataclasses
@@ -49,8 +48,6 @@ CIFAR = {
 }
 
 SKIP_CHECKSUM = "skip"
-
-
 # The largest file a CIFAR batch can be: CIFAR-100's training batch, 50,000 images of 3,072 bytes plus
 # labels and names, is 161 MB. Nothing larger is read, whatever an archive member claims to hold.
 MAX_BATCH_BYTES = 170_000_000
@@ -59,9 +56,8 @@ IMAGE_SHAPE = (32, 32, 3)
 
 @dataclasses.dataclass
 class Dataset:
-    """Images as uint8 NHWC 32x32x3, labels as 1-D int32 class ids; checked on construction, so that data
-    from CIFAR files, the demo or a library caller cannot be silently misread (see check_images, check_labels).
-    """
+    """Images as uint8 NHWC 32x32x3, labels as 1-D int32 class ids, checked on construction: data from CIFAR
+    files, the demo or a library caller cannot be silently misread."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -71,8 +67,8 @@ class Dataset:
     source: str
 
     def __post_init__(self):
-        for part in ("train", "test"):
-            where = f"the {part}ing set of {self.source}" if part == "train" else f"the test set of {self.source}"
+        for part, name in (("train", "training"), ("test", "test")):
+            where = f"the {name} set of {self.source}"
             images = check_images(getattr(self, f"x_{part}"), where)
             setattr(self, f"x_{part}", images)
             setattr(self, f"y_{part}", check_labels(getattr(self, f"y_{part}"), self.nb_classes, len(images), where))
@@ -159,10 +155,6 @@ def _unpickle_batch(raw, where, spec):
     return np.ascontiguousarray(images), check_labels(labels, spec.nb_classes, len(images), what)
 
 
-def _join(parts):
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
 def read_archive(path, spec, expected_sha256=None):
     """Read the batches straight out of the .tar.gz (nothing is extracted to disk)."""
     expected = spec.sha256 if expected_sha256 is None else expected_sha256
@@ -214,7 +206,8 @@ def read_folder(folder, spec):
 
 def _split_batches(spec, batches):
     arrays = {name: _unpickle_batch(raw, where, spec) for name, (raw, where) in batches.items()}
-    return _join([arrays[n] for n in spec.train_files]), _join([arrays[n] for n in spec.test_files])
+    return [tuple(map(np.concatenate, zip(*[arrays[name] for name in names])))
+            for names in (spec.train_files, spec.test_files)]
 
 
 def keras_cache_dir():
@@ -223,18 +216,14 @@ def keras_cache_dir():
 
 
 def _local_source(root, spec):
-    """The archive or extracted folder under `root`, as ("archive"|"folder", path), or None."""
-    candidates = [("folder", os.path.join(root, spec.folder)),
-                  ("folder", os.path.join(root, f"{spec.folder}-target", spec.folder)),  # Keras >= 3.6 cache
-                  ("archive", os.path.join(root, spec.archive))]
-    if os.path.basename(os.path.normpath(root)) == spec.folder:
-        candidates.insert(0, ("folder", root))
-    for kind, path in candidates:
-        if kind == "folder" and os.path.isfile(os.path.join(path, spec.train_files[0])):
-            return kind, path
-        if kind == "archive" and os.path.isfile(path):
-            return kind, path
-    return None
+    """The extracted folder or the archive under `root`, or None."""
+    folders = [root] if os.path.basename(os.path.normpath(root)) == spec.folder else []
+    folders += [os.path.join(root, spec.folder), os.path.join(root, f"{spec.folder}-target", spec.folder)]
+    for folder in folders:  # the last: Keras >= 3.6's cache
+        if os.path.isfile(os.path.join(folder, spec.train_files[0])):
+            return folder
+    archive = os.path.join(root, spec.archive)
+    return archive if os.path.isfile(archive) else None
 
 
 def _where_to_put(spec, data_dir=None):
@@ -260,23 +249,20 @@ def _download(spec):
 def load_cifar(dataset, data_dir=None, expected_sha256=None, allow_download=True):
     """Load CIFAR-10 or CIFAR-100 as a Dataset, in the loading order of the module docstring."""
     spec = CIFAR[dataset]
-    if data_dir is not None:
-        if not os.path.isdir(data_dir):
-            raise UserError(f"--data_dir {data_dir} does not exist or is not a folder: "
-                            f"{_where_to_put(spec, data_dir)}")
-        found = _local_source(data_dir, spec)
-        if found is None:
-            raise UserError(f"no {spec.name} data in {data_dir}: {_where_to_put(spec, data_dir)}")
-    else:
-        found = _local_source(keras_cache_dir(), spec)
-    if found is None:
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UserError(f"--data_dir {data_dir} does not exist or is not a folder: "
+                        f"{_where_to_put(spec, data_dir)}")
+    source = _local_source(keras_cache_dir() if data_dir is None else data_dir, spec)
+    if source is None and data_dir is not None:
+        raise UserError(f"no {spec.name} data in {data_dir}: {_where_to_put(spec, data_dir)}")
+    if source is None:
         if not allow_download:
             raise UserError(f"no {spec.name} data found: {_where_to_put(spec)}")
         (train, test), source = _download(spec), f"Keras download into {keras_cache_dir()}"
+    elif os.path.isdir(source):
+        train, test = read_folder(source, spec)
     else:
-        kind, path = found
-        train, test = read_archive(path, spec, expected_sha256) if kind == "archive" else read_folder(path, spec)
-        source = path
+        train, test = read_archive(source, spec, expected_sha256)
     return Dataset(train[0], train[1], test[0], test[1], spec.nb_classes, source)
 
 
@@ -297,9 +283,7 @@ def split_validation(x, y, fraction, seed):
     indices = np.arange(len(y))
     stratify = y if min(np.bincount(y)) >= 2 and round(fraction * len(y)) >= len(np.unique(y)) else None
     train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
-    train_idx.sort()
-    val_idx.sort()
-    return train_idx, val_idx
+    return np.sort(train_idx), np.sort(val_idx)
 
 
 def channel_statistics(x, chunk=1024):

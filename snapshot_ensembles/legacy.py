@@ -1,36 +1,8 @@
-"""The original project's Keras 1.1.1 weight files: read them and convert them (tests/legacy_writer.py
-writes them).
+"""The original project's Keras 1.1.1 weight files: read them and convert them for our Keras 3 networks.
 
-Layout of a Keras 1 `model.save_weights` HDF5 file: the root attribute `layer_names` lists every
-layer of the Keras 1 `model.layers` (weightless ones included); each name is a group whose
-attribute `weight_names` lists its datasets (`convolution2d_3_W`, `convolution2d_3_b`,
-`batchnormalization_2_gamma`, `_beta`, `_running_mean`, `_running_std`, `dense_1_W`, `dense_1_b`).
-Keras 1.1.1 recorded neither its version nor its backend in the file, so the backend is an argument.
-
-The conversion follows Keras 2's own loader for Keras 1 files (`preprocess_weights_for_loading`
-and `load_weights_from_hdf5_group` in keras/engine/saving.py, with `convert_kernel` from
-keras/utils/conv_utils.py):
-
-- layers are matched by position: the file's layers that hold weights, in file order, against
-  the model's layers that hold weights, in `model.layers` order. That order is NOT creation order:
-  Keras 1 and Keras 3 both sort `model.layers` by depth from the output (longest path), so a WRN
-  shortcut 1x1 conv, created before its block's first conv, sits after the block's second BN,
-  in the file and in our model alike (Keras 1.1.1's `Container` in keras/engine/topology.py).
-  Ties in depth go by the order of the depth-first walk from the output in both (Keras 1 sorted
-  them by name only under `K.set_legacy_weight_ordering(True)`), and neither WRN nor DenseNet has
-  two weighted layers at one depth. tests/test_convert_weights.py checks the whole pairing against
-  a file written by Keras 1.1.1's algorithm and a NumPy forward pass of the original network.
-- BatchNormalization uses Keras 1.1.1's epsilon, 1e-5, in models/ (Keras 3's default is 1e-3).
-- conv kernels in "th" dim ordering are (filters, in, rows, cols): transposed to Keras 3's
-  (rows, cols, in, filters). Theano's conv2d really convolves while TensorFlow cross-correlates,
-  so Theano-trained kernels are also flipped on both spatial axes (`convert_kernel`).
-- BatchNormalization arrays map in order gamma, beta, moving_mean, moving_variance. Keras 1's
-  `running_std` is a misnomer: `normalize_batch_in_training` returned the batch variance and
-  `K.batch_normalization` took it as the variance, so it is copied unchanged.
-- Dense kernels are (in, out) in both versions. Only when a Dense reads a Flatten of a feature
-  map larger than 1x1 do its rows need reordering, from "th"'s (C, H, W) flattening to Keras 3's
-  (H, W, C). WRN flattens an 8x8-average-pooled 8x8 map (1x1 spatially) and DenseNet uses global
-  pooling, so for them this is the identity.
+Layers pair up by position among those holding weights, in `model.layers` order (by depth from the output in
+Keras 1 and 3 alike); Theano's kernels are flipped, "th" ones transposed, Keras 1's `running_std` is the
+moving variance (docs/design.md). tests/legacy_writer.py writes such files.
 """
 
 import os
@@ -47,18 +19,15 @@ BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")
 
 _CONV, _BN, _DENSE = "convolution", "batch-normalization", "dense"
-
-# Keras 1 weight names are `<layer name>_<suffix>`, in the order Keras 1 stored them.
-_WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "running_std"),
-                    _DENSE: ("W", "b")}
+# Which Keras 1 layer stored a layer's arrays, by their ranks: the names may be custom.
+_LEGACY_KINDS = {(1, 1, 1, 1): _BN, (4,): _CONV, (4, 1): _CONV, (2,): _DENSE, (2, 1): _DENSE}
 
 
 def read_legacy_weights(path, label=None, max_elements=None):
     """[(layer name, [arrays])] for the layers of a Keras 1 weight file that hold weights, in file order.
 
-    `label` names the file in messages (default: its path). A dataset of more than `max_elements`
-    values (the largest weight of the network it is for) is refused before it is read: a small
-    compressed file can describe an array of many gigabytes.
+    `label` names the file in messages (default: its path). A dataset of more than `max_elements` values
+    is refused before it is read: a small compressed file can describe an array of many gigabytes.
     """
     label = label or path
     if not os.path.isfile(path):
@@ -70,7 +39,7 @@ def read_legacy_weights(path, label=None, max_elements=None):
         raise UserError(f"{label} cannot be read as an HDF5 file (is it complete?): {err}") from None
 
 
-def _read_layers(f, path, max_elements=None):
+def _read_layers(f, path, max_elements):
     group = f
     if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
         group = f["model_weights"]  # a whole Keras 1 model saved with model.save()
@@ -124,10 +93,9 @@ def _text(value):
 
 def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering="th",
                            model_label=None, hint=None):
-    """Set `model`'s weights from `read_legacy_weights` output, after checking every layer.
+    """Set `model`'s weights from `read_legacy_weights` output once every layer has converted.
 
-    `model_label` names the model in messages ("WRN-16-4 for 10 classes") and `hint` ends them
-    ("check --wrn_N/--wrn_k/--dataset"). Nothing is assigned unless every layer converts.
+    `model_label` names the model in messages ("WRN-16-4 for 10 classes"), `hint` ends them.
     """
     _check_conventions(backend, dim_ordering)
     label = model_label or f"the model {model.name!r}"
@@ -139,17 +107,23 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
     converted = []
     for index, ((legacy_name, arrays), layer) in enumerate(zip(legacy_layers, targets), start=1):
         kind = _keras3_kind(layer)
-        legacy_kind = _legacy_kind(arrays)
+        legacy_kind = _LEGACY_KINDS.get(tuple(array.ndim for array in arrays))
         if legacy_kind != kind:
             raise UserError(_hinted(
                 f"layer {index} with weights: {legacy_name} in the file is a "
                 f"{legacy_kind or 'unrecognised'} layer (arrays of shapes {_shapes(arrays)}), "
                 f"{layer.name} of {label} is a {kind} layer", hint))
         values = list(arrays)
-        if kind == _CONV:
-            values[0] = _kernel_from_legacy(arrays[0], backend, dim_ordering)
+        if kind == _CONV:  # "th": (filters, in, rows, cols) -> (rows, cols, in, filters)
+            kernel = np.transpose(arrays[0], (2, 3, 1, 0)) if dim_ordering == "th" else arrays[0]
+            # Theano's kernel convolves: flipped, it cross-correlates, as Keras 3's.
+            values[0] = np.ascontiguousarray(kernel[::-1, ::-1] if backend == "theano" else kernel)
         elif kind == _DENSE and dim_ordering == "th" and id(layer.input) in flattened:
-            values[0] = _dense_rows_from_channels_first(arrays[0], flattened[id(layer.input)])
+            rows, cols, channels = flattened[id(layer.input)]
+            kernel = arrays[0]
+            if kernel.shape[0] == rows * cols * channels:  # else left for the shape check to report
+                values[0] = kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(
+                    kernel.shape)
         expected = [tuple(weight.shape) for weight in layer.weights]
         if _shapes(values) != expected:
             raise UserError(_hinted(
@@ -162,11 +136,8 @@ def convert_legacy_weights(model, legacy_layers, backend="theano", dim_ordering=
 
 def convert_files(model, sources, targets, backend="theano", dim_ordering="th", model_label=None, hint=None,
                   labels=None):
-    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets`.
-
-    Every file is read and converted before the first target is written, so a bad file leaves no
-    target behind; each target is written atomically. `labels` name the sources in messages.
-    """
+    """Convert the Keras 1 files `sources` for `model` into the Keras 3 files `targets` (written atomically,
+    and only once every source has converted); `labels` name the sources in messages."""
     converted = []
     largest = max(int(np.prod(weight.shape)) for weight in model.weights)
     for source, label in zip(sources, labels or sources):
@@ -210,26 +181,6 @@ def _keras3_kind(layer):
                     "and Dense weights convert from Keras 1")
 
 
-def _legacy_kind(arrays):
-    """Which Keras 1 layer stored these arrays: told apart by count and rank, as the names may be custom."""
-    ranks = [array.ndim for array in arrays]
-    if ranks == [1, 1, 1, 1]:
-        return _BN
-    if ranks in ([4], [4, 1]):
-        return _CONV
-    if ranks in ([2], [2, 1]):
-        return _DENSE
-    return None
-
-
-def _kernel_from_legacy(kernel, backend, dim_ordering):
-    if dim_ordering == "th":  # (filters, in, rows, cols) -> (rows, cols, in, filters)
-        kernel = np.transpose(kernel, (2, 3, 1, 0))
-    if backend == "theano":  # a convolution kernel becomes a cross-correlation kernel
-        kernel = kernel[::-1, ::-1]
-    return np.ascontiguousarray(kernel)
-
-
 def _flattened_feature_maps(model):
     """{id(Flatten output): (rows, cols, channels)} for each Flatten of a map larger than 1x1."""
     maps = {}
@@ -240,10 +191,3 @@ def _flattened_feature_maps(model):
             if rows * cols > 1:
                 maps[id(layer.output)] = (rows, cols, channels)
     return maps
-
-
-def _dense_rows_from_channels_first(kernel, feature_map):
-    rows, cols, channels = feature_map
-    if kernel.shape[0] != rows * cols * channels:
-        return kernel  # left for the shape check to report
-    return kernel.reshape(channels, rows, cols, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)

@@ -1,10 +1,7 @@
-"""The NumPy input pipeline of the JAX and PyTorch backends: no TensorFlow.
+"""The NumPy input pipeline of the JAX and PyTorch backends: tf_pipeline's batches without TensorFlow.
 
-The shuffle and the augmentations draw what the tf.data pipeline draws (snapshot_ensembles.augmentation),
-and apply it with vectorised NumPy indexing over the whole batch. The augmentations sample pixels without
-interpolation, so they index the uint8 images before the conversion to float32: a quarter of the bytes to
-move. Training batches are computed by a small thread pool ahead of the training step (NumPy's indexing
-and arithmetic release the GIL), in order.
+The augmentations index the uint8 images before the conversion to float32 (they never interpolate), and a
+small thread pool computes the training batches ahead of the step (NumPy releases the GIL); docs/design.md.
 """
 
 import collections
@@ -31,13 +28,9 @@ def _gather_pixels(images, batch_index, rows, columns):
 
 
 def _nearest_pixel(row_terms, column_terms, offsets, size):
-    """The pixel index that TensorFlow's nearest sampling with `nearest` fill reads at the float32 coordinate
-    (column_term + row_term) + offset, per image, row and column: rounded half away from zero, then clamped
-    into the image (clamping first, as TensorFlow does, gives the same index).
-
-    The rounding is exact: c - trunc(c) is exact in float32. Truncation is the floor of the coordinates that
-    the clamping keeps: a negative one ends at 0 either way.
-    """
+    """The pixel that TensorFlow's nearest sampling with `nearest` fill reads at the float32 coordinate
+    (column_term + row_term) + offset, per image, row and column: rounded half away from zero (exactly:
+    c - trunc(c) is exact in float32), then clamped into the image, which gives TensorFlow's index."""
     coordinates = np.add(column_terms[:, None, :], row_terms[:, :, None])
     coordinates += offsets[:, None, None]
     truncated = np.trunc(coordinates)
@@ -48,8 +41,7 @@ def _nearest_pixel(row_terms, column_terms, offsets, size):
 
 
 def random_rotate_shift(images, seed):
-    """augmentation.rotate_shift_transforms applied as tf_pipeline.random_rotate_shift applies them, on a
-    batch of images (any dtype: pixels are copied, never interpolated)."""
+    """tf_pipeline.random_rotate_shift on images of any dtype (pixels are copied, never interpolated)."""
     batch, height, width = images.shape[:3]
     a0, a1, a2, b0, b1, b2 = augmentation.rotate_shift_transforms(NumpyDraws, seed, batch, np.float32(height),
                                                                   np.float32(width))
@@ -63,9 +55,8 @@ def random_rotate_shift(images, seed):
 
 
 def random_crop_flip(images, seed, padding=CROP_PADDING):
-    """(crops, inside): the crops of augmentation.crop_flip_offsets, as tf_pipeline.random_crop_flip takes
-    them, with the padding's pixels read from the image's edge, and the mask of the pixels inside the image;
-    the caller zeroes the others once the pixels are float (the paper's zero padding of standardised images)."""
+    """(crops, inside): tf_pipeline.random_crop_flip's crops with the padding read from the image's edge, and
+    the mask of the pixels inside the image; to_float zeroes the others (the paper's padding is 0.0)."""
     batch, height, width = images.shape[:3]
     top, left, mirrored = augmentation.crop_flip_offsets(NumpyDraws, seed, batch)
     rows = top[:, None] - padding + np.arange(height, dtype=np.int32)[None, :]
@@ -78,12 +69,10 @@ def random_crop_flip(images, seed, padding=CROP_PADDING):
 
 
 def to_float(images, standardization=None, outside=None):
-    """tf_pipeline._to_float in NumPy: pixels in [0, 1], or standardised with (mean, std) per channel; the
-    pixels of the `outside` mask (batch, height, width), if given, become 0.0, as tf_pipeline's zero padding
-    after the conversion.
+    """tf_pipeline._to_float in NumPy; the pixels of the `outside` mask (batch, height, width) become 0.0.
 
-    The arithmetic runs on rows of height x width x channels values, the constants tiled along them: NumPy's
-    loops over a last axis of 3 channels would be several times slower.
+    The arithmetic runs on whole rows of an image, the constants tiled along them: NumPy's loops over a last
+    axis of 3 channels would be several times slower.
     """
     batch = len(images)
     values = images.reshape(batch, -1).astype(np.float32)
@@ -101,8 +90,7 @@ def to_float(images, standardization=None, outside=None):
 
 
 class TrainingBatches:
-    """The training batches of a run: `batch(global_step)` is a pure function of the step, so any batch of any
-    epoch can be computed on its own, in any thread."""
+    """The training batches of a run: `batch(global_step)` is a pure function of the step, for any thread."""
 
     def __init__(self, x, y, batch_size, seed, augment="original", standardization=None):
         if augment not in ("original", "paper", "none"):
@@ -131,11 +119,11 @@ class TrainingBatches:
         indices = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         images = np.take(self.x, indices, axis=0)
         seed = (self.seed, global_step)
-        if self.augment == "original":
-            return to_float(random_rotate_shift(images, seed), self.standardization), self.y[indices]
         if self.augment == "paper":
             crops, inside = random_crop_flip(images, seed)
             return to_float(crops, self.standardization, outside=~inside), self.y[indices]
+        if self.augment == "original":
+            images = random_rotate_shift(images, seed)
         return to_float(images, self.standardization), self.y[indices]
 
     def batches(self, first_step, end_step, workers=WORKERS, prefetch=PREFETCH_BATCHES):
@@ -151,8 +139,7 @@ class TrainingBatches:
 
 
 def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment="original", standardization=None):
-    """A generator of the (images, labels) batches of epochs initial_epoch..nb_epoch-1, as Keras's fit takes it
-    with steps_per_epoch (pipeline.training_dataset)."""
+    """A generator of the batches of epochs initial_epoch..nb_epoch-1 (pipeline.training_dataset)."""
     batches = TrainingBatches(x, y, batch_size, seed, augment, standardization)
     steps = batches.steps_per_epoch
     return batches.batches(initial_epoch * steps, nb_epoch * steps)
@@ -177,9 +164,4 @@ class EvaluationBatches(keras.utils.PyDataset):
         return images if self.y is None else (images, self.y[part])
 
 
-def evaluation_dataset(x, y, batch_size, standardization=None):
-    return EvaluationBatches(x, y, batch_size, standardization)
-
-
-def images_dataset(x, batch_size, standardization=None):
-    return EvaluationBatches(x, None, batch_size, standardization)
+evaluation_dataset = EvaluationBatches

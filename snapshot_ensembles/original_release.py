@@ -1,27 +1,22 @@
 """The original project's release on GitHub: find its weight files, download, verify, convert, record.
 
-The original (titu1994/Snapshot-Ensembles, Keras 1.1.1 on Theano) published `WRN-CIFAR10-16-4-Best.h5`,
-`-1.h5` ... `-5.h5` and the same for CIFAR-100 as release assets. They are found through GitHub's REST
-API (`GET {api}/repos/{owner}/{name}/releases`: every asset's `name`, `size`, `browser_download_url`
-and, where GitHub computed one, `digest`), so no tag or URL is guessed. Each is downloaded into the
-Keras cache (a copy there of the listed size and digest is reused), never more bytes than the listed
-size, with `--timeout` for a silent server, following redirects over https only, and verified (size,
-SHA-256 against the digest) before it takes its final name. The files are then converted into
-`{prefix}-Best.weights.h5`, `-1.weights.h5` ... in the weights folder, with a record of what was
-installed; the Keras 1 files stay in the cache. The original's ensemble weights ship with this
-package (release_data/) and are written beside the converted files.
+The Keras 1 files of titu1994/Snapshot-Ensembles are found through GitHub's releases API, downloaded into
+the Keras cache with a size cap, a timeout and https-only redirects, verified, and converted into the
+weights folder with a record of what was installed (docs/design.md, "The original's release weights").
 """
 
+import collections
 import contextlib
-import dataclasses
 import datetime
 import errno
+import filecmp
 import http.client
 import ipaddress
 import itertools
 import json
 import os
 import re
+import shutil
 import threading
 import urllib.error
 import urllib.parse
@@ -66,21 +61,14 @@ def github_repo(flag=None):
 def check_transport(url):
     """Plain http would let anyone on the path swap the files together with their checksums."""
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "https":
-        return
     host = parsed.hostname or ""
-    if not _is_loopback(host):
-        raise UserError(f"refusing plain http:// to {host or url}: the release (and its checksums) could be "
-                        f"altered in transit; use https://, or http:// only for 127.0.0.1/localhost/::1")
-
-
-def _is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    if parsed.scheme == "https" or host == "localhost":
+        return
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    raise UserError(f"refusing plain http:// to {host or url}: the release (and its checksums) could be "
+                    f"altered in transit; use https://, or http:// only for 127.0.0.1/localhost/::1")
 
 
 def shown_url(url):
@@ -111,11 +99,8 @@ class SafeRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _within(seconds, work):
-    """work()'s result, or TimeoutError once `seconds` have passed in all.
-
-    urllib's timeout bounds each socket operation: a server that trickles a byte a second never trips
-    it. The work runs in a daemon thread, so that an abandoned one cannot keep the process alive.
-    """
+    """work()'s result, or TimeoutError once `seconds` have passed in all (urllib's timeout bounds each socket
+    operation only). It runs in a daemon thread, so that an abandoned one cannot keep the process alive."""
     outcome = {}
 
     def run():
@@ -148,49 +133,32 @@ def shipped_ensemble_weights(prefix):
 
 
 def install_ensemble_weights(weights_dir, prefix, overwrite=False):
-    """Copy the original's ensemble weights for `prefix` into `weights_dir`; returns a note or None.
-
-    A different file already there (weights the user fitted with --optimize 1) is kept unless `overwrite`.
-    """
+    """Copy the original's ensemble weights for `prefix` into `weights_dir`, keeping a different file there
+    (weights the user fitted with --optimize 1) unless `overwrite`; returns a note or None."""
     shipped = shipped_ensemble_weights(prefix)
     if shipped is None:
         return None
     target = RunFolder(weights_dir, prefix).ensemble_json
-    with open(shipped, "rb") as fh:
-        data = fh.read()
     if os.path.isfile(target):
-        with open(target, "rb") as fh:
-            if fh.read() == data:
-                return None
+        if filecmp.cmp(shipped, target, shallow=False):
+            return None
         if not overwrite:
             return (f"kept {target}, which differs from the original's ensemble weights (fitted with "
                     "--optimize 1?); --overwrite replaces it")
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(shipped, tmp)
     return f"wrote {target} (the original's ensemble weights)"
 
 
 # ----------------------------------------------------------------------------- the GitHub API
 
 
-@dataclasses.dataclass
-class Asset:
-    name: str
-    url: str
-    size: int
-    sha256: str | None  # from GitHub's `digest`, when it has one
-
-
-@dataclasses.dataclass
-class Release:
-    tag: str
-    page: str
-    assets: list
+Asset = collections.namedtuple("Asset", "name url size sha256")  # sha256: from GitHub's `digest`, or None
+Release = collections.namedtuple("Release", "tag page assets")
 
 
 def list_releases(api, repo, timeout):
-    """The repository's published releases, newest first, with their assets; the whole call within
-    `timeout` seconds."""
+    """The repository's published releases, newest first, with their assets, within `timeout` s in all."""
     url = f"{api}/repos/{repo}/releases?per_page=100"
     check_transport(url)
     request = urllib.request.Request(url, headers={"Accept": "application/vnd.github+json",
@@ -282,9 +250,10 @@ def release_members(releases, prefix, repo):
         if not found:
             continue
         numbers = [int(tag) for tag in found if tag != "Best"]
-        count = _shipped_member_count(prefix)
-        if count is None:
-            count = 1 + max(numbers, default=0)
+        count = 1 + max(numbers, default=0)
+        if shipped_ensemble_weights(prefix) is not None:
+            with open(shipped_ensemble_weights(prefix)) as fh:
+                count = len(json.load(fh)["best_weights"])
         # Counted, not listed: an asset named snapshot 10^9 must not make a list of 10^9 names.
         nb_missing = ("Best" not in found) + count - 1 - sum(1 for number in numbers if number < count)
         if nb_missing:
@@ -307,14 +276,6 @@ def _listing(names, empty="no files"):
     return shown[:1000] or empty
 
 
-def _shipped_member_count(prefix):
-    shipped = shipped_ensemble_weights(prefix)
-    if shipped is None:
-        return None
-    with open(shipped) as fh:
-        return len(json.load(fh)["best_weights"])
-
-
 # ----------------------------------------------------------------------------- the weights folder
 
 
@@ -331,17 +292,15 @@ def read_record(weights_dir, prefix):
 def own_run_files(weights_dir, prefix, record):
     """Files of `prefix` in `weights_dir` that an earlier install did not write: the user's own run."""
     folder = RunFolder(weights_dir, prefix)
-    records = [folder.run_record, folder.history, folder.state]
-    members = [path for path in RunFolder(weights_dir, prefix).member_files().values()
-               if (entry := record.get(os.path.basename(path))) is None
-               or sha256_of(path) != entry.get("converted_sha256")]
-    return sorted([path for path in records if os.path.isfile(path)] + members)
+    records = [path for path in [folder.run_record, folder.history, folder.state] if os.path.isfile(path)]
+    return sorted(records + [path for path in folder.member_files().values()
+                             if (entry := record.get(os.path.basename(path))) is None
+                             or sha256_of(path) != entry.get("converted_sha256")])
 
 
 def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=False, timeout=DEFAULT_TIMEOUT):
     """Download, verify and convert the original release's files of the network `model_config` (a
-    config.ModelConfig) trained on `dataset` into `weights_dir`. Returns the lines to print.
-    """
+    config.ModelConfig) trained on `dataset` into `weights_dir`; returns the lines to print."""
     prefix = model_config.prefix(dataset)
     api, repo = github_api(api), github_repo(repo)
     record = read_record(weights_dir, prefix)
@@ -388,11 +347,6 @@ def install(model_config, dataset, weights_dir, api=None, repo=None, overwrite=F
     return lines
 
 
-def _safe(text):
-    """`text` as one plain folder name: never hidden, never "." or ".." (a tag is the API's to choose)."""
-    return re.sub(r"[^A-Za-z0-9_.-]|^\.", "_", text)
-
-
 def _installed(record, asset, target):
     """Whether `target` is the unchanged conversion of the unchanged `asset` (per the record)."""
     entry = record.get(os.path.basename(target))
@@ -405,7 +359,9 @@ def _installed(record, asset, target):
 def download_folder(repo, tag):
     """Where the Keras 1 files go: the Keras cache ($KERAS_HOME, else ~/.keras), one folder per release."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(home, "snapshot-ensembles", repo.replace("/", "+"), _safe(tag) or "release")
+    # The tag as one plain folder name: never hidden, never "." or ".." (a tag is the API's to choose).
+    safe_tag = re.sub(r"[^A-Za-z0-9_.-]|^\.", "_", tag)
+    return os.path.join(home, "snapshot-ensembles", repo.replace("/", "+"), safe_tag or "release")
 
 
 def _download(asset, folder, repo, timeout):
@@ -423,7 +379,8 @@ def _download(asset, folder, repo, timeout):
             with atomic_path(path) as tmp:
                 _fetch(asset, tmp, repo, timeout)
         except FileWriteError as err:
-            hint = ("free some space there or set KERAS_HOME to another disk" if _is_disk_full(err.reason)
+            disk_full = err.reason in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+            hint = ("free some space there or set KERAS_HOME to another disk" if disk_full
                     else "set KERAS_HOME to a writable folder")
             raise FileWriteError(f"{err}: {hint}", reason=err.reason) from None
         digest = sha256_of(path)
@@ -434,10 +391,6 @@ def _download(asset, folder, repo, timeout):
                             f"{asset.sha256}, the digest GitHub lists; the download was deleted, run again to retry")
     output.say(f"{asset.name}: {asset.size} bytes, SHA-256 {digest}" + (" (GitHub's digest)" if asset.sha256 else ""))
     return path, digest
-
-
-def _is_disk_full(reason):
-    return reason in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 
 
 def _fetch(asset, path, repo, timeout):

@@ -1,10 +1,8 @@
 """The input pipelines, by Keras backend: tf.data on TensorFlow (the default), NumPy on JAX and PyTorch.
 
-Both shuffle every epoch and augment every step with the same stateless draws, keyed on (seed, epoch)
-and (seed, global step) (snapshot_ensembles.augmentation): a resumed run sees the batches an
-uninterrupted one would, and the two pipelines give the same batches (bit for bit but for the
-rotation's rare pixels on a rounding boundary; docs/design.md). Only the TensorFlow backend imports
-TensorFlow.
+Both give the same batches, shuffled per epoch and augmented per step with stateless draws, so that a
+resumed run sees the batches an uninterrupted one would (docs/design.md). Only the TensorFlow backend
+imports TensorFlow.
 """
 
 import math
@@ -42,4 +40,4 @@ def evaluation_dataset(x, y, batch_size, standardization=None):
 
 def images_dataset(x, batch_size, standardization=None):
     """Unaugmented image batches, in order: for prediction."""
-    return _pipeline().images_dataset(x, batch_size, standardization)
+    return _pipeline().evaluation_dataset(x, None, batch_size, standardization)

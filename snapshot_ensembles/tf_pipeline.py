@@ -1,8 +1,8 @@
-"""The tf.data input pipeline of the TensorFlow backend: seeded per-epoch shuffling and vectorised augmentation.
+"""The tf.data input pipeline of the TensorFlow backend, the draws of snapshot_ensembles.augmentation applied
+to whole batches; the only pipeline module that imports TensorFlow."""
 
-The draws and the augmentations' parameters are those of snapshot_ensembles.augmentation, which the NumPy
-pipeline of the other backends shares; this module is the only one of the pipelines that imports TensorFlow.
-"""
+import functools
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -11,21 +11,10 @@ from snapshot_ensembles import augmentation
 from snapshot_ensembles.augmentation import CROP_PADDING
 from snapshot_ensembles.pipeline import steps_per_epoch
 
-
-class TensorFlowDraws:
-    """augmentation's draws source: TensorFlow's stateless random ops."""
-
-    split = staticmethod(tf.random.experimental.stateless_split)
-    cos = staticmethod(tf.cos)
-    sin = staticmethod(tf.sin)
-
-    @staticmethod
-    def uniform(shape, seed, minval=0.0, maxval=1.0):
-        return tf.random.stateless_uniform(shape, seed, minval, maxval)
-
-    @staticmethod
-    def integers(shape, seed, minval, maxval):
-        return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=tf.int32)
+# augmentation's draws source: TensorFlow's stateless random ops.
+TensorFlowDraws = types.SimpleNamespace(
+    split=tf.random.experimental.stateless_split, cos=tf.cos, sin=tf.sin, uniform=tf.random.stateless_uniform,
+    integers=functools.partial(tf.random.stateless_uniform, dtype=tf.int32))
 
 
 def random_rotate_shift(images, seed):
@@ -106,14 +95,12 @@ def training_dataset(x, y, batch_size, seed, initial_epoch, nb_epoch, augment="o
 
 
 def evaluation_dataset(x, y, batch_size, standardization=None):
-    """Unaugmented, in order: for validation and prediction."""
-    dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.uint8), np.asarray(y, np.int32)))
-    dataset = dataset.batch(batch_size).map(lambda images, labels: (_to_float(images, standardization), labels),
-                                            num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    """Unaugmented, in order: (images, labels) for validation, images alone (y None) for prediction."""
+    parts = np.asarray(x, np.uint8) if y is None else (np.asarray(x, np.uint8), np.asarray(y, np.int32))
 
+    def convert(images, *labels):
+        images = _to_float(images, standardization)
+        return (images, *labels) if labels else images
 
-def images_dataset(x, batch_size, standardization=None):
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, np.uint8)).batch(batch_size)
-    return dataset.map(lambda images: _to_float(images, standardization),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -5,8 +5,12 @@ import h5py
 import numpy as np
 
 from snapshot_ensembles.files import atomic_path
-from snapshot_ensembles.legacy import (_CONV, _DENSE, _WEIGHT_SUFFIXES, _check_conventions, _flattened_feature_maps,
+from snapshot_ensembles.legacy import (_BN, _CONV, _DENSE, _check_conventions, _flattened_feature_maps,
                                        _keras3_kind, _weighted_layers)
+
+# Keras 1 weight names are `<layer name>_<suffix>`, in the order Keras 1 stored them.
+_WEIGHT_SUFFIXES = {_CONV: ("W", "b"), _BN: ("gamma", "beta", "running_mean", "running_std"),
+                    _DENSE: ("W", "b")}
 
 # Keras 1 auto-named a layer after its lower-cased class name; these of ours had other Keras 1 classes.
 _KERAS1_CLASS_NAMES = {"Conv2D": "convolution2d", "Add": "merge", "Concatenate": "merge",
