@@ -30,9 +30,6 @@ class FitResult:
     seconds: float  # wall time of the whole fit
 
 
-# --------------------------------------------------------------------------- predictions
-
-
 def weighted_average(member_probs, weights):
     """The (n, C) float32 average of the members, weighted by `weights` / sum(weights)."""
     weights = normalised_weights(weights, len(member_probs))
@@ -44,11 +41,8 @@ def weighted_average(member_probs, weights):
 
 
 def ensemble_size_curve(member_probs, labels, first_is_best=True):
-    """[(m, Scores)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
-
-    member_probs[0] is the Best checkpoint and takes no part (unless not `first_is_best`); "last m" is
-    snapshots M-m+1..M, so each step adds the next older snapshot to the latest, usually strongest, ones.
-    """
+    """[(m, Scores)] of the equal-weight ensemble of the last m snapshots M-m+1..M, m = 1..M: each step adds
+    the next older snapshot. member_probs[0], the Best checkpoint, takes no part (unless not `first_is_best`)."""
     snapshots = member_probs[1:] if first_is_best else member_probs
     curve = []
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
@@ -56,9 +50,6 @@ def ensemble_size_curve(member_probs, labels, first_is_best=True):
         running_sum += np.asarray(snapshots[-m], dtype=np.float32)
         curve.append((m, metrics.score(running_sum / np.float32(m), labels)))
     return curve
-
-
-# --------------------------------------------------------------------------- fitting
 
 
 def fit_weights(member_probs, labels, num_tests=20, seed=0):
@@ -129,9 +120,6 @@ def normalised_weights(weights, n_members):
     if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
         raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
     return weights / weights.sum()
-
-
-# --------------------------------------------------------------------------- JSON files
 
 
 def ensemble_json_candidates(weights_dir, prefix):

@@ -31,10 +31,8 @@ RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it 
 
 
 def snapshot_count(folder, requested):
-    """How many snapshots the ensemble takes: `requested` (config.M), else the M that the training run
-    of `folder` (a RunFolder) recorded (fewer while it is unfinished), else every snapshot file present.
-    Says which, when it is not plain.
-    """
+    """How many snapshots the ensemble takes: `requested` (config.M), else the M the training run recorded
+    (fewer while it is unfinished), else every snapshot file present; a note says which when it is not plain."""
     present = sorted(key for key in folder.member_files() if key != "Best")
     info = folder.read_record()
     recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
@@ -104,12 +102,8 @@ def note_lagging_statistics(folder):
 
 
 def saved_ensemble_weights(config, folder, members):
-    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON; None for each
-    when this mode does without it (the temperatures are None too in a file saved without them).
-
-    Optimize 0 needs it to match the members; 1 replaces it and never reads it; -1 shows it beside the
-    equal weights only when it matches, and otherwise says why it left it out.
-    """
+    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON, None for those this mode
+    does without: optimize 0 needs a file that matches the members, 1 never reads it, -1 shows it if it matches."""
     path = ensemble.find_ensemble_json(folder.weights_dir, folder.prefix)
     if config.optimize == 0 and path is None:
         raise UserError(f"--optimize 0 uses the saved ensemble weights, but {folder.weights_dir} has no "
@@ -197,9 +191,8 @@ class MemberPredictor:
     def _predict(self, member, images, load_network):
         from snapshot_ensembles.pipeline import images_dataset
 
-        network = load_network()
-        return network.predict(images_dataset(images, self.config.batch_size, self.standardization),
-                               verbose=output.keras_predict_verbose())
+        return load_network().predict(images_dataset(images, self.config.batch_size, self.standardization),
+                                      verbose=output.keras_predict_verbose())
 
     @functools.cached_property
     def standardization(self):
@@ -245,8 +238,7 @@ def training_record(folder):
 
 
 def recorded_standardization(weights_dir, prefix):
-    """The per-channel (mean, std) the run of `prefix` in `weights_dir` was trained with (normalize
-    "channel"), else None."""
+    """The per-channel (mean, std) of `--normalize channel` that the run of `prefix` recorded, else None."""
     from snapshot_ensembles.modeling import INPUT_SHAPE
 
     folder = RunFolder(weights_dir, prefix)
@@ -268,12 +260,8 @@ def recorded_standardization(weights_dir, prefix):
 
 
 def fitting_split(data, folder):
-    """Images and labels to fit the ensemble weights on, the split's name, and whether the Best
-    checkpoint was chosen on that same split.
-
-    The validation split recorded by the training run of `folder` when there is one (never the test
-    set), otherwise the training set, as the original did.
-    """
+    """(images, labels, name, Best chosen on it) of the split the ensemble is fitted on: the validation split
+    the training run of `folder` recorded, else the training set as in the original; never the test set."""
     from snapshot_ensembles.data import split_validation
 
     info_path = folder.run_record
@@ -296,9 +284,8 @@ def fitting_split(data, folder):
 
 
 def check_output_paths(config, folder, members):
-    """The plot, report and export paths: the right suffix, an existing writable folder, and none of the
-    run's own files (its members, records, state, release record, ensemble weights); the plot may replace
-    the run's own plot only."""
+    """The plot, report and export paths: the right suffix, an existing writable folder, and none of the run's
+    own files (the plot may replace the run's own plot)."""
     run_files = ([m.path for m in members] + folder.run_files() + list(folder.keras1_files().values())
                  + ensemble.ensemble_json_candidates(folder.weights_dir, folder.prefix)
                  + [folder.run_record, folder.history, folder.state, folder.release_record, folder.plot])
@@ -405,12 +392,8 @@ def compute_report(config, data=None):
 
 
 def with_trained_variant(config):
-    """`config` with the network's variant, when unset, that of the run in its weights folder.
-
-    The two WRNs are named apart (`WRN-...`, `PreActWRN-...`): the one whose weight files are there,
-    the original's when neither is, a UserError when both are. The DenseNet's variant (its initialisation)
-    is read from the run record, for the report; the ResNet has one.
-    """
+    """`config` with the network's variant, when unset, that of the run in its weights folder: for a WRN the
+    one whose files are there (the prefixes differ), for a DenseNet the run record's, else the original."""
     model = config.model
     if model.variant is not None:
         return config
@@ -431,7 +414,7 @@ def with_trained_variant(config):
 
 def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
-    return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
+    return the summary dict; `data` (a data.Dataset) replaces CIFAR (the demo's digits)."""
     config = with_trained_variant(config.check())
     if config.plot is not None:
         check_plotting()
@@ -460,8 +443,7 @@ def save_fit(report):
 
 
 def write_outputs(report):
-    """The plot, the JSON report and the exported model that the config asks for, each written whole or
-    not at all."""
+    """The plot, JSON report and exported model the config asks for, each written whole or not at all."""
     config, result, members = report.config, report.evaluation, report.members
     if config.plot is not None:
         plot_path = config.plot or report.folder.plot

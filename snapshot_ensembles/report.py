@@ -23,20 +23,14 @@ def format_interval(interval, scale=1.0, digits=4):
 
 
 def render_report(report):
-    """The report's header and evaluation (snapshot_ensembles.output: normal verbosity and above)."""
+    """The report of a prediction.PredictionReport, but for the result lines (normal verbosity and above)."""
     members, y_count = report.members, len(report.evaluation.probabilities)
     output.say(f"{naming.dataset_title(report.config.dataset)} test set: {y_count} images; ensemble "
                f"{report.folder.prefix} with {len(members)} members (Best, snapshots 1..{len(members) - 1})")
     needed = len(members) * (2 if report.fit is not None else 1)
     output.say(f"  member predictions computed: {len(report.cache.computed)} of {needed} (the rest came from the "
                f"cache in {report.cache.folder})")
-    render_evaluation(report.evaluation, report.fit, os.path.basename(report.saved_json or ""))
-
-
-def render_evaluation(result, fit, weights_file):
-    """The report of `result` (an EnsembleEvaluation); `fit` is the SplitFit of optimize 1, else None and
-    the weights come from `weights_file`."""
-    say = output.say
+    result, fit, say = report.evaluation, report.fit, output.say
     say("Members:" + HEADER[len("Members:"):])
     for label, scores in zip(result.member_labels, result.members):
         say(format_row(label, scores))
@@ -47,7 +41,7 @@ def render_evaluation(result, fit, weights_file):
         say(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
     say(format_row("equal-weight ensemble", result.equal))
     if result.weighted is not None:
-        source = "fitted" if fit is not None else f"saved in {weights_file}"
+        source = "fitted" if fit is not None else f"saved in {os.path.basename(report.saved_json or '')}"
         say(format_row(f"weighted ensemble ({source})", result.weighted))
         if result.weighted_calibrated is not None:
             say(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))

@@ -47,12 +47,10 @@ class Member:
 class SnapshotEnsemble:
     """A weighted average of the softmax outputs of several snapshots of one classifier.
 
-    `members`: a list of Member. `build_model`: a function returning the (uncompiled or compiled)
-    network that weight-file members load into. `predict_member(member, x, load_model)`, when
-    given, replaces `load_model().predict(x, batch_size=batch_size)` (an input pipeline, a
-    prediction cache...). `verbose`, here and in the methods that run the networks: 0 silent, 1 the
-    default (the scripts' normal output), 2 Keras's progress bars too; None: the process's setting
-    (snapshot_ensembles.output).
+    `members`: Members; `build_model()` builds the network that weight-file members load into;
+    `predict_member(member, x, load_model)` replaces `load_model().predict(x, batch_size=batch_size)` (an
+    input pipeline, a cache). `verbose`, here and where networks run: 0 silent, 1 the scripts' normal
+    output, 2 Keras's progress bars too, None the process's setting (snapshot_ensembles.output).
     """
 
     def __init__(self, members, build_model=None, weights=None, batch_size=256, predict_member=None, verbose=None):
@@ -66,7 +64,6 @@ class SnapshotEnsemble:
         self.predict_member = predict_member
         self.verbose = verbose
         self._network = None
-        self.weights = None
         self.set_weights(weights)
 
     @classmethod
@@ -107,8 +104,6 @@ class SnapshotEnsemble:
     def names(self):
         return [member.name for member in self.members]
 
-    # ------------------------------------------------------------------ weights
-
     def set_weights(self, weights):
         """Member weights (>= 0, not all 0; normalised to sum 1); None for equal weights."""
         self.weights = None if weights is None else arithmetic.normalised_weights(weights, len(self))
@@ -118,11 +113,8 @@ class SnapshotEnsemble:
         return self.weights if self.weights is not None else np.full(len(self), 1.0 / len(self))
 
     def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0, verbose=None):
-        """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult.
-
-        Members named in `exclude` get weight 0 (a Best checkpoint chosen on these same samples would
-        be trusted for that alone). The objective is convex: `num_tests` restarts only confirm it.
-        """
+        """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult. Members
+        named in `exclude` get weight 0 (a Best checkpoint chosen on these samples would be trusted for that)."""
         _check_exclude(exclude, self.names)
         _class_ids(y, _sample_count(x))  # before the networks run
         return self.fit_weights_to(self.member_predictions(x, verbose), y, exclude, num_tests, seed)
@@ -153,8 +145,6 @@ class SnapshotEnsemble:
                                     "weights (set_weights(None)).")
         return self.weights
 
-    # ------------------------------------------------------------------ predictions
-
     def member_predictions(self, x, verbose=None):
         """Each member's (n, classes) probabilities on x, computed one member after the other."""
         return [self.member_prediction(index, x, verbose) for index in range(len(self))]
@@ -177,9 +167,8 @@ class SnapshotEnsemble:
         return (probs, member_probs) if return_members else probs
 
     def evaluate(self, x, y, temperature=None, member_temperatures=None, seed=0, verbose=None):
-        """The report on (x, y) that the prediction scripts print (snapshot_ensembles.evaluation): every
-        member, the single best, the equal-weight ensemble and, with weights, the weighted one (with its
-        `temperature`, when given), the ensemble-size curve, the gain over the best member, diversity."""
+        """The report on (x, y) that the prediction scripts print, an evaluation.EnsembleEvaluation; `temperature`
+        is the weighted ensemble's, `member_temperatures` one per member."""
         _class_ids(y, _sample_count(x))  # before the networks run
         return self.evaluate_predictions(self.member_predictions(x, verbose), y, temperature=temperature,
                                          member_temperatures=member_temperatures, seed=seed)
@@ -254,8 +243,8 @@ def weight_problem(named_arrays):
 
 def _sample_count(x):
     """The number of samples in `x` (arrays, or a dict or list of them for a model of several inputs)."""
-    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) and x and \
-        hasattr(x[0], "shape") else x
+    several = isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape")
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if several else x
     try:
         count = len(first)
     except TypeError:  # a generator, or a tf.data.Dataset of unknown length
