@@ -10,7 +10,6 @@ import re
 
 import numpy as np
 
-from snapshot_ensembles.files import atomic_path
 from snapshot_ensembles.metrics import PROBABILITY_FLOOR
 
 
@@ -66,8 +65,3 @@ def layer_name(label):
     """`Snapshot 3` -> `snapshot_3`: a valid, readable layer name."""
     return re.sub(r"[^0-9a-zA-Z_]+", "_", label).strip("_").lower() or "member"
 
-
-def save_model(model, path):
-    """`model.save(path)` through a temporary file: no half-written .keras file under `path`."""
-    with atomic_path(path) as tmp:
-        model.save(tmp)

@@ -483,4 +483,5 @@ def export_ensemble(path, config, members, weights, temperature):
     model = export.ensemble_model(models, [w for _, w in kept], temperature,
                                   names=[export.layer_name(member.label) for member, _ in kept],
                                   preprocessing=preprocessing)
-    export.save_model(model, path)
+    with atomic_path(path) as tmp:  # no half-written .keras file under `path`
+        model.save(tmp)
