@@ -99,7 +99,8 @@ def main(argv=None):
           f"({result.resamples} resamples): accuracy {format_interval(gain['accuracy'], 100, 2)} points, "
           f"NLL {format_interval(gain['nll'])}")
     if "nll_calibrated" in gain:
-        output.always(f"  the same, both with their temperature: NLL {format_interval(gain['nll_calibrated'])}")
+        output.always("  the same, both with their temperature: NLL "
+                      f"{format_interval(gain['nll_calibrated'])}")
     return {"rows": {label: scores.to_dict() for label, scores in rows.items()},
             "gain": {name: interval.to_dict() for name, interval in gain.items()}}
 

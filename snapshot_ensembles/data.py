@@ -114,10 +114,11 @@ def check_labels(labels, nb_classes, nb_images, where, error=UserError):
     api = where == "y"
     subject, unit = ("y", "sample") if api else (f"{where}: the labels", "image")
     if labels.ndim != 1:
-        hint = (": flatten them, for example y.ravel() (keras.datasets' load_data() returns labels of shape (n, 1))"
-                if labels.shape[1:] == (1,) else ": one-hot labels? pass y.argmax(axis=1)" if labels.ndim == 2 else "")
-        raise error(f"{subject} {'has' if api else 'have'} shape {labels.shape}, expected one class id per {unit}, "
-                    f"a 1-D array{'' if nb_images is None else f' of shape ({nb_images},)'}{hint}")
+        hint = (": flatten them, for example y.ravel() (keras.datasets' load_data() returns labels of shape "
+                "(n, 1))" if labels.shape[1:] == (1,) else
+                ": one-hot labels? pass y.argmax(axis=1)" if labels.ndim == 2 else "")
+        raise error(f"{subject} {'has' if api else 'have'} shape {labels.shape}, expected one class id per "
+                    f"{unit}, a 1-D array{'' if nb_images is None else f' of shape ({nb_images},)'}{hint}")
     if nb_images is not None and len(labels) != nb_images:
         raise error(f"{where} has {len(labels)} labels for {nb_images} {unit}s")
     if api and len(labels) == 0:
@@ -127,8 +128,8 @@ def check_labels(labels, nb_classes, nb_images, where, error=UserError):
                     else f"{where}: the labels are {labels.dtype}, not integer class ids")
     if labels.size and (labels.min() < 0 or nb_classes is not None and labels.max() >= nb_classes):
         classes = "0 and up" if nb_classes is None else f"0 to {nb_classes - 1}"
-        raise error(f"{subject} {'runs' if api else 'run'} from {labels.min():g} to {labels.max():g}, outside the "
-                    f"class ids {classes}")
+        raise error(f"{subject} {'runs' if api else 'run'} from {labels.min():g} to {labels.max():g}, "
+                    f"outside the class ids {classes}")
     return labels.astype(np.int32)
 
 

@@ -42,7 +42,7 @@ def weighted_average(member_probs, weights):
 
 def ensemble_size_curve(member_probs, labels, first_is_best=True):
     """[(m, Scores)] of the equal-weight ensemble of the last m snapshots M-m+1..M, m = 1..M: each step adds
-    the next older snapshot. member_probs[0], the Best checkpoint, takes no part (unless not `first_is_best`)."""
+    the next older snapshot. member_probs[0], the Best checkpoint, takes no part unless not `first_is_best`."""
     snapshots = member_probs[1:] if first_is_best else member_probs
     curve = []
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
@@ -130,7 +130,8 @@ def ensemble_json_candidates(weights_dir, prefix):
 
 def find_ensemble_json(weights_dir, prefix):
     """The first existing candidate path, or None."""
-    return next((path for path in ensemble_json_candidates(weights_dir, prefix) if os.path.isfile(path)), None)
+    candidates = ensemble_json_candidates(weights_dir, prefix)
+    return next((path for path in candidates if os.path.isfile(path)), None)
 
 
 def read_ensemble_weights(path, n_members, member_files=None, remedy=None):
@@ -147,16 +148,16 @@ def read_ensemble_weights(path, n_members, member_files=None, remedy=None):
                         f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}")
     raw = content["best_weights"]
     if not isinstance(raw, list) or not all(_is_number(w) for w in raw):
-        raise UserError(f"The 'best_weights' entry of {path} must be a list of numbers, got {json.dumps(raw)}. "
-                        f"{remedy}")
+        raise UserError(f"The 'best_weights' entry of {path} must be a list of numbers, got "
+                        f"{json.dumps(raw)}. {remedy}")
     if len(raw) != n_members:
         # A file fitted for another --M is the usual cause: say which --M it was fitted for.
         file_m = (f" It was fitted with --M {len(raw) - 1}: pass --M {len(raw) - 1} if those snapshot "
                   f"files exist." if len(raw) > 1 and remedy == _REMEDY else "")
         members = f"[Best, 1..{n_members - 1}]" if n_members > 1 else "[Best]"
         raise UserError(f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
-                        f"{n_members} members ({members}: the best checkpoint, then each snapshot, one weight "
-                        f"each).{file_m} {remedy}")
+                        f"{n_members} members ({members}: the best checkpoint, then each snapshot, one "
+                        f"weight each).{file_m} {remedy}")
     fitted_for = content.get("member_sha256")
     if member_files is not None and isinstance(fitted_for, list) and len(fitted_for) == n_members:
         changed = [name for (name, sha), fitted_sha in zip(member_files, fitted_for) if sha != fitted_sha]
@@ -166,7 +167,8 @@ def read_ensemble_weights(path, n_members, member_files=None, remedy=None):
     weights = np.array([_as_float(w) for w in raw])
     if not all(math.isfinite(w) and w >= 0 for w in weights):
         shown = json.dumps(raw) if len(json.dumps(raw)) < 200 else json.dumps(raw)[:200] + "..."
-        raise UserError(f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {remedy}")
+        raise UserError(f"The ensemble weights in {path} must be finite and non-negative, got {shown}. "
+                        f"{remedy}")
     if not weights.any():
         raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
     weights /= weights.max()  # first, so that the sum of weights near the float maximum cannot overflow
@@ -224,4 +226,5 @@ def write_ensemble_weights(path, weights, **metadata):
     """Write `{"best_weights": [...], **metadata}` atomically (metadata: JSON-serialisable)."""
     if "best_weights" in metadata:
         raise ValueError("best_weights is the weights argument, not metadata")
-    write_json(path, {"best_weights": [float(w) for w in np.asarray(weights, dtype=np.float64).ravel()], **metadata})
+    weights = [float(w) for w in np.asarray(weights, dtype=np.float64).ravel()]
+    write_json(path, {"best_weights": weights, **metadata})

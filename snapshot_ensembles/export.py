@@ -31,7 +31,7 @@ def logits_model(model, name):
 
 def ensemble_model(models, weights, temperature=None, names=None, preprocessing=None, name="snapshot_ensemble"):
     """One Keras model whose output is softmax(log(sum_k w_k p_k) / T) of the members `models`, after
-    `preprocessing` (a built-in layer); `weights` are normalised, `temperature` None (or 1) leaves the average.
+    `preprocessing` (a built-in layer); `weights` are normalised; `temperature` None (or 1) keeps the average.
 
     Member k + 1 reads its input through the running sum of those before it: graph runtimes (TensorFlow,
     XLA) would otherwise run the members side by side, holding every member's activations at once.

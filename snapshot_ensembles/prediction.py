@@ -20,7 +20,8 @@ from snapshot_ensembles import backend_start, ensemble, metrics, naming, origina
 from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
-from snapshot_ensembles.files import FileWriteError, atomic_path, load_json_object, sha256_of_arrays, write_json
+from snapshot_ensembles.files import (FileWriteError, atomic_path, load_json_object, sha256_of_arrays,
+                                      write_json)
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.report import MODES, check_plotting, plot_report, render_report, render_result
 from snapshot_ensembles.run_folder import RunFolder
@@ -32,7 +33,7 @@ RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it 
 
 def snapshot_count(folder, requested):
     """How many snapshots the ensemble takes: `requested` (config.M), else the M the training run recorded
-    (fewer while it is unfinished), else every snapshot file present; a note says which when it is not plain."""
+    (fewer while it is unfinished), else every snapshot file present; a note says which, if not plain."""
     present = sorted(key for key in folder.member_files() if key != "Best")
     info = folder.read_record()
     recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
@@ -102,8 +103,8 @@ def note_lagging_statistics(folder):
 
 
 def saved_ensemble_weights(config, folder, members):
-    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON, None for those this mode
-    does without: optimize 0 needs a file that matches the members, 1 never reads it, -1 shows it if it matches."""
+    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON, None where the mode
+    does without: optimize 0 needs one matching the members, 1 never reads it, -1 shows it if it matches."""
     path = ensemble.find_ensemble_json(folder.weights_dir, folder.prefix)
     if config.optimize == 0 and path is None:
         raise UserError(f"--optimize 0 uses the saved ensemble weights, but {folder.weights_dir} has no "
@@ -208,21 +209,21 @@ def network_key(config, standardization):
 
 @contextlib.contextmanager
 def load_errors_explained(member, config):
-    """A MemberLoadError of `member` as the UserError that says what to do: new weights, or other model flags."""
+    """A MemberLoadError of `member` as the UserError that says what to do: new weights, or other flags."""
     try:
         yield
     except MemberLoadError as err:
         if isinstance(err.cause, OSError):
-            raise UserError(f"cannot read {member.path} ({err.cause}): the file is truncated or not a Keras weights "
-                            "file; train it again or download the release weights again") from None
+            raise UserError(f"cannot read {member.path} ({err.cause}): the file is truncated or not a Keras "
+                            "weights file; train it again or download the release weights again") from None
         if err.cause is None:
             raise UserError(f"{member.path}: {err.reason}: train it again or download the release weights "
                             "again") from None
         raise UserError(
             f"{member.path} does not fit the network {config.model.flags()} for "
-            f"{naming.dataset_title(config.dataset)} ({str(err.cause).splitlines()[0][:200]}): pass the model flags "
-            "the weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, "
-            "--dn_blocks)") from None
+            f"{naming.dataset_title(config.dataset)} ({str(err.cause).splitlines()[0][:200]}): pass the "
+            "model flags the weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, "
+            "--dn_growth_rate, --dn_blocks)") from None
 
 
 def training_record(folder):
@@ -388,7 +389,8 @@ def compute_report(config, data=None):
     result = predictor.ensemble.evaluate_predictions(
         test_probs, data.y_test, labels=[m.label for m in members], temperature=temperature,
         member_temperatures=member_temperatures, use_weights=config.optimize != -1, seed=config.seed)
-    return PredictionReport(config, folder, members, result, fit, saved_json, member_temperatures, test_probs, cache)
+    return PredictionReport(config, folder, members, result, fit, saved_json, member_temperatures, test_probs,
+                            cache)
 
 
 def with_trained_variant(config):

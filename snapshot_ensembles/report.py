@@ -28,8 +28,8 @@ def render_report(report):
     output.say(f"{naming.dataset_title(report.config.dataset)} test set: {y_count} images; ensemble "
                f"{report.folder.prefix} with {len(members)} members (Best, snapshots 1..{len(members) - 1})")
     needed = len(members) * (2 if report.fit is not None else 1)
-    output.say(f"  member predictions computed: {len(report.cache.computed)} of {needed} (the rest came from the "
-               f"cache in {report.cache.folder})")
+    output.say(f"  member predictions computed: {len(report.cache.computed)} of {needed} (the rest came from "
+               f"the cache in {report.cache.folder})")
     result, fit, say = report.evaluation, report.fit, output.say
     say("Members:" + HEADER[len("Members:"):])
     for label, scores in zip(result.member_labels, result.members):

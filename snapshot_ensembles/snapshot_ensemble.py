@@ -76,8 +76,9 @@ class SnapshotEnsemble:
 
     @classmethod
     def from_run(cls, build_model, weights_dir, prefix, nb_snapshots=None, **options):
-        """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... of `get_callbacks(model_prefix=prefix)`
-        in `weights_dir`: every snapshot present unless `nb_snapshots` is given; MissingMembers lists those missing.
+        """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... that the callbacks of
+        `get_callbacks(model_prefix=prefix)` wrote into `weights_dir`: all present unless `nb_snapshots` is
+        given; MissingMembers lists those missing.
         Inputs reach the network as given: preprocess them as training did
         (`prediction.recorded_standardization` reads a `--normalize channel` run's mean and std)."""
         folder = RunFolder(weights_dir, prefix)
@@ -114,7 +115,7 @@ class SnapshotEnsemble:
 
     def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0, verbose=None):
         """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult. Members
-        named in `exclude` get weight 0 (a Best checkpoint chosen on these samples would be trusted for that)."""
+        named in `exclude` get weight 0 (a Best checkpoint chosen on these samples is trusted for that)."""
         _check_exclude(exclude, self.names)
         _class_ids(y, _sample_count(x))  # before the networks run
         return self.fit_weights_to(self.member_predictions(x, verbose), y, exclude, num_tests, seed)
@@ -167,8 +168,8 @@ class SnapshotEnsemble:
         return (probs, member_probs) if return_members else probs
 
     def evaluate(self, x, y, temperature=None, member_temperatures=None, seed=0, verbose=None):
-        """The report on (x, y) that the prediction scripts print, an evaluation.EnsembleEvaluation; `temperature`
-        is the weighted ensemble's, `member_temperatures` one per member."""
+        """The report on (x, y) that the prediction scripts print, an evaluation.EnsembleEvaluation;
+        `temperature` is the weighted ensemble's, `member_temperatures` one per member."""
         _class_ids(y, _sample_count(x))  # before the networks run
         return self.evaluate_predictions(self.member_predictions(x, verbose), y, temperature=temperature,
                                          member_temperatures=member_temperatures, seed=seed)
@@ -193,7 +194,8 @@ class SnapshotEnsemble:
 
 
 def load_weights(network, path):
-    """`network` with the weight file `path` loaded; MemberLoadError when it cannot be, or its weights are unusable."""
+    """`network` with the weight file `path` loaded; MemberLoadError if it cannot be or its weights are
+    unusable."""
     try:
         network.load_weights(path)
     except (ValueError, KeyError) as err:
