@@ -42,7 +42,7 @@ def weighted_average(member_probs, weights):
 
 def ensemble_size_curve(member_probs, labels, first_is_best=True):
     """[(m, Scores)] of the equal-weight ensemble of the last m snapshots M-m+1..M, m = 1..M: each step adds
-    the next older snapshot. member_probs[0], the Best checkpoint, takes no part unless not `first_is_best`."""
+    the next older snapshot. member_probs[0], the Best checkpoint, takes no part if `first_is_best`."""
     snapshots = member_probs[1:] if first_is_best else member_probs
     curve = []
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
