@@ -71,6 +71,7 @@ def main(argv=None):
     baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
     backend_start.start()
     from snapshot_ensembles import prediction, training
+    from snapshot_ensembles.report import format_interval
 
     data = digits_dataset(args.seed)
     output.say(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
@@ -95,10 +96,11 @@ def main(argv=None):
         output.always(f"  {label:<44}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.ece:9.4f}")
     gain = result.gain
     output.always(f"  fitted ensemble minus {result.member_labels[result.best_member]}, paired bootstrap 95 % interval "
-          f"({result.resamples} resamples): accuracy {prediction.format_interval(gain['accuracy'], 100, 2)} points, "
-          f"NLL {prediction.format_interval(gain['nll'])}")
+          f"({result.resamples} resamples): accuracy {format_interval(gain['accuracy'], 100, 2)} points, "
+          f"NLL {format_interval(gain['nll'])}")
     if "nll_calibrated" in gain:
-        output.always(f"  the same, both with their temperature: NLL {prediction.format_interval(gain['nll_calibrated'])}")
+        output.always("  the same, both with their temperature: NLL "
+                      f"{format_interval(gain['nll_calibrated'])}")
     return {"rows": {label: scores.to_dict() for label, scores in rows.items()},
             "gain": {name: interval.to_dict() for name, interval in gain.items()}}
 

@@ -102,21 +102,30 @@ def as_pixels(values, where):
     return values.astype(np.uint8)
 
 
-def check_labels(labels, nb_classes, nb_images, where):
-    """`labels` as a 1-D int32 array of class ids 0..nb_classes-1, one per image; UserError otherwise."""
+def check_labels(labels, nb_classes, nb_images, where, error=UserError):
+    """`labels` as a 1-D int32 array of class ids 0..nb_classes-1, one per image; `error` otherwise. `where`
+    names them; "y" words the messages for a library caller's argument (SnapshotEnsemble), whose number of
+    samples or classes may be unknown (None) before the networks run."""
     labels = np.asarray(labels)
+    api = where == "y"
+    subject, unit = ("y", "sample") if api else (f"{where}: the labels", "image")
     if labels.ndim != 1:
-        hint = (": flatten them, for example y.ravel() (keras.datasets' load_data() returns labels of "
-                "shape (n, 1))" if labels.ndim == 2 and labels.shape[1:] == (1,) else "")
-        raise UserError(f"{where}: the labels have shape {labels.shape}, expected one class id per image, "
-                        f"a 1-D array of shape ({nb_images},){hint}")
-    if len(labels) != nb_images:
-        raise UserError(f"{where} has {len(labels)} labels for {nb_images} images")
+        hint = (": flatten them, for example y.ravel() (keras.datasets' load_data() returns labels of shape "
+                "(n, 1))" if labels.shape[1:] == (1,) else
+                ": one-hot labels? pass y.argmax(axis=1)" if labels.ndim == 2 else "")
+        raise error(f"{subject} {'has' if api else 'have'} shape {labels.shape}, expected one class id per "
+                    f"{unit}, a 1-D array{'' if nb_images is None else f' of shape ({nb_images},)'}{hint}")
+    if nb_images is not None and len(labels) != nb_images:
+        raise error(f"{where} has {len(labels)} labels for {nb_images} {unit}s")
+    if api and len(labels) == 0:
+        raise error("y holds no labels: pass at least one sample")
     if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
-        raise UserError(f"{where}: the labels are {labels.dtype}, not integer class ids")
-    if labels.size and (labels.min() < 0 or labels.max() >= nb_classes):
-        raise UserError(f"{where}: the labels run from {labels.min():g} to {labels.max():g}, outside the class "
-                        f"ids 0 to {nb_classes - 1}")
+        raise error(f"y holds {labels.dtype} values that are not class ids (integers from 0)" if api
+                    else f"{where}: the labels are {labels.dtype}, not integer class ids")
+    if labels.size and (labels.min() < 0 or nb_classes is not None and labels.max() >= nb_classes):
+        classes = "0 and up" if nb_classes is None else f"0 to {nb_classes - 1}"
+        raise error(f"{subject} {'runs' if api else 'run'} from {labels.min():g} to {labels.max():g}, "
+                    f"outside the class ids {classes}")
     return labels.astype(np.int32)
 
 

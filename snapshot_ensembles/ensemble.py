@@ -1,9 +1,8 @@
 """Ensemble weighting: the weighted average of member predictions, fitting its weights, and the
 ensemble-weight JSON files.
 
-The members are always `[Best, 1, ..., M]` in that order: the best checkpoint, then the
-snapshots. `member_probs` is a sequence of M arrays (or one (M, n, C) array) of class
-probabilities, each row a softmax output.
+Members are `[Best, 1, ..., M]`: the best checkpoint, then the snapshots. `member_probs` is a sequence of
+M (n, C) arrays (or one (M, n, C) array) of softmax rows.
 """
 
 import dataclasses
@@ -31,9 +30,6 @@ class FitResult:
     seconds: float  # wall time of the whole fit
 
 
-# --------------------------------------------------------------------------- predictions
-
-
 def weighted_average(member_probs, weights):
     """The (n, C) float32 average of the members, weighted by `weights` / sum(weights)."""
     weights = normalised_weights(weights, len(member_probs))
@@ -45,11 +41,8 @@ def weighted_average(member_probs, weights):
 
 
 def ensemble_size_curve(member_probs, labels, first_is_best=True):
-    """[(m, Scores)] of the equal-weight ensemble of the last m snapshots, m = 1..M.
-
-    member_probs[0] is the Best checkpoint and takes no part (unless not `first_is_best`); "last m" is
-    snapshots M-m+1..M, so each step adds the next older snapshot to the latest, usually strongest, ones.
-    """
+    """[(m, Scores)] of the equal-weight ensemble of the last m snapshots M-m+1..M, m = 1..M: each step adds
+    the next older snapshot. member_probs[0], the Best checkpoint, takes no part if `first_is_best`."""
     snapshots = member_probs[1:] if first_is_best else member_probs
     curve = []
     running_sum = np.zeros(np.shape(member_probs[0]), dtype=np.float32)
@@ -59,41 +52,38 @@ def ensemble_size_curve(member_probs, labels, first_is_best=True):
     return curve
 
 
-# --------------------------------------------------------------------------- fitting
-
-
 def fit_weights(member_probs, labels, num_tests=20, seed=0):
     """Weights on the simplex that minimise the log-loss of the weighted ensemble.
 
-    With weights >= 0 summing to 1 the weighted average of probability rows is itself a
-    probability row, so the ensemble's log-loss only involves each member's probability of the
-    true class: with P[i, m] = member_probs[m][i, y_i], it is f(w) = -mean(log(P @ w)).
-    That is convex in w, so SLSQP with the analytic gradient on the (n, M) matrix P reaches the
-    optimum from any start; `num_tests` seeded restarts are kept for compatibility with the
-    original's flag, and their spread shows that they all agree.
+    On the simplex the weighted average of probability rows is one too, so with P[i, m] =
+    member_probs[m][i, y_i] the log-loss is f(w) = -mean(log(P @ w)), convex in w: SLSQP with the
+    analytic gradient reaches the optimum from any start. `num_tests` seeded restarts (the original's
+    flag) only show, by their spread, that they agree.
     """
     start = time.perf_counter()
     _check_num_tests(num_tests)
     true_class = _true_class_probs(member_probs, labels)
     rng = np.random.default_rng(seed)
     n_members = true_class.shape[1]
+    simplex = ({"type": "eq", "fun": lambda w: 1.0 - w.sum(), "jac": lambda w: -np.ones(len(w))},)
     weights_list = []
     for _ in range(num_tests):
-        start_point = rng.dirichlet(np.ones(n_members))  # uniform on the simplex
-        weights_list.append(_solve_simplex(true_class, start_point))
+        result = scipy.optimize.minimize(
+            _objective_and_gradient, rng.dirichlet(np.ones(n_members)), args=(true_class,), jac=True,
+            method="SLSQP", bounds=[(0.0, 1.0)] * n_members, constraints=simplex,
+            options={"ftol": 1e-14, "maxiter": 1000})
+        weights_list.append(_project_to_simplex_by_scaling(result.x))
     return _best_of(true_class, weights_list, start)
 
 
 def _true_class_probs(member_probs, labels):
     """The (n, M) float64 matrix P[i, m] = member_probs[m][i, labels[i]]."""
     labels = np.asarray(labels)
-    rows = np.arange(len(labels))
-    columns = []
     for probs in member_probs:
         if np.shape(probs)[0] != len(labels):
             raise ValueError(f"a member has {np.shape(probs)[0]} rows for {len(labels)} labels")
-        columns.append(np.asarray(probs)[rows, labels])
-    return np.stack(columns, axis=1).astype(np.float64)
+    rows = np.arange(len(labels))
+    return np.stack([np.asarray(probs)[rows, labels] for probs in member_probs], axis=1).astype(np.float64)
 
 
 def _objective_and_gradient(weights, true_class):
@@ -101,25 +91,7 @@ def _objective_and_gradient(weights, true_class):
     mixed = true_class @ weights
     clipped = np.clip(mixed, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     inverse = np.where(clipped == mixed, 1.0 / clipped, 0.0)
-    value = -np.mean(np.log(clipped))
-    gradient = -(true_class.T @ inverse) / len(mixed)
-    return value, gradient
-
-
-def _solve_simplex(true_class, start_point):
-    """SLSQP on the simplex with the analytic gradient, to near machine precision."""
-    n_members = true_class.shape[1]
-    result = scipy.optimize.minimize(
-        _objective_and_gradient,
-        start_point,
-        args=(true_class,),
-        jac=True,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * n_members,
-        constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum(), "jac": lambda w: -np.ones(len(w))},),
-        options={"ftol": 1e-14, "maxiter": 1000},
-    )
-    return _project_to_simplex_by_scaling(result.x)
+    return -np.mean(np.log(clipped)), -(true_class.T @ inverse) / len(mixed)
 
 
 def _project_to_simplex_by_scaling(weights):
@@ -134,12 +106,7 @@ def _best_of(true_class, weights_list, start):
     """The FitResult of the restart with the lowest log-loss; `start` is the fit's start time."""
     losses = [float(_objective_and_gradient(w, true_class)[0]) for w in weights_list]
     best = int(np.argmin(losses))
-    return FitResult(
-        weights=weights_list[best],
-        log_loss=losses[best],
-        restart_log_losses=losses,
-        seconds=time.perf_counter() - start,
-    )
+    return FitResult(weights_list[best], losses[best], losses, time.perf_counter() - start)
 
 
 def _check_num_tests(num_tests):
@@ -155,9 +122,6 @@ def normalised_weights(weights, n_members):
     return weights / weights.sum()
 
 
-# --------------------------------------------------------------------------- JSON files
-
-
 def ensemble_json_candidates(weights_dir, prefix):
     """Where the ensemble weights may be, preferred first: ours, then the original's name."""
     folder = RunFolder(weights_dir, prefix)
@@ -166,66 +130,53 @@ def ensemble_json_candidates(weights_dir, prefix):
 
 def find_ensemble_json(weights_dir, prefix):
     """The first existing candidate path, or None."""
-    for path in ensemble_json_candidates(weights_dir, prefix):
-        if os.path.isfile(path):
-            return path
-    return None
+    candidates = ensemble_json_candidates(weights_dir, prefix)
+    return next((path for path in candidates if os.path.isfile(path)), None)
 
 
 def read_ensemble_weights(path, n_members, member_files=None, remedy=None):
-    """The `best_weights` of an ensemble JSON as floats normalised to sum 1.
+    """The `best_weights` of an ensemble JSON as floats normalised to sum 1 (the original's do not sum to 1).
 
-    Accepts the original's files, whose weights do not sum exactly to 1. Anything unusable is a
-    UserError that says what is wrong and how to get a good file. `member_files`, [(name, SHA-256)] of
-    the members in order, is checked against the files the weights were fitted for, where the JSON
-    records them (ours do, the original's do not). `remedy` ends each message (default: the prediction
-    scripts' flags).
+    Anything unusable is a UserError that says what is wrong and ends in `remedy` (default: the prediction
+    scripts' flags). `member_files`, [(name, SHA-256)] of the members in order, must match the files the
+    weights were fitted for, where the JSON records them (ours do, the original's do not).
     """
     remedy = remedy or _REMEDY
     content = _load_ensemble_json(path, remedy)
     if not isinstance(content, dict) or "best_weights" not in content:
-        raise UserError(
-            f"The ensemble weights file {path} has no 'best_weights' entry "
-            f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}"
-        )
+        raise UserError(f"The ensemble weights file {path} has no 'best_weights' entry "
+                        f"(expected an object like {{\"best_weights\": [0.2, 0.3, ...]}}). {remedy}")
     raw = content["best_weights"]
-    # bool is an int subclass in Python: reject `true` explicitly.
-    if not isinstance(raw, list) or not all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) for w in raw
-    ):
-        raise UserError(
-            f"The 'best_weights' entry of {path} must be a list of numbers, got {json.dumps(raw)}. "
-            f"{remedy}"
-        )
+    if not isinstance(raw, list) or not all(_is_number(w) for w in raw):
+        raise UserError(f"The 'best_weights' entry of {path} must be a list of numbers, got "
+                        f"{json.dumps(raw)}. {remedy}")
     if len(raw) != n_members:
         # A file fitted for another --M is the usual cause: say which --M it was fitted for.
-        file_m = (
-            f" It was fitted with --M {len(raw) - 1}: pass --M {len(raw) - 1} if those snapshot "
-            f"files exist." if len(raw) > 1 and remedy == _REMEDY else ""
-        )
-        raise UserError(
-            f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
-            f"{n_members} members ({_members_text(n_members)}: the best checkpoint, then each "
-            f"snapshot, one weight each).{file_m} {remedy}"
-        )
+        file_m = (f" It was fitted with --M {len(raw) - 1}: pass --M {len(raw) - 1} if those snapshot "
+                  f"files exist." if len(raw) > 1 and remedy == _REMEDY else "")
+        members = f"[Best, 1..{n_members - 1}]" if n_members > 1 else "[Best]"
+        raise UserError(f"The ensemble weights file {path} holds {len(raw)} weights, but this ensemble has "
+                        f"{n_members} members ({members}: the best checkpoint, then each snapshot, one "
+                        f"weight each).{file_m} {remedy}")
     fitted_for = content.get("member_sha256")
     if member_files is not None and isinstance(fitted_for, list) and len(fitted_for) == n_members:
         changed = [name for (name, sha), fitted_sha in zip(member_files, fitted_for) if sha != fitted_sha]
         if changed:
-            raise UserError(
-                f"The ensemble weights in {path} were fitted for other weight files: {', '.join(changed)} "
-                f"changed since (trained again or replaced). {remedy}"
-            )
+            raise UserError(f"The ensemble weights in {path} were fitted for other weight files: "
+                            f"{', '.join(changed)} changed since (trained again or replaced). {remedy}")
     weights = np.array([_as_float(w) for w in raw])
     if not all(math.isfinite(w) and w >= 0 for w in weights):
         shown = json.dumps(raw) if len(json.dumps(raw)) < 200 else json.dumps(raw)[:200] + "..."
-        raise UserError(
-            f"The ensemble weights in {path} must be finite and non-negative, got {shown}. {remedy}"
-        )
+        raise UserError(f"The ensemble weights in {path} must be finite and non-negative, got {shown}. "
+                        f"{remedy}")
     if not weights.any():
         raise UserError(f"The ensemble weights in {path} are all 0. {remedy}")
     weights /= weights.max()  # first, so that the sum of weights near the float maximum cannot overflow
     return weights / weights.sum()
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # JSON's true is no weight
 
 
 def _as_float(value):
@@ -268,12 +219,7 @@ def read_temperatures(path, n_members):
 
 
 def _is_temperature(value):
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(_as_float(value))
-            and value > 0)
-
-
-def _members_text(n_members):
-    return f"[Best, 1..{n_members - 1}]" if n_members > 1 else "[Best]"
+    return _is_number(value) and math.isfinite(_as_float(value)) and value > 0
 
 
 def write_ensemble_weights(path, weights, **metadata):

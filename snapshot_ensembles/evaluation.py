@@ -36,54 +36,28 @@ class EnsembleEvaluation:
     resamples: int = metrics.BOOTSTRAP_RESAMPLES
     seed: int = 0
 
-    # The figures by name, as SnapshotEnsemble.evaluate's users read them (accuracies are fractions).
-    @property
-    def names(self):
-        return self.member_labels
-
-    @property
-    def member_accuracy(self):
-        return [scores.accuracy for scores in self.members]
-
-    @property
-    def member_log_loss(self):
-        return [scores.nll for scores in self.members]
-
-    @property
-    def equal_accuracy(self):
-        return self.equal.accuracy
-
-    @property
-    def equal_log_loss(self):
-        return self.equal.nll
+    # The figures by name, as SnapshotEnsemble.evaluate's users read them (accuracies are fractions); the
+    # weighted ensemble's are the equal-weight one's when there are no weights.
+    names = property(lambda self: self.member_labels)
+    member_accuracy = property(lambda self: [scores.accuracy for scores in self.members])
+    member_log_loss = property(lambda self: [scores.nll for scores in self.members])
+    equal_accuracy = property(lambda self: self.equal.accuracy)
+    equal_log_loss = property(lambda self: self.equal.nll)
+    weighted_accuracy = property(lambda self: (self.weighted or self.equal).accuracy)
+    weighted_log_loss = property(lambda self: (self.weighted or self.equal).nll)
+    size_curve = property(lambda self: self.curve)
+    nb_samples = property(lambda self: int(len(self.probabilities)))
 
     @property
     def in_use(self):
         """The Scores of the ensemble in use: the weighted one, else the equal-weight one."""
         return self.weighted if self.compared == "weighted" else self.equal
 
-    @property
-    def weighted_accuracy(self):
-        """Of the weighted ensemble; the equal-weight one's when there are no weights."""
-        return (self.weighted or self.equal).accuracy
-
-    @property
-    def weighted_log_loss(self):
-        return (self.weighted or self.equal).nll
-
-    @property
-    def size_curve(self):
-        return self.curve
-
-    @property
-    def nb_samples(self):
-        return int(len(self.probabilities))
-
     def to_dict(self):
         """Every figure, JSON-ready (the `--report` file)."""
         best = self.best_member
         return {
-            "test_samples": int(len(self.probabilities)),
+            "test_samples": self.nb_samples,
             "ece_bins": metrics.ECE_BINS,
             "members": [{"label": label, **scores.to_dict()} for label, scores in zip(self.member_labels,
                                                                                      self.members)],
@@ -128,12 +102,10 @@ def evaluate(member_probs, labels, member_labels, weights=None, temperature=None
              use_weights=True, best_member=None, seed=0, resamples=metrics.BOOTSTRAP_RESAMPLES, first_is_best=True):
     """The EnsembleEvaluation of `member_probs` ([Best, 1..M] test probabilities) against `labels`.
 
-    `weights` and `temperature` describe the weighted ensemble (None: there is none, or no temperature);
-    `member_temperatures` holds one temperature per member (None: no calibrated best-member row).
-    `use_weights` chooses the ensemble in use: the weighted one, else the equal-weight one. `best_member` is
-    the index of the member it is compared with (default: the most accurate on the test set). The
-    ensemble-size curve leaves out the first member when `first_is_best` (the Best checkpoint). At most
-    three (n, C) arrays live at a time, whatever the number of members.
+    `weights` and `temperature` describe the weighted ensemble (None: none, or no temperature);
+    `member_temperatures` one per member (None: no calibrated best-member row). `use_weights` chooses the
+    ensemble in use, compared with the member at `best_member` (default: the most accurate on the test
+    set). At most three (n, C) arrays live at a time, whatever the number of members.
     """
     labels = np.asarray(labels)
     members = [metrics.score(probs, labels) for probs in member_probs]

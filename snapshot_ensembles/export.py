@@ -10,16 +10,12 @@ import re
 
 import numpy as np
 
-from snapshot_ensembles.files import atomic_path
 from snapshot_ensembles.metrics import PROBABILITY_FLOOR
 
 
 def logits_model(model, name):
-    """A model computing the logits of `model`, a classifier that ends in a softmax; shares its weights.
-
-    A last layer with `activation="softmax"` (our networks' Dense) is switched to a linear activation in
-    place, so `model` itself then outputs logits too; a last Softmax or Activation("softmax") layer is cut off.
-    """
+    """A model computing the logits of `model`, a classifier that ends in a softmax, sharing its weights: a
+    last Softmax layer is cut off, a last layer's softmax activation switched to linear in place."""
     import keras
 
     last = model.layers[-1]
@@ -34,13 +30,11 @@ def logits_model(model, name):
 
 
 def ensemble_model(models, weights, temperature=None, names=None, preprocessing=None, name="snapshot_ensemble"):
-    """One Keras model whose output is softmax(log(sum_k w_k p_k) / T) of the members `models`.
+    """One Keras model whose output is softmax(log(sum_k w_k p_k) / T) of the members `models`, after
+    `preprocessing` (a built-in layer); `weights` are normalised; `temperature` None (or 1) keeps the average.
 
-    `weights` are normalised to sum 1; `temperature` None (or 1) leaves the average as it is.
-    `preprocessing`, a built-in layer, is applied to the input first. Member k + 1 reads its input
-    through the running sum of the members before it, so it cannot start before member k has finished:
-    graph runtimes (TensorFlow, XLA) would otherwise run the members side by side, holding every
-    member's activations at once.
+    Member k + 1 reads its input through the running sum of those before it: graph runtimes (TensorFlow,
+    XLA) would otherwise run the members side by side, holding every member's activations at once.
     """
     import keras
     from keras import layers, ops
@@ -71,8 +65,3 @@ def layer_name(label):
     """`Snapshot 3` -> `snapshot_3`: a valid, readable layer name."""
     return re.sub(r"[^0-9a-zA-Z_]+", "_", label).strip("_").lower() or "member"
 
-
-def save_model(model, path):
-    """`model.save(path)` through a temporary file: no half-written .keras file under `path`."""
-    with atomic_path(path) as tmp:
-        model.save(tmp)

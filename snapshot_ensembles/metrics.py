@@ -1,8 +1,8 @@
-"""Scores of class-probability predictions: accuracy, NLL, Brier, ECE, temperature scaling, the paired
-bootstrap of a difference, and the diversity of ensemble members. Plain NumPy/SciPy.
+"""Scores of class-probability predictions (accuracy, NLL, Brier, ECE), temperature scaling, the paired
+bootstrap of a difference, and the diversity of ensemble members, in NumPy/SciPy.
 
-`probs` is an (n, C) array of probability rows, `labels` the n true classes. Every function reads its
-inputs row block by row block where it matters, so memory-mapped member predictions stay on disk.
+`probs` is an (n, C) array of probability rows, `labels` the n true classes. Large inputs are read block
+of rows by block, so memory-mapped member predictions stay on disk.
 """
 
 import dataclasses
@@ -112,9 +112,6 @@ def score(probs, labels, n_bins=ECE_BINS):
                   ece=expected_calibration_error(probs, labels, n_bins))
 
 
-# --------------------------------------------------------------------------- temperature scaling
-
-
 def log_probabilities(probs):
     """log(p) in float64, with p floored at PROBABILITY_FLOOR (a float32 softmax can underflow to 0)."""
     return np.log(np.maximum(np.asarray(probs, dtype=np.float64), PROBABILITY_FLOOR))
@@ -161,15 +158,12 @@ def fit_temperature(probs, labels):
     def nll(log_temperature):
         return temperature_nll(float(np.exp(log_temperature)), log_probs, labels)
 
-    bounds = tuple(float(np.log(bound)) for bound in TEMPERATURE_BOUNDS)
+    bounds = np.log(TEMPERATURE_BOUNDS)
     found = scipy.optimize.minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-9})
-    candidates = [(nll(bound), True, bound) for bound in bounds] + [(float(found.fun), False, float(found.x))]
-    nll_after, at_bound, log_temperature = min(candidates, key=lambda candidate: candidate[0])
-    temperature = float(np.exp(log_temperature)) if not at_bound else TEMPERATURE_BOUNDS[bounds.index(log_temperature)]
+    nll_after, at_bound, temperature = min(
+        [(nll(log_bound), True, bound) for log_bound, bound in zip(bounds, TEMPERATURE_BOUNDS)]
+        + [(float(found.fun), False, float(np.exp(found.x)))], key=lambda candidate: candidate[0])
     return TemperatureFit(temperature, temperature_nll(1.0, log_probs, labels), nll_after, at_bound)
-
-
-# --------------------------------------------------------------------------- paired bootstrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,18 +209,10 @@ def bootstrap_gain(per_sample_a, per_sample_b, resamples=BOOTSTRAP_RESAMPLES, se
             for name in per_sample_a}
 
 
-# --------------------------------------------------------------------------- diversity
-
-
 def disagreement_matrix(member_probs):
     """(M, M) fraction of samples on which members i and j predict different classes."""
-    predictions = [np.argmax(probs, axis=1) for probs in member_probs]
-    n_members = len(predictions)
-    disagreement = np.zeros((n_members, n_members))
-    for i in range(n_members):
-        for j in range(i + 1, n_members):
-            disagreement[i, j] = disagreement[j, i] = np.mean(predictions[i] != predictions[j])
-    return disagreement
+    predictions = np.stack([np.argmax(probs, axis=1) for probs in member_probs])
+    return np.stack([np.mean(row != predictions, axis=1) for row in predictions])
 
 
 def kl_matrix(member_probs):

@@ -1,12 +1,11 @@
 """The prediction flow behind predict_cifar_10.py and predict_cifar_100.py, on a config.PredictConfig.
 
-Members are `[Best, 1, ..., M]`, run through the public SnapshotEnsemble API (one network, each
-member's weights loaded in turn). Their class probabilities are computed once per data split and
-cached next to the weights, keyed by the weight file's SHA-256 and a fingerprint of the split, so
-switching the optimize mode reruns no network and a replaced weight file is predicted again.
-`compute_report` does the work; the `render_*` functions print it through snapshot_ensembles.output.
+Members `[Best, 1, ..., M]` run through the public SnapshotEnsemble API, one network loaded with each
+member's weights in turn; their probabilities are cached per weight file content and data split
+(PredictionCache). `compute_report` does the work, snapshot_ensembles.report prints and plots it.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -19,37 +18,21 @@ import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, metrics, naming, original_release, output
 from snapshot_ensembles.config import VARIANTS
-from snapshot_ensembles.errors import ConfigError, UserError
+from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.evaluation import EnsembleEvaluation
-from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, sha256_of_arrays, write_json
+from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of_arrays, write_json
 from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
+from snapshot_ensembles.report import MODES, check_plotting, plot_report, render_report, render_result
 from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.snapshot_ensemble import MemberLoadError, SnapshotEnsemble, weight_problem
+from snapshot_ensembles.snapshot_ensemble import Member, MemberLoadError, SnapshotEnsemble, load_weights
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
-MODES = {1: "fitted weights", 0: "saved weights", -1: "equal weights"}
 RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged
 
 
-@dataclasses.dataclass
-class Member:
-    name: str  # "Best" or the snapshot number
-    path: str
-
-    @property
-    def label(self):
-        return "Best checkpoint" if self.name == "Best" else f"Snapshot {self.name}"
-
-    @functools.cached_property
-    def sha256(self):
-        return sha256_of(self.path)
-
-
 def snapshot_count(folder, requested):
-    """How many snapshots the ensemble takes: `requested` (config.M), else the M that the training run
-    of `folder` (a RunFolder) recorded (fewer while it is unfinished), else every snapshot file present.
-    Says which, when it is not plain.
-    """
+    """How many snapshots the ensemble takes: `requested` (config.M), else the M the training run recorded
+    (fewer while it is unfinished), else every snapshot file present; a note says which, if not plain."""
     present = sorted(key for key in folder.member_files() if key != "Best")
     info = folder.read_record()
     recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
@@ -119,12 +102,8 @@ def note_lagging_statistics(folder):
 
 
 def saved_ensemble_weights(config, folder, members):
-    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON; None for each
-    when this mode does without it (the temperatures are None too in a file saved without them).
-
-    Optimize 0 needs it to match the members; 1 replaces it and never reads it; -1 shows it beside the
-    equal weights only when it matches, and otherwise says why it left it out.
-    """
+    """(path, weights, (temperature, member temperatures)) of the saved ensemble JSON, None where the mode
+    does without: optimize 0 needs one matching the members, 1 never reads it, -1 shows it if it matches."""
     path = ensemble.find_ensemble_json(folder.weights_dir, folder.prefix)
     if config.optimize == 0 and path is None:
         raise UserError(f"--optimize 0 uses the saved ensemble weights, but {folder.weights_dir} has no "
@@ -143,16 +122,10 @@ def saved_ensemble_weights(config, folder, members):
         return None, None, (None, None)
 
 
-def array_fingerprint(*arrays):
-    return sha256_of_arrays(*arrays)[:16]  # short: it is part of the cache file names
-
-
 class PredictionCache:
-    """Member probabilities on disk, one .npy per (weight file content, data split), in the folder that
-    RunFolder names.
-
-    The cache only saves time: an entry that cannot be read is recomputed, and when the folder cannot be
-    written (a read-only weights folder) the members are predicted in memory, with one note saying so.
+    """Member probabilities on disk, one .npy per (weight file content, network, data split), in the folder
+    that RunFolder names. It only saves time: an entry that cannot be read is computed again, and when the
+    folder cannot be written (a read-only weights folder) the members are predicted in memory, with one note.
     """
 
     def __init__(self, folder, nb_classes, network_key=""):
@@ -162,17 +135,14 @@ class PredictionCache:
         self.computed = []  # (member path, split) pairs that ran the network: tests and the report read it
         self.unwritable = None  # why the cache cannot be written, once a write failed
 
-    def path(self, weights_sha, split_key):
-        return os.path.join(self.folder, f"{weights_sha[:24]}-{self.network_key}{split_key}.npy")
-
     def split_probabilities(self, members, split, images, labels, predict):
         """Every member's probabilities on the split named `split` ("test", "fit") of (images, labels)."""
-        split_key = f"{split}-{array_fingerprint(images, labels)}"
+        split_key = f"{split}-{sha256_of_arrays(images, labels)[:16]}"  # short: it is part of the file names
         return [self.probabilities(member, split_key, images, predict) for member in members]
 
     def probabilities(self, member, split_key, images, predict):
         """Cached probabilities of `member` on a split, running `predict(member, images)` on a miss."""
-        path = self.path(member.sha256, split_key)
+        path = os.path.join(self.folder, f"{member.sha256[:24]}-{self.network_key}{split_key}.npy")
         cached = self._read(path, len(images))
         if cached is not None:
             return cached
@@ -180,7 +150,11 @@ class PredictionCache:
         self.computed.append((member.path, split_key))
         if self.unwritable is None:
             try:
-                return self._write(path, probs)
+                os.makedirs(self.folder, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, probs)
+                return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
             except FileWriteError as err:
                 self.unwritable = err.reason
             except OSError as err:
@@ -189,24 +163,13 @@ class PredictionCache:
                           "without it, so the next prediction runs every network again")
         return probs
 
-    def _write(self, path, probs):
-        os.makedirs(self.folder, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, probs)
-        return np.load(path, mmap_mode="r")  # memory-mapped: M members cost no M-fold RAM
-
     def _read(self, path, nb_samples):
         """The entry at `path` if it is complete and of the expected shape; None to compute it again."""
-        if not os.path.isfile(path):
-            return None
         try:
             probs = np.load(path, mmap_mode="r")
         except (OSError, ValueError, EOFError):
-            return None  # empty, truncated or not a .npy file
-        if probs.dtype != np.float32 or probs.shape != (nb_samples, self.nb_classes):
-            return None
-        return probs
+            return None  # absent, empty, truncated or not a .npy file
+        return probs if probs.dtype == np.float32 and probs.shape == (nb_samples, self.nb_classes) else None
 
 
 class MemberPredictor:
@@ -215,29 +178,21 @@ class MemberPredictor:
 
     def __init__(self, config, members):
         self.config = config
-        self.ensemble = SnapshotEnsemble.from_files(self._build_network, [m.path for m in members],
-                                                    names=[m.name for m in members], predict_member=self._predict)
-        self._index = {member.path: index for index, member in enumerate(members)}
+        self.ensemble = SnapshotEnsemble(members, self.build_network, predict_member=self._predict)
 
     def __call__(self, member, images):
-        try:
-            return self.ensemble.member_prediction(self._index[member.path], images)
-        except MemberLoadError as err:
-            if err.cause is None:
-                raise UserError(f"{member.path}: {err.reason}: train it again or download the release weights "
-                                "again") from None
-            raise member_load_error(member, err.cause, self.config) from None
+        with load_errors_explained(member, self.config):
+            return self.ensemble.member_prediction(self.ensemble.members.index(member), images)
 
-    def _build_network(self):
+    def build_network(self):
         set_precision(mixed=False)  # float32 whatever a training run in this process used: cached values agree
         return build_model(self.config.model, nb_classes_of(self.config.dataset))
 
     def _predict(self, member, images, load_network):
         from snapshot_ensembles.pipeline import images_dataset
 
-        network = load_network()
-        return network.predict(images_dataset(images, self.config.batch_size, self.standardization),
-                               verbose=output.keras_predict_verbose())
+        return load_network().predict(images_dataset(images, self.config.batch_size, self.standardization),
+                                      verbose=output.keras_predict_verbose())
 
     @functools.cached_property
     def standardization(self):
@@ -251,26 +206,23 @@ def network_key(config, standardization):
     return hashlib.sha256(described.encode()).hexdigest()[:12] + "-"
 
 
-def member_load_error(member, cause, config):
-    """The UserError of a weight file that Keras could not load (`cause`) into the configured network."""
-    if isinstance(cause, OSError):
-        return UserError(f"cannot read {member.path} ({cause}): the file is truncated or not a Keras weights "
-                         "file; train it again or download the release weights again")
-    return UserError(
-        f"{member.path} does not fit the network {config.model.flags()} for "
-        f"{naming.dataset_title(config.dataset)} ({str(cause).splitlines()[0][:200]}): pass the model flags the "
-        "weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, --dn_growth_rate, --dn_blocks)")
-
-
-def load_member_weights(model, member, config):
+@contextlib.contextmanager
+def load_errors_explained(member, config):
+    """A MemberLoadError of `member` as the UserError that says what to do: new weights, or other flags."""
     try:
-        model.load_weights(member.path)
-    except (ValueError, KeyError, OSError) as err:
-        raise member_load_error(member, err, config) from None
-    problem = weight_problem((weight.path, weight.numpy()) for weight in model.weights)
-    if problem:
-        raise UserError(f"{member.path}: its weights are unusable: {problem}: train it again or download the "
-                        "release weights again")
+        yield
+    except MemberLoadError as err:
+        if isinstance(err.cause, OSError):
+            raise UserError(f"cannot read {member.path} ({err.cause}): the file is truncated or not a Keras "
+                            "weights file; train it again or download the release weights again") from None
+        if err.cause is None:
+            raise UserError(f"{member.path}: {err.reason}: train it again or download the release weights "
+                            "again") from None
+        raise UserError(
+            f"{member.path} does not fit the network {config.model.flags()} for "
+            f"{naming.dataset_title(config.dataset)} ({str(err.cause).splitlines()[0][:200]}): pass the "
+            "model flags the weights were trained with (--model, --variant, --wrn_N, --wrn_k, --dn_depth, "
+            "--dn_growth_rate, --dn_blocks)") from None
 
 
 def training_record(folder):
@@ -281,8 +233,7 @@ def training_record(folder):
 
 
 def recorded_standardization(weights_dir, prefix):
-    """The per-channel (mean, std) the run of `prefix` in `weights_dir` was trained with (normalize
-    "channel"), else None."""
+    """The per-channel (mean, std) of `--normalize channel` that the run of `prefix` recorded, else None."""
     from snapshot_ensembles.modeling import INPUT_SHAPE
 
     folder = RunFolder(weights_dir, prefix)
@@ -304,12 +255,8 @@ def recorded_standardization(weights_dir, prefix):
 
 
 def fitting_split(data, folder):
-    """Images and labels to fit the ensemble weights on, the split's name, and whether the Best
-    checkpoint was chosen on that same split.
-
-    The validation split recorded by the training run of `folder` when there is one (never the test
-    set), otherwise the training set, as the original did.
-    """
+    """(images, labels, name, Best chosen on it) of the split the ensemble is fitted on: the validation split
+    the training run of `folder` recorded, else the training set as in the original; never the test set."""
     from snapshot_ensembles.data import split_validation
 
     info_path = folder.run_record
@@ -332,9 +279,8 @@ def fitting_split(data, folder):
 
 
 def check_output_paths(config, folder, members):
-    """The plot, report and export paths: the right suffix, an existing writable folder, and none of the
-    run's own files (its members, records, state, release record, ensemble weights); the plot may replace
-    the run's own plot only."""
+    """The plot, report and export paths: the right suffix, an existing writable folder, and none of the run's
+    own files (the plot may replace the run's own plot)."""
     run_files = ([m.path for m in members] + folder.run_files() + list(folder.keras1_files().values())
                  + ensemble.ensemble_json_candidates(folder.weights_dir, folder.prefix)
                  + [folder.run_record, folder.history, folder.state, folder.release_record, folder.plot])
@@ -389,13 +335,11 @@ class PredictionReport:
     folder: RunFolder
     members: list  # Member, [Best, 1..M]
     evaluation: EnsembleEvaluation  # on the test set
-    fit: SplitFit = None  # optimize 1
-    saved_json: str = None  # the ensemble JSON whose weights the report shows, when they are saved ones
-    temperature: float = None  # of the weighted ensemble
-    member_temperatures: list = None
-    member_probabilities: list = None  # test probabilities of each member
-    networks_run: list = None  # (member path, split) pairs the networks computed (the rest came from the cache)
-    cache_folder: str = None
+    fit: SplitFit  # optimize 1, else None
+    saved_json: str  # the ensemble JSON whose weights the report shows, when they are saved ones
+    member_temperatures: list
+    member_probabilities: list  # test probabilities of each member
+    cache: PredictionCache  # its `computed` networks (the rest came from the cache)
 
     @property
     def accuracy(self):
@@ -409,10 +353,10 @@ class PredictionReport:
                 "equal_accuracy": result.equal.accuracy,
                 "weighted_accuracy": None if result.weighted is None else result.weighted.accuracy,
                 "weights": None if weights is None else [float(w) for w in weights], "accuracy": self.accuracy,
-                "temperature": self.temperature if self.config.optimize != -1 else None,
+                "temperature": result.temperature if self.config.optimize != -1 else None,
                 "member_temperatures": self.member_temperatures, "evaluation": result,
                 "member_probabilities": self.member_probabilities, "probabilities": result.probabilities,
-                "networks_run": list(self.networks_run)}
+                "networks_run": list(self.cache.computed)}
 
 
 def compute_report(config, data=None):
@@ -439,17 +383,13 @@ def compute_report(config, data=None):
     result = predictor.ensemble.evaluate_predictions(
         test_probs, data.y_test, labels=[m.label for m in members], temperature=temperature,
         member_temperatures=member_temperatures, use_weights=config.optimize != -1, seed=config.seed)
-    return PredictionReport(config, folder, members, result, fit, saved_json, temperature, member_temperatures,
-                            test_probs, cache.computed, cache.folder)
+    return PredictionReport(config, folder, members, result, fit, saved_json, member_temperatures, test_probs,
+                            cache)
 
 
 def with_trained_variant(config):
-    """`config` with the network's variant, when unset, that of the run in its weights folder.
-
-    The two WRNs are named apart (`WRN-...`, `PreActWRN-...`): the one whose weight files are there,
-    the original's when neither is, a UserError when both are. The DenseNet's variant (its initialisation)
-    is read from the run record, for the report; the ResNet has one.
-    """
+    """`config` with the network's variant, when unset, that of the run in its weights folder: for a WRN the
+    one whose files are there (the prefixes differ), for a DenseNet the run record's, else the original."""
     model = config.model
     if model.variant is not None:
         return config
@@ -470,7 +410,7 @@ def with_trained_variant(config):
 
 def predict(config, data=None):
     """Run the prediction of `config` (a config.PredictConfig): print its report, save what it asks for and
-    return the summary dict. `data` (a data.Dataset) replaces the CIFAR loading (the demo's digits)."""
+    return the summary dict; `data` (a data.Dataset) replaces CIFAR (the demo's digits)."""
     config = with_trained_variant(config.check())
     if config.plot is not None:
         check_plotting()
@@ -482,96 +422,6 @@ def predict(config, data=None):
     render_result(report)
     write_outputs(report)
     return report.summary()
-
-
-HEADER = f"{'':<42}{'accuracy':>10}{'NLL':>9}{'Brier':>9}{'ECE':>9}"
-
-
-def format_row(label, scores):
-    return (f"  {label:<40}{scores.accuracy * 100:8.2f} %{scores.nll:9.4f}{scores.brier:9.4f}"
-            f"{scores.ece:9.4f}")
-
-
-def format_interval(interval, scale=1.0, digits=4):
-    return (f"{interval.estimate * scale:+.{digits}f} [{interval.low * scale:+.{digits}f}, "
-            f"{interval.high * scale:+.{digits}f}]")
-
-
-def render_report(report):
-    """The report's header and evaluation (snapshot_ensembles.output: normal verbosity and above)."""
-    members, y_count = report.members, len(report.evaluation.probabilities)
-    output.say(f"{naming.dataset_title(report.config.dataset)} test set: {y_count} images; ensemble "
-               f"{report.folder.prefix} with {len(members)} members (Best, snapshots 1..{len(members) - 1})")
-    needed = len(members) * (2 if report.fit is not None else 1)
-    output.say(f"  member predictions computed: {len(report.networks_run)} of {needed} (the rest came from the "
-               f"cache in {report.cache_folder})")
-    render_evaluation(report.evaluation, report.fit, os.path.basename(report.saved_json or ""))
-
-
-def render_evaluation(result, fit, weights_file):
-    """The report of `result` (an EnsembleEvaluation); `fit` is the SplitFit of optimize 1, else None and
-    the weights come from `weights_file`."""
-    say = output.say
-    say("Members:" + HEADER[len("Members:"):])
-    for label, scores in zip(result.member_labels, result.members):
-        say(format_row(label, scores))
-    best_label = result.member_labels[result.best_member]
-    say("Ensembles:")
-    say(format_row(f"single best member ({best_label})", result.members[result.best_member]))
-    if result.best_member_calibrated is not None:
-        say(format_row(f"  + temperature {result.best_member_temperature:.3f}", result.best_member_calibrated))
-    say(format_row("equal-weight ensemble", result.equal))
-    if result.weighted is not None:
-        source = "fitted" if fit is not None else f"saved in {weights_file}"
-        say(format_row(f"weighted ensemble ({source})", result.weighted))
-        if result.weighted_calibrated is not None:
-            say(format_row(f"  + temperature {result.temperature:.3f}", result.weighted_calibrated))
-        say("  weights [" + ", ".join(f"{w:.4f}" for w in result.weights) + "]")
-    if fit is not None:
-        render_fit(fit)
-    elif result.weighted is not None and result.temperature is None:
-        say("  no temperature saved with these weights (fitted before temperature scaling): --optimize 1 fits one")
-    render_gain_and_diversity(result)
-    say("Ensemble size (equal weights, last m snapshots):")
-    for m, scores in result.curve:
-        say(format_row(f"m={m}:", scores))
-
-
-def render_gain_and_diversity(result):
-    output.say(f"Gain of the {result.compared}{'' if result.compared == 'weighted' else '-weight'} ensemble over "
-               f"the single best member (paired bootstrap over test images, {result.resamples} resamples, 95 % "
-               "interval):")
-    output.say(f"  accuracy {format_interval(result.gain['accuracy'], 100, 2)} points   "
-               f"NLL {format_interval(result.gain['nll'])}")
-    if "nll_calibrated" in result.gain:
-        output.say(f"  NLL, both with their temperature {format_interval(result.gain['nll_calibrated'])}")
-    output.say(f"Diversity of the members: mean pairwise disagreement "
-               f"{metrics.mean_off_diagonal(result.disagreement) * 100:.2f} %, "
-               f"mean KL divergence {metrics.mean_off_diagonal(result.kl_divergence):.4f} nats")
-
-
-def render_fit(fit):
-    spread = max(fit.weights.restart_log_losses) - min(fit.weights.restart_log_losses)
-    output.say(f"  fitted on the {fit.split_name}, {fit.samples} images: log-loss {fit.weights.log_loss:.6f}, "
-               f"{len(fit.weights.restart_log_losses)} restarts agree to {spread:.1e}, {fit.weights.seconds:.2f} s")
-    if fit.best_excluded:
-        output.say("  the Best checkpoint was chosen on these same images, so it takes no part in the fit (weight 0)")
-    t = fit.temperature
-    output.say(f"  temperature fitted on the same images: {t.temperature:.4f} (NLL there {t.nll_before:.4f} -> "
-               f"{t.nll_after:.4f})")
-    if t.at_bound or any(member.at_bound for member in fit.member_temperatures):
-        low, high = metrics.TEMPERATURE_BOUNDS
-        output.always(f"  warning: a temperature reached the end of its range [{low:g}, {high:g}]: the fit split's "
-                      "predictions are (nearly) all right and confident, as on a training set, so it cannot tell "
-                      "how overconfident the test predictions are; record a validation split (--val_split) in "
-                      "training")
-
-
-def render_result(report):
-    """The result lines, printed even when quiet."""
-    output.always(f"Ensemble with {MODES[report.config.optimize]}:")
-    output.always("Accuracy : ", report.accuracy * 100)
-    output.always("Error : ", 100 - report.accuracy * 100)
 
 
 def save_fit(report):
@@ -588,55 +438,8 @@ def save_fit(report):
     output.say(f"  ensemble weights and temperatures saved to {path}")
 
 
-def check_plotting():
-    """matplotlib, which only the plot needs, is an extra (`pip install '.[plot]'`)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ConfigError("{plot} needs matplotlib, which is not installed: pip install matplotlib (or, in the "
-                          "checkout, pip install '.[plot]'), or leave out {plot}", plot=("plot",)) from None
-
-
-def plot_report(path, result):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
-    sizes = [m for m, _ in result.curve]
-    left.plot(sizes, [s.accuracy * 100 for _, s in result.curve], marker="o",
-              label="equal-weight ensemble of the last m snapshots")
-    left.axhline(result.members[result.best_member].accuracy * 100, color="grey", linestyle="--",
-                 label="best single member")
-    left.set(xlabel="m (snapshots in the ensemble)", ylabel="test accuracy (%)", title="Ensemble size")
-    left.set_xticks(sizes)
-    left.legend(loc="lower right", fontsize=8)
-    agreement = 1.0 - result.disagreement
-    image = middle.imshow(agreement, vmin=min(0.5, float(np.min(agreement))), vmax=1.0, cmap="viridis")
-    member_labels = result.member_labels
-    middle.set_xticks(range(len(member_labels)), member_labels, rotation=45, fontsize=8)
-    middle.set_yticks(range(len(member_labels)), member_labels, fontsize=8)
-    middle.set_title("Agreement of members' predictions (test set)")
-    fig.colorbar(image, ax=middle, fraction=0.046)
-    names = {"best_member": f"best member ({member_labels[result.best_member]})",
-             "ensemble": f"{result.compared} ensemble", "ensemble_calibrated": f"{result.compared} ensemble + temperature"}
-    right.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for key, bins in result.reliability.items():
-        filled = bins.counts > 0
-        right.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", label=f"{names[key]}, ECE {bins.ece():.3f}")
-    right.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-              title=f"Reliability ({len(bins.counts)} equal-width bins, test set)")
-    right.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def write_outputs(report):
-    """The plot, the JSON report and the exported model that the config asks for, each written whole or
-    not at all."""
+    """The plot, JSON report and exported model the config asks for, each written whole or not at all."""
     config, result, members = report.config, report.evaluation, report.members
     if config.plot is not None:
         plot_path = config.plot or report.folder.plot
@@ -660,22 +463,21 @@ def export_ensemble(path, config, members, weights, temperature):
 
     from snapshot_ensembles import export
 
-    set_precision(mixed=False)
+    predictor = MemberPredictor(config, members)
     kept = [(member, weight) for member, weight in zip(members, weights) if weight > 0]
     models = []
     for member, _ in kept:
-        model = build_model(config.model, nb_classes_of(config.dataset))
-        load_member_weights(model, member, config)
-        models.append(model)
+        with load_errors_explained(member, config):
+            models.append(load_weights(predictor.build_network(), member.path))
     # The members' input transform (the input pipelines' to_float) as a built-in layer.
-    standardization = recorded_standardization(config.weights_dir, config.prefix)
-    if standardization is None:
+    if predictor.standardization is None:
         preprocessing = keras.layers.Rescaling(1.0 / 255.0, name="pixels_to_unit_range")
     else:
-        mean, std = standardization
+        mean, std = predictor.standardization
         preprocessing = keras.layers.Normalization(axis=-1, mean=mean, variance=[value ** 2 for value in std],
                                                    name="per_channel_standardization")
     model = export.ensemble_model(models, [w for _, w in kept], temperature,
                                   names=[export.layer_name(member.label) for member, _ in kept],
                                   preprocessing=preprocessing)
-    export.save_model(model, path)
+    with atomic_path(path) as tmp:  # no half-written .keras file under `path`
+        model.save(tmp)

@@ -5,20 +5,21 @@
     probabilities = ensemble.predict(x_test)
     report = ensemble.evaluate(x_test, y_test)  # every member, the single best, equal and weighted ensembles
 
-Members are evaluated one at a time: `from_files` builds one network and loads each weight file into
-it in turn, so memory holds one network and each member's (n, classes) probabilities, never M
-networks. The first member is taken to be the best-validation checkpoint (the snapshot callbacks'
-`-Best` file) when it is named "Best"; the ensemble-size curve of `evaluate` leaves it out.
+Weight-file members share one network, loaded with each file in turn: memory holds one network, never M.
+A first member named "Best" is the best-validation checkpoint, which the ensemble-size curve leaves out.
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
 from snapshot_ensembles import evaluation, output
+from snapshot_ensembles.data import check_labels
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import sha256_of
 from snapshot_ensembles.run_folder import RunFolder
 
 # Far above any weight training produces; 2**62 or infinity makes every activation after it overflow.
@@ -27,22 +28,29 @@ MAX_ABS_WEIGHT = 1e10
 
 @dataclasses.dataclass
 class Member:
-    """One ensemble member: a name and where its network comes from (a built model, or a weight file)."""
+    """One ensemble member: a name ("Best" or the snapshot number for a run's files) and where its network
+    comes from (a weight file, or a built model)."""
 
     name: str
-    model: object = None  # a built Keras model
     path: str = None  # a weight file, loaded into the ensemble's shared network
+    model: object = None  # a built Keras model
+
+    @property
+    def label(self):
+        return "Best checkpoint" if self.name == "Best" else f"Snapshot {self.name}"
+
+    @functools.cached_property
+    def sha256(self):
+        return sha256_of(self.path)
 
 
 class SnapshotEnsemble:
     """A weighted average of the softmax outputs of several snapshots of one classifier.
 
-    `members`: a list of Member. `build_model`: a function returning the (uncompiled or compiled)
-    network that weight-file members load into. `predict_member(member, x, load_model)`, when
-    given, replaces `load_model().predict(x, batch_size=batch_size)` (an input pipeline, a
-    prediction cache...). `verbose`, here and in the methods that run the networks: 0 silent, 1 the
-    default (the scripts' normal output), 2 Keras's progress bars too; None: the process's setting
-    (snapshot_ensembles.output).
+    `members`: Members; `build_model()` builds the network that weight-file members load into;
+    `predict_member(member, x, load_model)` replaces `load_model().predict(x, batch_size=batch_size)` (an
+    input pipeline, a cache). `verbose`, here and where networks run: 0 silent, 1 the scripts' normal
+    output, 2 Keras's progress bars too, None the process's setting (snapshot_ensembles.output).
     """
 
     def __init__(self, members, build_model=None, weights=None, batch_size=256, predict_member=None, verbose=None):
@@ -56,7 +64,6 @@ class SnapshotEnsemble:
         self.predict_member = predict_member
         self.verbose = verbose
         self._network = None
-        self.weights = None
         self.set_weights(weights)
 
     @classmethod
@@ -69,13 +76,11 @@ class SnapshotEnsemble:
 
     @classmethod
     def from_run(cls, build_model, weights_dir, prefix, nb_snapshots=None, **options):
-        """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... that the snapshot callbacks
-        wrote into `weights_dir` with `get_callbacks(model_prefix=prefix)`; every snapshot present
-        unless `nb_snapshots` is given. FileNotFoundError lists the files that are missing.
-
-        Inputs reach the network as given: preprocess them as training did (a run of the CIFAR scripts
-        with `--normalize channel` records its per-channel mean and std in `{prefix}-run.json`, key
-        `standardization`; `prediction.recorded_standardization` reads them)."""
+        """Members `{prefix}-Best.weights.h5`, `{prefix}-1.weights.h5`, ... that the callbacks of
+        `get_callbacks(model_prefix=prefix)` wrote into `weights_dir`: all present unless `nb_snapshots` is
+        given; MissingMembers lists those missing.
+        Inputs reach the network as given: preprocess them as training did
+        (`prediction.recorded_standardization` reads a `--normalize channel` run's mean and std)."""
         folder = RunFolder(weights_dir, prefix)
         if nb_snapshots is None:
             nb_snapshots = max((key for key in folder.member_files() if key != "Best"), default=0)
@@ -100,8 +105,6 @@ class SnapshotEnsemble:
     def names(self):
         return [member.name for member in self.members]
 
-    # ------------------------------------------------------------------ weights
-
     def set_weights(self, weights):
         """Member weights (>= 0, not all 0; normalised to sum 1); None for equal weights."""
         self.weights = None if weights is None else arithmetic.normalised_weights(weights, len(self))
@@ -111,19 +114,16 @@ class SnapshotEnsemble:
         return self.weights if self.weights is not None else np.full(len(self), 1.0 / len(self))
 
     def fit_weights(self, x, y, exclude=(), num_tests=1, seed=0, verbose=None):
-        """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult.
-
-        Members named in `exclude` get weight 0 (a Best checkpoint chosen on these same samples would
-        be trusted for that alone). The objective is convex: `num_tests` restarts only confirm it.
-        """
+        """Fit the weights minimising the ensemble's log-loss on (x, y); returns ensemble.FitResult. Members
+        named in `exclude` get weight 0 (a Best checkpoint chosen on these samples is trusted for that)."""
         _check_exclude(exclude, self.names)
-        class_ids(y, _sample_count(x))  # before the networks run
+        _class_ids(y, _sample_count(x))  # before the networks run
         return self.fit_weights_to(self.member_predictions(x, verbose), y, exclude, num_tests, seed)
 
     def fit_weights_to(self, member_probs, y, exclude=(), num_tests=1, seed=0):
         """`fit_weights` on member probabilities already computed (`member_predictions`)."""
         _check_exclude(exclude, self.names)
-        y = class_ids(y, *np.shape(member_probs[0]))
+        y = _class_ids(y, *np.shape(member_probs[0]))
         kept = [index for index, name in enumerate(self.names) if name not in exclude]
         if not kept:
             raise ValueError(f"every member is excluded from the fit: {list(exclude)}")
@@ -146,8 +146,6 @@ class SnapshotEnsemble:
                                     "weights (set_weights(None)).")
         return self.weights
 
-    # ------------------------------------------------------------------ predictions
-
     def member_predictions(self, x, verbose=None):
         """Each member's (n, classes) probabilities on x, computed one member after the other."""
         return [self.member_prediction(index, x, verbose) for index in range(len(self))]
@@ -156,7 +154,7 @@ class SnapshotEnsemble:
         """The (n, classes) probabilities of the member at `index` on x."""
         member = self.members[index]
         _sample_count(x)
-        with output.verbosity_set_to(self._verbosity(verbose)):
+        with output.verbosity_set_to(self.verbose if verbose is None else verbose):
             if self.predict_member is not None:
                 probs = self.predict_member(member, x, lambda: self._loaded(member))
             else:
@@ -170,10 +168,9 @@ class SnapshotEnsemble:
         return (probs, member_probs) if return_members else probs
 
     def evaluate(self, x, y, temperature=None, member_temperatures=None, seed=0, verbose=None):
-        """The report on (x, y) that the prediction scripts print (snapshot_ensembles.evaluation): every
-        member, the single best, the equal-weight ensemble and, with weights, the weighted one (with its
-        `temperature`, when given), the ensemble-size curve, the gain over the best member, diversity."""
-        class_ids(y, _sample_count(x))  # before the networks run
+        """The report on (x, y) that the prediction scripts print, an evaluation.EnsembleEvaluation;
+        `temperature` is the weighted ensemble's, `member_temperatures` one per member."""
+        _class_ids(y, _sample_count(x))  # before the networks run
         return self.evaluate_predictions(self.member_predictions(x, verbose), y, temperature=temperature,
                                          member_temperatures=member_temperatures, seed=seed)
 
@@ -182,13 +179,10 @@ class SnapshotEnsemble:
         """`evaluate` on member probabilities already computed (`member_predictions`); `labels` name the
         members in the report (default: their names); without `use_weights` the equal-weight ensemble is
         the one in use, the weighted one only shown."""
-        y = class_ids(y, *np.shape(member_probs[0]))
+        y = _class_ids(y, *np.shape(member_probs[0]))
         return evaluation.evaluate(member_probs, y, labels or self.names, self.weights, temperature,
                                    member_temperatures, use_weights=use_weights, seed=seed,
                                    first_is_best=self.names[0] == "Best")
-
-    def _verbosity(self, verbose):
-        return self.verbose if verbose is None else verbose
 
     def _loaded(self, member):
         """The member's network: its own model, or the shared network with its weight file loaded."""
@@ -196,17 +190,23 @@ class SnapshotEnsemble:
             return member.model
         if self._network is None:
             self._network = self.build_model()
-        try:
-            self._network.load_weights(member.path)
-        except (ValueError, KeyError) as err:
-            raise MemberLoadError(member.path, f"it does not fit the network that build_model builds "
-                                               f"({str(err).splitlines()[0][:200]})", err) from None
-        except OSError as err:
-            raise MemberLoadError(member.path, f"it is truncated or not a Keras weights file ({err})", err) from None
-        problem = weight_problem((weight.path, weight.numpy()) for weight in self._network.weights)
-        if problem:
-            raise MemberLoadError(member.path, f"its weights are unusable: {problem}")
-        return self._network
+        return load_weights(self._network, member.path)
+
+
+def load_weights(network, path):
+    """`network` with the weight file `path` loaded; MemberLoadError if it cannot be or its weights are
+    unusable."""
+    try:
+        network.load_weights(path)
+    except (ValueError, KeyError) as err:
+        raise MemberLoadError(path, f"it does not fit the network that build_model builds "
+                                    f"({str(err).splitlines()[0][:200]})", err) from None
+    except OSError as err:
+        raise MemberLoadError(path, f"it is truncated or not a Keras weights file ({err})", err) from None
+    problem = weight_problem((weight.path, weight.numpy()) for weight in network.weights)
+    if problem:
+        raise MemberLoadError(path, f"its weights are unusable: {problem}")
+    return network
 
 
 class MissingMembers(FileNotFoundError):
@@ -227,10 +227,6 @@ class MemberLoadError(ValueError):
         self.reason = reason
         self.cause = cause
 
-    @property
-    def unreadable(self):
-        return isinstance(self.cause, OSError)
-
 
 def weight_problem(named_arrays):
     """What is wrong with weights no training produces (not numbers, NaN, infinity, magnitudes above
@@ -249,8 +245,8 @@ def weight_problem(named_arrays):
 
 def _sample_count(x):
     """The number of samples in `x` (arrays, or a dict or list of them for a model of several inputs)."""
-    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) and x and \
-        hasattr(x[0], "shape") else x
+    several = isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape")
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if several else x
     try:
         count = len(first)
     except TypeError:  # a generator, or a tf.data.Dataset of unknown length
@@ -260,24 +256,9 @@ def _sample_count(x):
     return count
 
 
-def class_ids(y, nb_samples=None, nb_classes=None):
-    """`y` as integer class ids, one per sample; a ValueError saying what is wrong otherwise (`nb_classes`
-    unknown: before the networks run)."""
-    y = np.asarray(y)
-    if y.ndim != 1:
-        hint = (": flatten them, y.ravel()" if y.ndim == 2 and y.shape[1] == 1 else
-                ": one-hot labels? pass y.argmax(axis=1)" if y.ndim == 2 else "")
-        raise ValueError(f"y has shape {y.shape}, expected one class id per sample, a 1-D array{hint}")
-    if nb_samples is not None and len(y) != nb_samples:
-        raise ValueError(f"y has {len(y)} labels for {nb_samples} samples")
-    if len(y) == 0:
-        raise ValueError("y holds no labels: pass at least one sample")
-    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
-        raise ValueError(f"y holds {y.dtype} values that are not class ids (integers from 0)")
-    if y.min() < 0 or (nb_classes is not None and y.max() >= nb_classes):
-        classes = f"0 to {nb_classes - 1}" if nb_classes is not None else "0 and up"
-        raise ValueError(f"y runs from {y.min():g} to {y.max():g}, outside the class ids {classes}")
-    return y.astype(np.int64)
+def _class_ids(y, nb_samples, nb_classes=None):
+    """`y` as class ids, one per sample; a ValueError worded for the caller's `y` (data.check_labels)."""
+    return check_labels(y, nb_classes, nb_samples, "y", ValueError)
 
 
 # Row sums of a float32 softmax stay within 1e-6 of 1, a bfloat16 one's within a few 1e-3.
