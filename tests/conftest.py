@@ -29,6 +29,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE_DATA = os.path.join(REPO, "snapshot_ensembles", "release_data")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pytest.ini): each computes on one thread, rather than every worker's TensorFlow
+    # spinning a thread pool as wide as the machine over the same cores. Set before TensorFlow starts.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 # Before Keras is imported: Keras reads KERAS_HOME once, at import, and writes keras.json there.
 SESSION_KERAS_HOME = tempfile.mkdtemp(prefix="snapshot-tests-keras-home-")
 atexit.register(shutil.rmtree, SESSION_KERAS_HOME, ignore_errors=True)

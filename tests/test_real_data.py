@@ -28,6 +28,7 @@ def _real_data(tmp_path, *flags):
         return done.stdout, json.load(fh)
 
 
+@pytest.mark.process  # the benchmark runs each command as its own process
 def test_real_data_prints_loss_divergence_and_accuracy_per_command_with_the_cpu(tmp_path):
     out, record = _real_data(tmp_path, "--parts", "commands", "--only", "CIFAR flow 1")
     assert re.search(r"^CPU: .+; \d+ cores; flags: .+", out, re.MULTILINE)
