@@ -134,6 +134,11 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
                                     cifar10_dir)
 
 
+def small_archive(folder, seed=0):
+    """(folder, sha256) of a CIFAR-10 archive of 40 training and 20 test images: for runs trained three times."""
+    return str(folder), write_archive(str(folder), "cifar10", train_per_batch=8, test_size=20, seed=seed)[1]
+
+
 @pytest.mark.parametrize("model_flags,extra,prefix", [
     # The paper's recipe: batch mode (the schedule reads the optimizer's step counter, which the state must
     # restore), seeded crops and flips, Nesterov momentum, weight decay, standardised images. It trains the
@@ -145,7 +150,8 @@ def test_killed_mid_cycle_the_same_command_resumes_to_the_uninterrupted_result(r
     pytest.param(["--model", "dn", "--dn_depth", "7", "--dn_growth_rate", "4"], ["--val_split", "0.2"],
                  "DenseNet-CIFAR10-7-4-3blocks", marks=pytest.mark.slow),
 ])
-def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, model_flags, extra, prefix):
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, model_flags, extra, prefix):
+    cifar10_dir, extra = small_archive(tmp_path / "data"), [*extra, "--batch_size", "10"]
     train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra, model=model_flags))
     with monkeypatch.context() as patch:
         interrupt_after_epoch(patch, 3)
@@ -154,9 +160,9 @@ def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, monkeypatch, mod
     assert state_epoch(tmp_path / "w", prefix) == 3
     assert not os.path.exists(tmp_path / "w" / f"{prefix}-2.weights.h5")
 
-    other_data = (str(tmp_path / "other"), write_archive(str(tmp_path / "other"), "cifar10", seed=1)[1])
     with pytest.raises(UserError, match="data differ .* --no_resume"):
-        train_from_flags("cifar10", flags(other_data, tmp_path / "w", *extra, model=model_flags))
+        train_from_flags("cifar10", flags(small_archive(tmp_path / "other", seed=1), tmp_path / "w", *extra,
+                                          model=model_flags))
 
     train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "w", *extra, model=model_flags))
     assert_same_run(tmp_path / "w", tmp_path / "reference", cifar10_dir, prefix, model_flags)
@@ -239,7 +245,7 @@ def test_a_run_saved_before_a_flag_existed_is_started_over_and_the_flags_are_com
         check_same_run(now, dict(now, deterministic=False), "an unfinished run", str(tmp_path))
 
 
-def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_dir, tmp_path, monkeypatch):
+def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(tmp_path, monkeypatch):
     """Loss scaling skips overflowing float16 steps; the schedule and the resume check still count them.
 
     float16 is forced on this CPU (as on a GPU), with a loss scale that overflows at the start and,
@@ -257,8 +263,10 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(cifar10_
 
     monkeypatch.setattr(modeling, "accelerator_present", lambda: True)  # mixed precision picks float16
     monkeypatch.setattr(snapshot, "StepCountingLossScaleOptimizer", OverflowingLossScale)
-    # Without dropout: the loss scale's course below was measured on the plain network.
-    steps, extra = 4, ["--schedule", "batch", "--batch_size", "50", "--mixed_precision", "--dropout", "0"]
+    # float16 is emulated on a CPU: 40 images in 4 steps per epoch. Without dropout: the loss scale's course
+    # below was measured on the plain network.
+    cifar10_dir = small_archive(tmp_path / "data")
+    steps, extra = 4, ["--schedule", "batch", "--batch_size", "10", "--mixed_precision", "--dropout", "0"]
     try:
         model, reference = train_from_flags("cifar10", flags(cifar10_dir, tmp_path / "reference", *extra))
         with monkeypatch.context() as patch:
