@@ -14,10 +14,10 @@ from snapshot_ensembles import output
 from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, run_cli)
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.modeling import build_model, nb_classes_of
-from snapshot_ensembles.naming import DATASETS
-from snapshot_ensembles.original_release import install_ensemble_weights
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.models.build import build_model, nb_classes_of
+from snapshot_ensembles.config.naming import DATASETS
+from snapshot_ensembles.release import install_ensemble_weights
+from snapshot_ensembles.training.run_folder import RunFolder
 
 
 def build_parser():
@@ -81,7 +81,7 @@ def main(argv=None):
                         "pass --overwrite to replace")
 
     # Keras loads only now, so that flag and file-name errors answer at once.
-    from snapshot_ensembles.legacy import convert_files
+    from snapshot_ensembles.release.legacy import convert_files
 
     label, hint = network.describe(nb_classes)
     model = build_model(network, nb_classes)  # dropout as in training (WRN 0.0, DenseNet 0.2): no weights

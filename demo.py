@@ -71,7 +71,7 @@ def main(argv=None):
     baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
     backend_start.start()
     from snapshot_ensembles import prediction, training
-    from snapshot_ensembles.report import format_interval
+    from snapshot_ensembles.prediction.report import format_interval
 
     data = digits_dataset(args.seed)
     output.say(f"== Snapshot ensemble: {args.M} cycles of {args.nb_epoch // args.M} epochs ==")
@@ -107,7 +107,7 @@ def main(argv=None):
 
 def summary_evaluation(report, labels, seed):
     """The fitted ensemble's evaluation against the most accurate snapshot (the Best checkpoint left out)."""
-    from snapshot_ensembles import evaluation
+    from snapshot_ensembles.ensemble import evaluation
 
     first = report["evaluation"]
     best_snapshot = 1 + max(range(len(first.members) - 1), key=lambda i: first.members[1 + i].accuracy)
@@ -117,7 +117,7 @@ def summary_evaluation(report, labels, seed):
 
 
 def summary_rows(result, baseline_probs, labels):
-    from snapshot_ensembles import metrics
+    from snapshot_ensembles.ensemble import metrics
 
     rows = {f"best single snapshot ({result.member_labels[result.best_member]})": result.members[result.best_member],
             "equal-weight ensemble": result.equal, "fitted ensemble": result.weighted,

@@ -20,7 +20,7 @@ import scipy.optimize  # noqa: E402
 from sklearn.metrics import log_loss as sklearn_log_loss  # noqa: E402
 
 from snapshot_ensembles import ensemble, metrics  # noqa: E402
-from snapshot_ensembles.metrics import LOG_LOSS_EPS  # noqa: E402
+from snapshot_ensembles.ensemble.metrics import LOG_LOSS_EPS  # noqa: E402
 
 
 def original_fit(member_probs, labels, num_tests=20, seed=0):

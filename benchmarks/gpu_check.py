@@ -60,7 +60,7 @@ def torch_device():
 
 def pipeline_rate(x, y, augment, steps):
     """Images/s of the NumPy input pipeline alone, `steps` batches."""
-    from snapshot_ensembles.numpy_pipeline import TrainingBatches
+    from snapshot_ensembles.data.numpy_pipeline import TrainingBatches
 
     batches = TrainingBatches(x, y, BATCH_SIZE, 0, augment)
     start = time.perf_counter()
@@ -77,8 +77,8 @@ def our_rate(config, x, y, steps, warmup, mixed):
     import keras
 
     from snapshot_ensembles import training
-    from snapshot_ensembles.modeling import set_precision
-    from snapshot_ensembles.numpy_pipeline import TrainingBatches
+    from snapshot_ensembles.models.build import set_precision
+    from snapshot_ensembles.data.numpy_pipeline import TrainingBatches
 
     set_precision(mixed)
     keras.utils.set_random_seed(0)
@@ -121,7 +121,7 @@ def main(argv=None):
 
     from measure import load_average
     from snapshot_ensembles import cli
-    from snapshot_ensembles.modeling import accelerator_present
+    from snapshot_ensembles.models.build import accelerator_present
 
     backend, device = device_name()
     if backend == "tensorflow":

@@ -59,7 +59,7 @@ def tf_data_rate(x, y, augment, batch_size, epochs, repeats):
     """tf.data's rate, or None where TensorFlow is not installed."""
     try:
         with backend_start.native_stderr_hidden():
-            from snapshot_ensembles import tf_pipeline
+            from snapshot_ensembles.data import tf_pipeline
     except ImportError:
         return None
     standardization = standardization_for(augment, x)
@@ -68,7 +68,7 @@ def tf_data_rate(x, y, augment, batch_size, epochs, repeats):
 
 
 def numpy_rate(x, y, augment, batch_size, epochs, repeats, workers):
-    from snapshot_ensembles import numpy_pipeline
+    from snapshot_ensembles.data import numpy_pipeline
 
     standardization = standardization_for(augment, x)
 
@@ -81,7 +81,7 @@ def numpy_rate(x, y, augment, batch_size, epochs, repeats, workers):
 
 def main(argv=None):
     backend_start.start()  # the NumPy pipeline's evaluation batches are Keras PyDatasets
-    from snapshot_ensembles.numpy_pipeline import WORKERS
+    from snapshot_ensembles.data.numpy_pipeline import WORKERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50000, help="synthetic training images (CIFAR's 50,000)")

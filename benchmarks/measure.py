@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from snapshot_ensembles import config
-from snapshot_ensembles.modeling import cpu_flags
+from snapshot_ensembles.models.build import cpu_flags
 
 REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 

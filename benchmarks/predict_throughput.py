@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
 from snapshot_ensembles import config, prediction  # noqa: E402
 from snapshot_ensembles.data import Dataset  # noqa: E402
-from snapshot_ensembles.modeling import build_model, cpu_has_native_bfloat16  # noqa: E402
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.models.build import build_model, cpu_has_native_bfloat16  # noqa: E402
+from snapshot_ensembles.training.run_folder import RunFolder
 
 
 def peak_rss_mb():

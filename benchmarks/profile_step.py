@@ -38,7 +38,7 @@ def ours(options, config, rows):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from snapshot_ensembles import training
-    from snapshot_ensembles.modeling import set_precision
+    from snapshot_ensembles.models.build import set_precision
 
     with contextlib.suppress(RuntimeError):  # TensorFlow already started (a test's process): its threads stay
         tf.config.threading.set_inter_op_parallelism_threads(1)

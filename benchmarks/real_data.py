@@ -41,7 +41,7 @@ sys.path.insert(0, REPO)
 
 import measure  # noqa: E402
 from measure import sha256_or_skip  # noqa: E402
-from snapshot_ensembles.modeling import cpu_flags  # noqa: E402
+from snapshot_ensembles.models.build import cpu_flags  # noqa: E402
 from snapshot_ensembles.data import CIFAR  # noqa: E402
 
 SHORT_BN_MOMENTUM = "0.9"

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from snapshot_ensembles.models.batch_norm import KERAS1_EPSILON  # noqa: E402
-from snapshot_ensembles.modeling import DEFAULT_DROPOUT  # noqa: E402
+from snapshot_ensembles.models.build import DEFAULT_DROPOUT  # noqa: E402
 
 DENSENET_WEIGHT_DECAY = 1e-4  # models/dense_net.py: L2(1e-4) on every weight, gradient 2e-4 x w
 

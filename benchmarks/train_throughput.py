@@ -56,7 +56,7 @@ import tensorflow as tf  # noqa: E402
 from snapshot_ensembles import backend_start, training  # noqa: E402
 from measure import cpu_description, describe_cpu, load_average, rate_summary  # noqa: E402
 from snapshot_ensembles.config import CycleConfig, ModelConfig, TrainConfig, TrainingConfig  # noqa: E402
-from snapshot_ensembles.modeling import cpu_has_native_bfloat16, set_precision  # noqa: E402
+from snapshot_ensembles.models.build import cpu_has_native_bfloat16, set_precision  # noqa: E402
 
 KERAS_BACKENDS = ("jax", "torch")
 # Per network, the backend columns a default run times. XLA alone takes about 2.5 minutes to build

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from snapshot_ensembles import SnapshotEnsemble
-from snapshot_ensembles.callbacks import SnapshotCallbackBuilder
+from snapshot_ensembles.training.callbacks import SnapshotCallbackBuilder
 
 EPOCHS, SNAPSHOTS = 30, 3
 

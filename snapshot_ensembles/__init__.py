@@ -15,6 +15,6 @@ __all__ = ["SnapshotEnsemble"]
 def __getattr__(name):
     if name != "SnapshotEnsemble":
         raise AttributeError(f"module 'snapshot_ensembles' has no attribute {name!r}")
-    from snapshot_ensembles.snapshot_ensemble import SnapshotEnsemble
+    from snapshot_ensembles.ensemble.snapshot_ensemble import SnapshotEnsemble
 
     return SnapshotEnsemble

@@ -14,7 +14,7 @@ import threading
 
 from snapshot_ensembles import config, output
 from snapshot_ensembles.errors import ConfigError, UserError
-from snapshot_ensembles.naming import dataset_title
+from snapshot_ensembles.config.naming import dataset_title
 
 
 class ArgumentParser(argparse.ArgumentParser):

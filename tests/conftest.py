@@ -26,7 +26,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The original project's ensemble-weight files (WRN-16-4 on CIFAR-10 and CIFAR-100), shipped with the package.
-RELEASE_DATA = os.path.join(REPO, "snapshot_ensembles", "release_data")
+RELEASE_DATA = os.path.join(REPO, "snapshot_ensembles", "release", "release_data")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -216,8 +216,8 @@ def wait_until(condition, process, timeout=300, poll=0.05):
 def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1", "--wrn_k", "1")):
     """Test-set probabilities of the weight files `{prefix}-{name}.weights.h5`, name by name."""
     from snapshot_ensembles import cli
-    from snapshot_ensembles.modeling import build_model
-    from snapshot_ensembles.pipeline import images_dataset
+    from snapshot_ensembles.models.build import build_model
+    from snapshot_ensembles.data.pipeline import images_dataset
 
     model = build_model(cli.train_config("cifar10", list(model_flags)).model, 10)
     predictions = {}

@@ -1,6 +1,6 @@
 """The original networks as Keras 1.1.1 built, ordered, saved and (on Theano) computed them.
 
-Independent of models/ and of snapshot_ensembles/legacy.py, so that the exactness test compares
+Independent of models/ and of snapshot_ensembles/release/legacy.py, so that the exactness test compares
 our conversion with the original rather than with itself:
 
 - `original_wrn` / `original_densenet` follow the original's models/wide_residual_net.py and

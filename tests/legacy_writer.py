@@ -1,11 +1,11 @@
-"""Keras 1.1.1 `save_weights` files of a Keras 3 model, for the tests of snapshot_ensembles/legacy.py:
+"""Keras 1.1.1 `save_weights` files of a Keras 3 model, for the tests of snapshot_ensembles/release/legacy.py:
 the inverse of its conversion, with the same conventions (see its docstring)."""
 
 import h5py
 import numpy as np
 
 from snapshot_ensembles.files import atomic_path
-from snapshot_ensembles.legacy import (_BN, _CONV, _DENSE, _check_conventions, _flattened_feature_maps,
+from snapshot_ensembles.release.legacy import (_BN, _CONV, _DENSE, _check_conventions, _flattened_feature_maps,
                                        _keras3_kind, _weighted_layers)
 
 # Keras 1 weight names are `<layer name>_<suffix>`, in the order Keras 1 stored them.

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import (REPO, USER_ERROR, assert_clean_failure, patched, process_env, run_process, start_script,
                       wait_until)
-from snapshot_ensembles import run_state
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training import run_state
+from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]

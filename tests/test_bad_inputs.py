@@ -95,7 +95,7 @@ def test_library_and_demo_datasets_are_checked_where_they_enter():
 
 
 def test_library_training_splits_are_checked_too(tmp_path):
-    from snapshot_ensembles.modeling import build_model
+    from snapshot_ensembles.models.build import build_model
 
     config = train_config("--wrn_N", "1", "--wrn_k", "1", "--nb_epoch", "1", "--M", "1", "--weights_dir", str(tmp_path))
     model = training.compile_model(build_model(config.model, 10), config)
@@ -178,7 +178,7 @@ def test_a_validation_split_that_leaves_fewer_training_images_than_classes(tmp_p
 ])
 def test_a_training_record_with_numbers_out_of_range(tmp_path, record):
     from snapshot_ensembles import prediction
-    from snapshot_ensembles.run_folder import RunFolder
+    from snapshot_ensembles.training.run_folder import RunFolder
 
     folder = archive_with(tmp_path)
     dataset = data.load_cifar("cifar10", folder, "skip")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, train_config, write_archive
-from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.models.build import build_model
 
 torch = pytest.importorskip("torch", reason="the PyTorch peer needs torch: pip install -r requirements-backends.txt")
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from conftest import REPO, run_script, train_config
-from snapshot_ensembles import cli, run_state
+from snapshot_ensembles import cli
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles import config as config_module
 from snapshot_ensembles.config import CycleConfig, DataConfig, ModelConfig, TrainConfig, TrainingConfig
 from snapshot_ensembles.errors import UserError
@@ -82,7 +83,7 @@ def test_the_original_import_paths_still_work():
     import models
     import models.wide_residual_net
     import snapshot
-    from snapshot_ensembles import callbacks
+    from snapshot_ensembles.training import callbacks
     from snapshot_ensembles import models as package_models
 
     assert snapshot.SnapshotCallbackBuilder is callbacks.SnapshotCallbackBuilder

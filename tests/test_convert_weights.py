@@ -1,4 +1,4 @@
-"""Keras 1 (Theano) weight files -> Keras 3: snapshot_ensembles/legacy.py and convert_weights.py."""
+"""Keras 1 (Theano) weight files -> Keras 3: snapshot_ensembles/release/legacy.py and convert_weights.py."""
 
 import os
 
@@ -17,8 +17,8 @@ from models.wide_residual_net import create_wide_residual_network
 from snapshot_ensembles.cli import run_cli
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.legacy import convert_legacy_weights, read_legacy_weights
-from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.release.legacy import convert_legacy_weights, read_legacy_weights
+from snapshot_ensembles.models.build import build_model
 
 
 def tiny_wrn(N=1, k=1):

@@ -25,10 +25,10 @@ import pytest
 
 from conftest import (REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member_predictions, patched, process_env,
                       run_process, run_script)
-from snapshot_ensembles import distribute
+from snapshot_ensembles.training import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MEMBERS = ["Best", "1", "2"]
@@ -99,7 +99,7 @@ def test_mirrored_over_two_cpu_devices_trains_the_single_device_run(single_devic
 # train_cifar_10.py with BatchNormalization left unsynchronised under --distribute: each replica normalises
 # with the statistics of its own slice of the batch.
 UNSYNCHRONISED = """
-from snapshot_ensembles import distribute
+from snapshot_ensembles.training import distribute
 distribute.Distribution.prepare_model = lambda self, model: model
 """
 
@@ -233,7 +233,7 @@ def test_the_chief_is_the_chief_task_else_worker_zero():
 def test_a_run_resumes_on_more_or_fewer_devices_than_it_started_on(single_device, cifar10_dir, tmp_path,
                                                                   started_on, resumed_on):
     from conftest import start_script, wait_until
-    from snapshot_ensembles import run_state
+    from snapshot_ensembles.training import run_state
 
     weights = tmp_path / "w"
 
@@ -260,7 +260,7 @@ def test_multi_worker_run_survives_a_dead_chief_and_resumes_from_shared_state(si
     """A worker that loses the chief stops cleanly; workers that see different states refuse to start;
     with the chief's state visible to both (as on shared storage) they resume to the single-device run."""
     from conftest import wait_until
-    from snapshot_ensembles import run_state
+    from snapshot_ensembles.training import run_state
 
     folders = [tmp_path / "chief", tmp_path / "worker1"]
 

@@ -11,9 +11,10 @@ import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
 from conftest import RELEASE_DATA, REPO
-from snapshot_ensembles import ensemble, metrics
+from snapshot_ensembles import ensemble
+from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 UPSTREAM_PREFIXES = ["WRN-CIFAR10-16-4", "WRN-CIFAR100-16-4"]
 

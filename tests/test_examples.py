@@ -47,4 +47,4 @@ def test_the_package_declares_what_requirements_txt_installs_and_ships_its_data(
     assert extras["test"] == requirement_lines("requirements-test.txt")
     assert extras["backends"] == [line for line in requirement_lines("requirements-backends.txt") if line[0] != "-"]
     assert [line.split(">")[0] for line in extras["plot"]] == ["matplotlib"]
-    assert project["tool"]["setuptools"]["package-data"]["snapshot_ensembles"] == ["release_data/*.json"]
+    assert project["tool"]["setuptools"]["package-data"]["snapshot_ensembles.release"] == ["release_data/*.json"]

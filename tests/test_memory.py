@@ -12,7 +12,7 @@ import numpy as np
 
 from conftest import predict_argv, train_config
 from snapshot_ensembles.data import Dataset
-from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.models.build import build_model
 
 # Test images enough that even 3 members fill the evaluation's fixed-size blocks (metrics.kl_matrix works
 # on ~1M values at a time, however many members); the weights are fitted on the training images.

@@ -8,7 +8,8 @@ import pytest
 import scipy.special
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from snapshot_ensembles import ensemble, evaluation, metrics
+from snapshot_ensembles import ensemble
+from snapshot_ensembles.ensemble import evaluation, metrics
 
 
 def random_probabilities(n, n_classes, seed, sharpness=1.0, signal=1.0):

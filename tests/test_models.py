@@ -45,7 +45,7 @@ def test_bn_momentum_sets_how_fast_the_moving_statistics_follow_training(model_f
     import numpy as np
 
     from snapshot_ensembles.config import ModelConfig
-    from snapshot_ensembles.modeling import batch_norm_layers, build_model
+    from snapshot_ensembles.models.build import batch_norm_layers, build_model
 
     images = np.random.default_rng(0).random((8, 32, 32, 3)).astype("float32")
     moving_means = {}
@@ -111,7 +111,7 @@ def test_no_deterministic_training_network_has_fused_batch_norm_and_the_same_wei
 
     from snapshot_ensembles import training
     from snapshot_ensembles.config import ModelConfig, TrainConfig, TrainingConfig
-    from snapshot_ensembles.modeling import batch_norm_layers, build_model
+    from snapshot_ensembles.models.build import batch_norm_layers, build_model
     from snapshot_ensembles.models.batch_norm import FusedBatchNormalization
 
     model_config = ModelConfig("wrn", wrn_N=1, wrn_k=1)

@@ -20,7 +20,7 @@ from conftest import USER_ERROR, assert_clean_failure, predict_argv, run_script
 
 import download_weights
 import keras1_reference
-from snapshot_ensembles import original_release
+from snapshot_ensembles import release as original_release
 from snapshot_ensembles.errors import UserError
 
 REPO = original_release.DEFAULT_GITHUB_REPO

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import predict_argv, train_config, train_from_flags
-from snapshot_ensembles import run_state, training
+from snapshot_ensembles import training
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.models import create_pre_activation_wrn, create_resnet
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 
 def input_layers(layer):
@@ -212,7 +213,7 @@ def test_paper_run_records_its_network_and_predicts_with_it(cifar10_dir, tmp_pat
 
 
 def test_prediction_asks_which_wrn_when_the_folder_holds_both(tmp_path):
-    from snapshot_ensembles.modeling import build_model
+    from snapshot_ensembles.models.build import build_model
 
     for variant in ("original", "paper"):
         network = ModelConfig("wrn", wrn_N=1, wrn_k=1, variant=variant)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from snapshot_ensembles import augmentation, numpy_pipeline, stateless_random
+from snapshot_ensembles.data import augmentation, numpy_pipeline, stateless_random
 from snapshot_ensembles.data import channel_statistics
 
 SEEDS = [(7, 3), (0, 0), (123456789012, -5), (3, 2 ** 40 + 17)]
@@ -93,7 +93,7 @@ def test_the_numpy_draws_are_tensorflows_bit_for_bit(seed):
                                                    ("original", False), ("original", True)])
 def test_the_numpy_pipeline_gives_the_tf_data_pipelines_batches(augment, standardized):
     pytest.importorskip("tensorflow")
-    from snapshot_ensembles import tf_pipeline
+    from snapshot_ensembles.data import tf_pipeline
 
     x, y = images_and_labels(300, seed=1)
     standardization = channel_statistics(x) if standardized else None

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import member_predictions, predict_argv, train_from_flags
 from snapshot_ensembles.data import load_cifar
-from snapshot_ensembles.modeling import accelerator_present
-from snapshot_ensembles.pipeline import images_dataset
+from snapshot_ensembles.models.build import accelerator_present
+from snapshot_ensembles.data.pipeline import images_dataset
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ NO_BFLOAT16_WARNING = "warning: --mixed_precision on a CPU without native bfloat
 
 def cpu_reporting(monkeypatch, tmp_path, cpuinfo):
     """Make the precision check read `cpuinfo` instead of this machine's /proc/cpuinfo."""
-    from snapshot_ensembles import modeling
+    from snapshot_ensembles.models import build as modeling
 
     path = tmp_path / "cpuinfo"
     path.write_text(cpuinfo)
@@ -74,7 +74,7 @@ def test_mixed_precision_trains_in_bfloat16_and_its_snapshots_predict_in_float32
     ("processor\t: 0\n", None),  # no flags line: unknown, no warning
 ])
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, expected):
-    from snapshot_ensembles.modeling import cpu_has_native_bfloat16
+    from snapshot_ensembles.models.build import cpu_has_native_bfloat16
 
     path = tmp_path / "cpuinfo"
     path.write_text(cpuinfo)
@@ -90,7 +90,7 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, expected)
 ])
 def test_bfloat16_warning_only_where_the_cpu_lacks_it(mixed, cpuinfo, warns, tmp_path, monkeypatch, capsys,
                                                       restore_float32_policy):
-    from snapshot_ensembles.modeling import set_precision
+    from snapshot_ensembles.models.build import set_precision
 
     if mixed and accelerator_present():
         pytest.skip("mixed precision computes in float16 on this machine's accelerator, not bfloat16")

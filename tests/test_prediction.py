@@ -13,8 +13,8 @@ from conftest import USER_ERROR, assert_clean_failure, member_predictions, predi
 from snapshot_ensembles import ensemble
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.original_release import RELEASE_DATA
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.release import RELEASE_DATA
+from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 MODEL = ["--wrn_N", "1", "--wrn_k", "1"]

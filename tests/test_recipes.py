@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snapshot_ensembles import cli, prediction, run_state, training
+from snapshot_ensembles import cli, prediction, training
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.modeling import build_model
+from snapshot_ensembles.models.build import build_model
 from snapshot_ensembles.data import channel_statistics
-from snapshot_ensembles.tf_pipeline import random_crop_flip, training_dataset
-from snapshot_ensembles.schedule import multistep_lr
+from snapshot_ensembles.data.tf_pipeline import random_crop_flip, training_dataset
+from snapshot_ensembles.config.schedule import multistep_lr
 from conftest import predict_argv, train_config, train_from_flags
 
 RECIPE_FLAGS = ("batch_size", "momentum", "nesterov", "weight_decay", "schedule", "augment", "normalize", "dropout")
@@ -223,7 +224,7 @@ def test_paper_recipe_run_records_its_values_and_prediction_standardises_as_trai
     member = prediction.Member("2", os.path.join(tmp_path, "ResNet-CIFAR10-8-2.weights.h5"))
     predictor = prediction.MemberPredictor(cli.predict_config(
         "cifar10", ["--model", "resnet", "--resnet_depth", "8", "--weights_dir", str(tmp_path)]), [member])
-    from snapshot_ensembles.pipeline import images_dataset
+    from snapshot_ensembles.data.pipeline import images_dataset
 
     expected = model.predict(images_dataset(data.x_test, 64, info["standardization"]), verbose=0)
     np.testing.assert_allclose(predictor(member, data.x_test), expected, rtol=0, atol=1e-5)

@@ -14,10 +14,11 @@ from cifar_fixtures import write_archive
 from conftest import (INTERRUPTED_AFTER, RESUMABLE_RUN, TINY_PREFIX, TINY_WRN, USER_ERROR, assert_clean_failure,
                       interrupt_after_epoch, member_predictions, run_process, run_script, start_script, train_config,
                       train_from_flags, wait_until)
-from snapshot_ensembles import run_state, training
+from snapshot_ensembles import training
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 WRN = TINY_WRN
 WRN_PREFIX = TINY_PREFIX
@@ -229,7 +230,7 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
 
 def test_a_run_saved_before_a_flag_existed_is_started_over_and_the_flags_are_compared(tmp_path):
     from snapshot_ensembles.errors import UserError
-    from snapshot_ensembles.run_state import check_same_run
+    from snapshot_ensembles.training.run_state import check_same_run
 
     # written by a version without --mixed_precision, --bn_momentum and --no_deterministic
     saved = {"M": 2, "nb_epoch": 4, "model": "wrn"}
@@ -253,9 +254,9 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(tmp_path
     """
     import keras
 
-    from snapshot_ensembles import callbacks as snapshot
-    from snapshot_ensembles import modeling
-    from snapshot_ensembles.schedule import cosine_annealing_lr
+    from snapshot_ensembles.training import callbacks as snapshot
+    from snapshot_ensembles.models import build as modeling
+    from snapshot_ensembles.config.schedule import cosine_annealing_lr
 
     class OverflowingLossScale(snapshot.StepCountingLossScaleOptimizer):
         def __init__(self, inner_optimizer):

@@ -7,8 +7,8 @@ import signal
 import pytest
 
 from conftest import USER_ERROR, assert_clean_failure, run_process, run_script, start_script, wait_until
-from snapshot_ensembles import run_lock, run_state
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training import run_lock, run_state
+from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"
 WRN = ["--wrn_N", "1", "--wrn_k", "1"]

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from snapshot_ensembles import SnapshotEnsemble, ensemble, metrics
-from snapshot_ensembles.snapshot_ensemble import MemberLoadError, MissingMembers
+from snapshot_ensembles import SnapshotEnsemble, ensemble
+from snapshot_ensembles.ensemble import metrics
+from snapshot_ensembles.ensemble.snapshot_ensemble import MemberLoadError, MissingMembers
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(50, 6)).astype("float32")

@@ -14,9 +14,9 @@ from conftest import (TINY_PREFIX, TINY_RUN, USER_ERROR, assert_clean_failure, d
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.modeling import build_model
-from snapshot_ensembles.pipeline import images_dataset
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.models.build import build_model
+from snapshot_ensembles.data.pipeline import images_dataset
+from snapshot_ensembles.training.run_folder import RunFolder
 
 ORIGINAL_DEFAULTS = {"--M": "5", "--nb_epoch": "200", "--alpha_zero": "0.1", "--model": "wrn", "--wrn_N": "2",
                      "--wrn_k": "4", "--dn_depth": "40", "--dn_growth_rate": "12"}
@@ -202,7 +202,7 @@ def test_help_explains_resuming():
 def test_no_deterministic_leaves_op_determinism_off_and_is_part_of_the_run(monkeypatch, tmp_path):
     import tensorflow as tf
 
-    from snapshot_ensembles.run_state import check_same_run, run_flags
+    from snapshot_ensembles.training.run_state import check_same_run, run_flags
 
     calls = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(True))

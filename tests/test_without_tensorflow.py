@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import USER_ERROR, assert_clean_failure, patched, run_process, start_script, wait_until
-from snapshot_ensembles import run_state
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training import run_state
+from snapshot_ensembles.training.run_folder import RunFolder
 from test_backends import PREFIX, RUN, WRN, data_flags, history, need
 
 pytestmark = pytest.mark.slow

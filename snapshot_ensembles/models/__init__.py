@@ -1,8 +1,15 @@
-"""The original suite's networks, rebuilt on Keras 3, and the paper's CIFAR ResNet and pre-activation WRN."""
+"""The networks: the original suite's WRN and DenseNet rebuilt on Keras 3, and the paper's CIFAR ResNet and
+pre-activation WRN; `build` makes them from a configuration. The builders load on first use, so that importing
+the package's flows starts no Keras."""
 
-from snapshot_ensembles.models.dense_net import create_dense_net
-from snapshot_ensembles.models.pre_activation_wrn import create_pre_activation_wrn
-from snapshot_ensembles.models.resnet import create_resnet
-from snapshot_ensembles.models.wide_residual_net import create_wide_residual_network
+import importlib
 
-__all__ = ["create_dense_net", "create_pre_activation_wrn", "create_resnet", "create_wide_residual_network"]
+_BUILDERS = {"create_dense_net": "dense_net", "create_pre_activation_wrn": "pre_activation_wrn",
+             "create_resnet": "resnet", "create_wide_residual_network": "wide_residual_net"}
+__all__ = list(_BUILDERS)
+
+
+def __getattr__(name):
+    if name in _BUILDERS:
+        return getattr(importlib.import_module(f"{__name__}.{_BUILDERS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,11 +16,12 @@ import os
 import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
-from snapshot_ensembles import evaluation, output
+from snapshot_ensembles import output
+from snapshot_ensembles.ensemble import evaluation
 from snapshot_ensembles.data import check_labels
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 # Far above any weight training produces; 2**62 or infinity makes every activation after it overflow.
 MAX_ABS_WEIGHT = 1e10

@@ -1,5 +1,8 @@
 """The typed configuration of a training run and of a prediction, with every setting declared once.
 
+Its parts: `recipes` (the original's and the paper's training values), `schedule` (the cosine arithmetic),
+`naming` (datasets).
+
 Each field is declared with `setting(default, help, rule, ...)`; its command-line flag
 (snapshot_ensembles.cli), its key in the run record, whether resuming compares it and its one check are
 derived from that declaration (docs/design.md, "Layers"). No Keras import: a configuration is checked
@@ -13,10 +16,10 @@ import os
 import re
 from typing import Optional
 
-from snapshot_ensembles import recipes
+from snapshot_ensembles.config import recipes
 from snapshot_ensembles.errors import ConfigError
-from snapshot_ensembles.naming import DATASETS
-from snapshot_ensembles.schedule import SCHEDULE_MODES
+from snapshot_ensembles.config.naming import DATASETS
+from snapshot_ensembles.config.schedule import SCHEDULE_MODES
 
 MODELS = ("wrn", "dn", "resnet")
 VARIANTS = ("original", "paper")
@@ -330,7 +333,7 @@ class DataConfig(DataSource):
 
 @dataclasses.dataclass(frozen=True)
 class DeviceConfig:
-    """The devices a run trains on (snapshot_ensembles.distribute); a run resumes on more or fewer of them."""
+    """The devices a run trains on (snapshot_ensembles.training.distribute); a run resumes on more or fewer of them."""
 
     TITLE = "scaling out (README: Scaling out)"
     distribute: str = setting(

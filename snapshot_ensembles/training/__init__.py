@@ -1,4 +1,8 @@
-"""The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig."""
+"""The training flow behind train_cifar_10.py and train_cifar_100.py: `train(config)` with a TrainConfig.
+
+Its parts: `callbacks` (schedule, snapshots, Best checkpoint, run state), `run_folder` (the run's files and
+record), `run_state` (resuming), `run_lock` (one run per folder and prefix), `distribute` (several devices).
+"""
 
 import dataclasses
 import math
@@ -6,14 +10,15 @@ import os
 
 import numpy as np
 
-from snapshot_ensembles import backend_start, distribute, output, run_lock, run_state
+from snapshot_ensembles import backend_start, output
+from snapshot_ensembles.training import distribute, run_lock, run_state
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files
 from snapshot_ensembles.files import read_json_record  # noqa: F401 (the tests read histories through it)
-from snapshot_ensembles.modeling import build_model, set_precision
-from snapshot_ensembles.naming import dataset_title
-from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.run_state import COMPLETE
+from snapshot_ensembles.models.build import build_model, set_precision
+from snapshot_ensembles.config.naming import dataset_title
+from snapshot_ensembles.training.run_folder import RunFolder
+from snapshot_ensembles.training.run_state import COMPLETE
 
 EVALUATION_BATCH_SIZE = 256
 # BatchNormalization's moving statistics lag when, at an epoch's end, more than this share of them
@@ -76,7 +81,7 @@ def compile_model(model, config, steps_per_epoch=None):
     """
     import keras
 
-    from snapshot_ensembles import callbacks
+    from snapshot_ensembles.training import callbacks
 
     cycles, training = config.cycles, config.training
     learning_rate = cycles.alpha_zero
@@ -137,7 +142,7 @@ def checked_splits(splits, nb_classes):
 
 def run_steps(config, splits):
     """Steps per epoch: of the global batch, so that replicas change nothing."""
-    from snapshot_ensembles.pipeline import steps_per_epoch
+    from snapshot_ensembles.data.pipeline import steps_per_epoch
 
     return steps_per_epoch(len(splits.y_train), config.training.batch_size)
 
@@ -148,8 +153,8 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
     every epoch, resumed ones included. `resume_from`: the RunState to continue; `record`: the run record
     to write; `distribution`: the one the model was built under (only its chief writes files).
     """
-    from snapshot_ensembles.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
-    from snapshot_ensembles.pipeline import evaluation_dataset, training_dataset
+    from snapshot_ensembles.training.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
+    from snapshot_ensembles.data.pipeline import evaluation_dataset, training_dataset
 
     distribution = distribution or distribute.Distribution("none", None)
     folder = RunFolder(config.weights_dir, config.prefix)
@@ -236,7 +241,7 @@ def divergence_causes(config):
 
 def explained_failure(err, config, checkpoint, distribution):
     """The error to raise instead of an exception out of fit, where its cause is known; else None."""
-    from snapshot_ensembles.callbacks import TrainingDiverged
+    from snapshot_ensembles.training.callbacks import TrainingDiverged
 
     if isinstance(err, TrainingDiverged):
         return TrainingFailed(
@@ -262,7 +267,7 @@ def evaluation_batch_size(config, distribution=None):
 
 def test_probabilities(model, data, batch_size, standardization=None):
     """`model`'s class probabilities for the test images (`standardization`: that of its run)."""
-    from snapshot_ensembles.pipeline import images_dataset
+    from snapshot_ensembles.data.pipeline import images_dataset
 
     return model.predict(images_dataset(data.x_test, batch_size, standardization), verbose=0)
 

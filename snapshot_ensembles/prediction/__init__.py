@@ -1,8 +1,10 @@
 """The prediction flow behind predict_cifar_10.py and predict_cifar_100.py, on a config.PredictConfig.
 
+Its part: `report` (the printed report and the plot).
+
 Members `[Best, 1, ..., M]` run through the public SnapshotEnsemble API, one network loaded with each
 member's weights in turn; their probabilities are cached per weight file content and data split
-(PredictionCache). `compute_report` does the work, snapshot_ensembles.report prints and plots it.
+(PredictionCache). `compute_report` does the work, snapshot_ensembles.prediction.report prints and plots it.
 """
 
 import contextlib
@@ -16,15 +18,17 @@ import shlex
 
 import numpy as np
 
-from snapshot_ensembles import backend_start, ensemble, metrics, naming, original_release, output
+from snapshot_ensembles import backend_start, ensemble, output, release
+from snapshot_ensembles.ensemble import metrics
+from snapshot_ensembles.config import naming
 from snapshot_ensembles.config import VARIANTS
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.evaluation import EnsembleEvaluation
+from snapshot_ensembles.ensemble.evaluation import EnsembleEvaluation
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of_arrays, write_json
-from snapshot_ensembles.modeling import build_model, nb_classes_of, set_precision
-from snapshot_ensembles.report import MODES, check_plotting, plot_report, render_report, render_result
-from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.snapshot_ensemble import Member, MemberLoadError, SnapshotEnsemble, load_weights
+from snapshot_ensembles.models.build import build_model, nb_classes_of, set_precision
+from snapshot_ensembles.prediction.report import MODES, check_plotting, plot_report, render_report, render_result
+from snapshot_ensembles.training.run_folder import RunFolder
+from snapshot_ensembles.ensemble.snapshot_ensemble import Member, MemberLoadError, SnapshotEnsemble, load_weights
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged
@@ -55,7 +59,7 @@ def snapshot_count(folder, requested):
 
 def run_progress(folder):
     """'3 of 6 epochs done, process 1234 (...) is training it now', as far as the files tell."""
-    from snapshot_ensembles import run_lock, run_state
+    from snapshot_ensembles.training import run_lock, run_state
 
     try:
         state = run_state.read_state(folder.state)
@@ -83,7 +87,7 @@ def find_members(config, folder):
         script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
         flags = f"{config.model.flags()} --weights_dir {shlex.quote(folder.weights_dir)}"
         download = ""
-        if original_release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
+        if release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
             download = (f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} "
                         f"{flags}`")
         raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`"
@@ -189,7 +193,7 @@ class MemberPredictor:
         return build_model(self.config.model, nb_classes_of(self.config.dataset))
 
     def _predict(self, member, images, load_network):
-        from snapshot_ensembles.pipeline import images_dataset
+        from snapshot_ensembles.data.pipeline import images_dataset
 
         return load_network().predict(images_dataset(images, self.config.batch_size, self.standardization),
                                       verbose=output.keras_predict_verbose())
@@ -234,7 +238,7 @@ def training_record(folder):
 
 def recorded_standardization(weights_dir, prefix):
     """The per-channel (mean, std) of `--normalize channel` that the run of `prefix` recorded, else None."""
-    from snapshot_ensembles.modeling import INPUT_SHAPE
+    from snapshot_ensembles.models.build import INPUT_SHAPE
 
     folder = RunFolder(weights_dir, prefix)
     standardization = training_record(folder).get("standardization")
@@ -458,10 +462,10 @@ def write_outputs(report):
 
 
 def export_ensemble(path, config, members, weights, temperature):
-    """The members with a weight > 0, loaded one by one, saved as one Keras model (snapshot_ensembles.export)."""
+    """The members with a weight > 0, loaded one by one, saved as one Keras model (snapshot_ensembles.ensemble.export)."""
     import keras
 
-    from snapshot_ensembles import export
+    from snapshot_ensembles.ensemble import export
 
     predictor = MemberPredictor(config, members)
     kept = [(member, weight) for member, weight in zip(members, weights) if weight > 0]

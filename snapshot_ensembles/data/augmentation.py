@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 
-from snapshot_ensembles import stateless_random
+from snapshot_ensembles.data import stateless_random
 
 # The original's ImageDataGenerator(rotation_range=15, width_shift_range=5/32, height_shift_range=5/32)
 ROTATION_DEGREES = 15.0

@@ -1,5 +1,7 @@
 """The original project's release on GitHub: find its weight files, download, verify, convert, record.
 
+Its part: `legacy` (Keras 1.1.1 weight files: read and convert).
+
 The Keras 1 files of titu1994/Snapshot-Ensembles are found through GitHub's releases API, downloaded into
 the Keras cache with a size cap, a timeout and https-only redirects, verified, and converted into the
 weights folder with a record of what was installed (docs/design.md, "The original's release weights").
@@ -25,7 +27,7 @@ import urllib.request
 from snapshot_ensembles import output
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of, write_json
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 DEFAULT_GITHUB_API = "https://api.github.com"
 GITHUB_API_ENV = "SNAPSHOT_GITHUB_API"
@@ -430,8 +432,8 @@ def _fetch(asset, path, repo, timeout):
 
 
 def _convert(model_config, dataset, weights_dir, assets, sources, targets, repo):
-    from snapshot_ensembles.legacy import convert_files
-    from snapshot_ensembles.modeling import build_model, nb_classes_of
+    from snapshot_ensembles.release.legacy import convert_files
+    from snapshot_ensembles.models.build import build_model, nb_classes_of
 
     try:
         os.makedirs(weights_dir, exist_ok=True)

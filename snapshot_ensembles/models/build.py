@@ -1,7 +1,8 @@
 """Building the networks of snapshot_ensembles.models from a config.ModelConfig (training and prediction)."""
 
-from snapshot_ensembles import output, recipes
-from snapshot_ensembles.naming import DATASETS
+from snapshot_ensembles import output
+from snapshot_ensembles.config import recipes
+from snapshot_ensembles.config.naming import DATASETS
 
 INPUT_SHAPE = (32, 32, 3)
 DEFAULT_DROPOUT = recipes.ORIGINAL["dropout"]  # of the built network when no dropout is given (prediction)

@@ -1,6 +1,9 @@
 """Ensemble weighting: the weighted average of member predictions, fitting its weights, and the
 ensemble-weight JSON files.
 
+Its parts: `snapshot_ensemble` (`SnapshotEnsemble`, for any Keras classifier), `metrics`, `evaluation` (the
+report's scores) and `export` (the ensemble as one Keras model).
+
 Members are `[Best, 1, ..., M]`: the best checkpoint, then the snapshots. `member_probs` is a sequence of
 M (n, C) arrays (or one (M, n, C) array) of softmax rows.
 """
@@ -14,12 +17,12 @@ import time
 import numpy as np
 import scipy.optimize
 
-from snapshot_ensembles import metrics
+from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.config import COUNT, check_value
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
-from snapshot_ensembles.metrics import LOG_LOSS_EPS
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.ensemble.metrics import LOG_LOSS_EPS
+from snapshot_ensembles.training.run_folder import RunFolder
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from snapshot_ensembles.metrics import PROBABILITY_FLOOR
+from snapshot_ensembles.ensemble.metrics import PROBABILITY_FLOOR
 
 
 def logits_model(model, name):

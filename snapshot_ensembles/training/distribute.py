@@ -116,7 +116,7 @@ class Distribution:
         """Synchronised BatchNormalization under tf.distribute: statistics of the global batch, not a slice."""
         if self.strategy is None or self.replicas == 1:
             return model
-        from snapshot_ensembles.modeling import batch_norm_layers
+        from snapshot_ensembles.models.build import batch_norm_layers
 
         for layer in batch_norm_layers(model):
             layer.synchronized = True  # read when fit traces the train step

@@ -11,9 +11,9 @@ import threading
 import keras
 import numpy as np
 
-from snapshot_ensembles import augmentation
-from snapshot_ensembles.augmentation import CROP_PADDING, NumpyDraws
-from snapshot_ensembles.pipeline import steps_per_epoch
+from snapshot_ensembles.data import augmentation
+from snapshot_ensembles.data.augmentation import CROP_PADDING, NumpyDraws
+from snapshot_ensembles.data.pipeline import steps_per_epoch
 
 PREFETCH_BATCHES = 4  # computed ahead of the training step
 WORKERS = 2  # threads computing them

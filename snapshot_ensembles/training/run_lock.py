@@ -10,7 +10,7 @@ import sys
 import time
 
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 try:
     import fcntl

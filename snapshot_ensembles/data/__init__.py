@@ -1,5 +1,8 @@
 """CIFAR-10/100 from local files first (no network needed), its checks, validation split and statistics.
 
+Its parts: `pipeline` (the input pipeline of the Keras backend: `tf_pipeline` or `numpy_pipeline`),
+`augmentation` (their shared draws) and `stateless_random` (TensorFlow's stateless draws in NumPy).
+
 Loading order: `--data_dir` (the official python archive, checksum-verified, or its extracted folder),
 then the Keras cache (`$KERAS_HOME` or `~/.keras`, `datasets/`), then Keras's own download. The batches
 are pickles, read with an unpickler that can only rebuild NumPy arrays, so a tampered file cannot run code.

@@ -17,10 +17,10 @@ def _pipeline():
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        from snapshot_ensembles import tf_pipeline
+        from snapshot_ensembles.data import tf_pipeline
 
         return tf_pipeline
-    from snapshot_ensembles import numpy_pipeline
+    from snapshot_ensembles.data import numpy_pipeline
 
     return numpy_pipeline
 

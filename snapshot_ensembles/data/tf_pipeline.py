@@ -1,4 +1,4 @@
-"""The tf.data input pipeline of the TensorFlow backend, the draws of snapshot_ensembles.augmentation applied
+"""The tf.data input pipeline of the TensorFlow backend, the draws of snapshot_ensembles.data.augmentation applied
 to whole batches; the only pipeline module that imports TensorFlow."""
 
 import functools
@@ -7,9 +7,9 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from snapshot_ensembles import augmentation
-from snapshot_ensembles.augmentation import CROP_PADDING
-from snapshot_ensembles.pipeline import steps_per_epoch
+from snapshot_ensembles.data import augmentation
+from snapshot_ensembles.data.augmentation import CROP_PADDING
+from snapshot_ensembles.data.pipeline import steps_per_epoch
 
 # augmentation's draws source: TensorFlow's stateless random ops.
 TensorFlowDraws = types.SimpleNamespace(

@@ -19,7 +19,7 @@ from snapshot_ensembles import output
 from snapshot_ensembles.config import compared_settings
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import atomic_path, read_json_record, sha256_of_arrays
-from snapshot_ensembles.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder
 
 STATE_GROUP = "run_state"
 STATE_VERSION = 1

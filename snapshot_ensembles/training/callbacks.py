@@ -1,6 +1,6 @@
 """Snapshot Ensembles callbacks for any compiled Keras 3 model (Huang et al., ICLR 2017).
 
-    from snapshot_ensembles.callbacks import SnapshotCallbackBuilder   # or, as in the original: from snapshot import ...
+    from snapshot_ensembles.training.callbacks import SnapshotCallbackBuilder   # or, as in the original: from snapshot import ...
     snapshot = SnapshotCallbackBuilder(nb_epochs=200, nb_snapshots=5, init_lr=0.1)
     model.fit(x, y, validation_data=(xv, yv), callbacks=snapshot.get_callbacks(model_prefix="Model_"))
 
@@ -15,12 +15,12 @@ import time
 
 import keras
 
-from snapshot_ensembles import run_state
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import CycleConfig
 from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.files import save_weights, write_json
-from snapshot_ensembles.run_folder import RunFolder
-from snapshot_ensembles.schedule import cosine_annealing_lr, multistep_lr
+from snapshot_ensembles.training.run_folder import RunFolder
+from snapshot_ensembles.config.schedule import cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
            "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",

@@ -10,8 +10,9 @@ import dataclasses
 
 import numpy as np
 
-from snapshot_ensembles import ensemble, metrics
-from snapshot_ensembles.metrics import Scores
+from snapshot_ensembles import ensemble
+from snapshot_ensembles.ensemble import metrics
+from snapshot_ensembles.ensemble.metrics import Scores
 
 
 @dataclasses.dataclass
