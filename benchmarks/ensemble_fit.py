@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 from sklearn.metrics import log_loss as sklearn_log_loss  # noqa: E402
 
-from snapshot_ensembles import ensemble, metrics  # noqa: E402
+from snapshot_ensembles import ensemble  # noqa: E402
+from snapshot_ensembles.ensemble import metrics  # noqa: E402
 from snapshot_ensembles.ensemble.metrics import LOG_LOSS_EPS  # noqa: E402
 
 
