@@ -38,14 +38,19 @@ print(imported)
 
 
 def test_refusals_that_need_no_backend_answer_without_importing_one(tmp_path, cifar10_dir):
-    """The training script's refusals of flags, data and folders, and the prediction script's of flags.
-    (The prediction flow starts the backend before it looks for the members.)"""
+    """The training script's refusals of flags, data and folders, and the prediction script's of flags, of a
+    folder without the members and of output paths."""
     data_dir, sha = cifar10_dir
     train, predict = f"{REPO}/train_cifar_10.py", f"{REPO}/predict_cifar_10.py"
     data = ["--data_dir", data_dir, "--data_sha256", sha]
     weights = tmp_path / "w"
     weights.mkdir()
     (weights / "WRN-CIFAR10-10-1-1.weights.h5").write_bytes(b"someone else's weights")
+    trained = tmp_path / "trained"  # the files a prediction looks for; no network reads them before the refusal
+    trained.mkdir()
+    for name in ("Best", "1"):
+        (trained / f"WRN-CIFAR10-10-1-{name}.weights.h5").write_bytes(b"weights")
+    (trained / "WRN-CIFAR10-10-1-run.json").write_text("{}")
     refusals = [
         [train, "--M", "0"],
         [train, "--nb_epoch", "10", "--M", "3"],
@@ -56,6 +61,9 @@ def test_refusals_that_need_no_backend_answer_without_importing_one(tmp_path, ci
         [train, "--distribute", "multiworker"],
         [train, "--wrn_N", "1", "--wrn_k", "1", *data, "--weights_dir", str(weights)],  # weights of no run here
         [predict, "--optimize", "2"],
+        [predict, "--wrn_N", "1", "--wrn_k", "1", *data, "--weights_dir", str(tmp_path / "empty")],  # no members
+        [predict, "--wrn_N", "1", "--wrn_k", "1", *data, "--weights_dir", str(trained),  # an output path in a file
+         "--report", str(trained / "WRN-CIFAR10-10-1-run.json" / "report.json")],
     ]
     result = subprocess.run([sys.executable, "-c", REFUSE_ALL, repr([list(map(str, argv)) for argv in refusals])],
                             env=process_env({"TF_CONFIG": ""}), capture_output=True, text=True, timeout=600)

@@ -370,6 +370,7 @@ def compute_report(config, data=None):
     note_lagging_statistics(folder)
     check_output_paths(config, folder, members)
     saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(config, folder, members)  # before any network
+    backend_start.start()  # its start-up lines hidden; the checks above answered without it
     if data is None:
         from snapshot_ensembles.data import load_cifar
 
@@ -418,7 +419,6 @@ def predict(config, data=None):
     config = with_trained_variant(config.check())
     if config.plot is not None:
         check_plotting()
-    backend_start.start()  # its start-up lines hidden; the checks above answered without it
     report = compute_report(config, data)
     render_report(report)
     if report.fit is not None:
