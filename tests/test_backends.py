@@ -254,10 +254,11 @@ def test_our_jax_training_step_compiles_without_xla_ynnpack_fusions():
     """XLA's CPU YNNPACK fusions corrupted the heap in WRN-16-4's training step (backend_start):
     the flows start JAX with them off, so none is left in the compiled step."""
     code = ("import sys, jax, numpy as np\n"
-            "from snapshot_ensembles import backend_start, modeling\n"
+            "from snapshot_ensembles import backend_start\n"
             "from snapshot_ensembles.config import ModelConfig\n"
+            "from snapshot_ensembles.models.build import build_model\n"
             "backend_start.start()\n"
-            "model = modeling.build_model(ModelConfig('wrn', wrn_N=1, wrn_k=1), 10)\n"
+            "model = build_model(ModelConfig('wrn', wrn_N=1, wrn_k=1), 10)\n"
             "def loss(trainable, non_trainable, x):\n"
             "    y, _ = model.stateless_call(trainable, non_trainable, x, training=True)\n"
             "    return y.sum()\n"
