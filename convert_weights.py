@@ -10,12 +10,12 @@ WRN-CIFAR100-16-4) it also writes the original's ensemble weights, so `--optimiz
 
 import os
 
-from snapshot_ensembles import output
+from snapshot_ensembles import backend_start, output
 from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, run_cli)
+from snapshot_ensembles.config.naming import DATASETS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.models.build import build_model, nb_classes_of
-from snapshot_ensembles.config.naming import DATASETS
 from snapshot_ensembles.release import install_ensemble_weights
 from snapshot_ensembles.training.run_folder import RunFolder
 
@@ -80,7 +80,8 @@ def main(argv=None):
         raise UserError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
                         "pass --overwrite to replace")
 
-    # Keras loads only now, so that flag and file-name errors answer at once.
+    # Keras loads only now, so that flag and file-name errors answer at once; its start-up lines hidden.
+    backend_start.start()
     from snapshot_ensembles.release.legacy import convert_files
 
     label, hint = network.describe(nb_classes)

@@ -17,6 +17,11 @@ def test_stderr_holds_only_our_message_not_tensorflows_start_up_lines(tmp_path):
                              "--data_dir", tmp_path / "absent")
         assert result.returncode == 2
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+    # A refusal that comes after Keras has started: converting a file that is not HDF5.
+    (tmp_path / "not-hdf5.h5").write_bytes(b"not HDF5 at all")
+    result = run_process("convert_weights.py", tmp_path / "not-hdf5.h5")
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "cannot be read as an HDF5 file" in result.stderr, result.stderr
 
 
 # Runs each entry script's command line in turn in one fresh interpreter, then says which refusals left

@@ -14,8 +14,8 @@ from conftest import (TINY_PREFIX, TINY_RUN, USER_ERROR, assert_clean_failure, d
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.models.build import build_model
 from snapshot_ensembles.data.pipeline import images_dataset
+from snapshot_ensembles.models.build import build_model
 from snapshot_ensembles.training.run_folder import RunFolder
 
 ORIGINAL_DEFAULTS = {"--M": "5", "--nb_epoch": "200", "--alpha_zero": "0.1", "--model": "wrn", "--wrn_N": "2",
@@ -127,6 +127,16 @@ def test_same_seed_and_data_give_identical_snapshots(trained_run, cifar10_dir, t
 ])
 def test_bad_flags_give_one_clear_line(flags, fragments):
     assert_clean_failure(run_script("train_cifar_10.py", *flags), USER_ERROR, *fragments)
+
+
+def test_a_refused_run_leaves_no_weights_folder_behind(tmp_path):
+    """The folders a run created for its weights go again when it is refused; a folder that existed stays."""
+    (tmp_path / "no-data").mkdir()
+    (tmp_path / "existing").mkdir()
+    for weights in (tmp_path / "new" / "weights", tmp_path / "existing" / "weights"):
+        result = run_script("train_cifar_10.py", "--data_dir", tmp_path / "no-data", "--weights_dir", weights)
+        assert_clean_failure(result, USER_ERROR, "no CIFAR-10 data")
+    assert sorted(os.listdir(tmp_path)) == ["existing", "no-data"] and os.listdir(tmp_path / "existing") == []
 
 
 def test_bad_data_gives_one_clear_line(tmp_path, cifar10_dir):

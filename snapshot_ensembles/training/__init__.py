@@ -11,12 +11,12 @@ import os
 import numpy as np
 
 from snapshot_ensembles import backend_start, output
-from snapshot_ensembles.training import distribute, run_lock, run_state
+from snapshot_ensembles.config.naming import dataset_title
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files
 from snapshot_ensembles.files import read_json_record  # noqa: F401 (the tests read histories through it)
 from snapshot_ensembles.models.build import build_model, set_precision
-from snapshot_ensembles.config.naming import dataset_title
+from snapshot_ensembles.training import distribute, run_lock, run_state
 from snapshot_ensembles.training.run_folder import RunFolder
 from snapshot_ensembles.training.run_state import COMPLETE
 
@@ -50,6 +50,10 @@ class Splits:
 
 
 def prepare_weights_dir(path):
+    """Create the weights folder if needed and check it is writable; returns the topmost folder it created."""
+    created, parent = None, os.path.abspath(path)
+    while not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        created, parent = parent, os.path.dirname(parent)
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write-test-{os.getpid()}")
@@ -59,6 +63,20 @@ def prepare_weights_dir(path):
     except OSError as err:
         raise UserError(f"cannot write to the weights folder {path} ({err.strerror}): choose another "
                         "with --weights_dir or fix its permissions") from None
+    return created
+
+
+def remove_created_folders(path, created):
+    """Remove the folders from `path` up to `created` that are still empty: a refused run leaves none behind."""
+    folder = os.path.abspath(path)
+    while created is not None:
+        try:
+            os.rmdir(folder)  # only an empty folder
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = os.path.dirname(folder)
 
 
 def seed_everything(seed, deterministic=True):
@@ -281,9 +299,13 @@ def train(config, data=None):
     task = distribute.check_flags(config.devices)
     if not distribute.is_chief(task):  # the non-chief workers of a multi-worker run write no file at all
         return _train(config, task, data)
-    prepare_weights_dir(config.weights_dir)
-    with run_lock.hold_run_lock(config.weights_dir, config.prefix):  # before anything reads or removes its files
-        return _train(config, task, data)
+    created = prepare_weights_dir(config.weights_dir)
+    try:
+        with run_lock.hold_run_lock(config.weights_dir, config.prefix):  # before anything reads or removes its files
+            return _train(config, task, data)
+    except UserError:
+        remove_created_folders(config.weights_dir, created)
+        raise
 
 
 def _train(config, task, data):
