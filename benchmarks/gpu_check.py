@@ -77,8 +77,8 @@ def our_rate(config, x, y, steps, warmup, mixed):
     import keras
 
     from snapshot_ensembles import training
-    from snapshot_ensembles.models.build import set_precision
     from snapshot_ensembles.data.numpy_pipeline import TrainingBatches
+    from snapshot_ensembles.models.build import set_precision
 
     set_precision(mixed)
     keras.utils.set_random_seed(0)

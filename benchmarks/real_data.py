@@ -41,8 +41,8 @@ sys.path.insert(0, REPO)
 
 import measure  # noqa: E402
 from measure import sha256_or_skip  # noqa: E402
-from snapshot_ensembles.models.build import cpu_flags  # noqa: E402
 from snapshot_ensembles.data import CIFAR  # noqa: E402
+from snapshot_ensembles.models.build import cpu_flags  # noqa: E402
 
 SHORT_BN_MOMENTUM = "0.9"
 COMMON = ("--bn_momentum", SHORT_BN_MOMENTUM, "--no_resume")

@@ -13,8 +13,8 @@ import sys
 import threading
 
 from snapshot_ensembles import config, output
-from snapshot_ensembles.errors import ConfigError, UserError
 from snapshot_ensembles.config.naming import dataset_title
+from snapshot_ensembles.errors import ConfigError, UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

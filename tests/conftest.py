@@ -216,8 +216,8 @@ def wait_until(condition, process, timeout=300, poll=0.05):
 def member_predictions(weights_dir, prefix, names, x, model_flags=("--wrn_N", "1", "--wrn_k", "1")):
     """Test-set probabilities of the weight files `{prefix}-{name}.weights.h5`, name by name."""
     from snapshot_ensembles import cli
-    from snapshot_ensembles.models.build import build_model
     from snapshot_ensembles.data.pipeline import images_dataset
+    from snapshot_ensembles.models.build import build_model
 
     model = build_model(cli.train_config("cifar10", list(model_flags)).model, 10)
     predictions = {}

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import REPO, run_script, train_config
 from snapshot_ensembles import cli
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles import config as config_module
 from snapshot_ensembles.config import CycleConfig, DataConfig, ModelConfig, TrainConfig, TrainingConfig
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.training import run_state
 
 @pytest.mark.parametrize("argv", [[], ["--recipe", "paper", "--model", "dn", "--val_split", "0.1"],
                                   ["--no_augment", "--mixed_precision", "--no_deterministic", "--M", "2",
@@ -83,8 +83,8 @@ def test_the_original_import_paths_still_work():
     import models
     import models.wide_residual_net
     import snapshot
-    from snapshot_ensembles.training import callbacks
     from snapshot_ensembles import models as package_models
+    from snapshot_ensembles.training import callbacks
 
     assert snapshot.SnapshotCallbackBuilder is callbacks.SnapshotCallbackBuilder
     assert models.create_wide_residual_network is package_models.create_wide_residual_network

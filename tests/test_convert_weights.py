@@ -17,8 +17,8 @@ from models.wide_residual_net import create_wide_residual_network
 from snapshot_ensembles.cli import run_cli
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.release.legacy import convert_legacy_weights, read_legacy_weights
 from snapshot_ensembles.models.build import build_model
+from snapshot_ensembles.release.legacy import convert_legacy_weights, read_legacy_weights
 
 
 def tiny_wrn(N=1, k=1):

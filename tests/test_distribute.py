@@ -25,9 +25,9 @@ import pytest
 
 from conftest import (REPO, RUN_FAILURE, USER_ERROR, assert_clean_failure, member_predictions, patched, process_env,
                       run_process, run_script)
-from snapshot_ensembles.training import distribute
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.training import distribute
 from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import USER_ERROR, assert_clean_failure, predict_argv, process_env, run_script
 from snapshot_ensembles import ensemble
-from snapshot_ensembles.ensemble import export, metrics
 from snapshot_ensembles.data import load_cifar
+from snapshot_ensembles.ensemble import export, metrics
 from snapshot_ensembles.errors import UserError
 from test_prediction import PREFIX, predict, weights_dir  # noqa: F401 (fixtures)
 

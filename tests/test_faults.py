@@ -22,8 +22,8 @@ from conftest import (INTERRUPTED, INTERRUPTED_AFTER, RESUMABLE_RUN, RUN_FAILURE
                       run_script, start_script, train_config, train_from_flags, wait_until)
 from snapshot import EpochCosineScheduler
 from snapshot_ensembles import cli, files, training
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles.models.build import build_model
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.training.run_folder import RunFolder
 
 PREFIX = "WRN-CIFAR10-10-1"

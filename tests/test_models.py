@@ -111,8 +111,8 @@ def test_no_deterministic_training_network_has_fused_batch_norm_and_the_same_wei
 
     from snapshot_ensembles import training
     from snapshot_ensembles.config import ModelConfig, TrainConfig, TrainingConfig
-    from snapshot_ensembles.models.build import batch_norm_layers, build_model
     from snapshot_ensembles.models.batch_norm import FusedBatchNormalization
+    from snapshot_ensembles.models.build import batch_norm_layers, build_model
 
     model_config = ModelConfig("wrn", wrn_N=1, wrn_k=1)
     networks = {}

@@ -8,10 +8,10 @@ import pytest
 
 from conftest import predict_argv, train_config, train_from_flags
 from snapshot_ensembles import training
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import ModelConfig
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.models import create_pre_activation_wrn, create_resnet
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.training.run_folder import RunFolder
 
 

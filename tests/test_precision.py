@@ -6,8 +6,8 @@ import pytest
 
 from conftest import member_predictions, predict_argv, train_from_flags
 from snapshot_ensembles.data import load_cifar
-from snapshot_ensembles.models.build import accelerator_present
 from snapshot_ensembles.data.pipeline import images_dataset
+from snapshot_ensembles.models.build import accelerator_present
 
 
 @pytest.fixture

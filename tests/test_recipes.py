@@ -10,13 +10,13 @@ import pytest
 import tensorflow as tf
 
 from snapshot_ensembles import cli, prediction, training
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import ModelConfig
-from snapshot_ensembles.errors import UserError
-from snapshot_ensembles.models.build import build_model
+from snapshot_ensembles.config.schedule import multistep_lr
 from snapshot_ensembles.data import channel_statistics
 from snapshot_ensembles.data.tf_pipeline import random_crop_flip, training_dataset
-from snapshot_ensembles.config.schedule import multistep_lr
+from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.models.build import build_model
+from snapshot_ensembles.training import run_state
 from conftest import predict_argv, train_config, train_from_flags
 
 RECIPE_FLAGS = ("batch_size", "momentum", "nesterov", "weight_decay", "schedule", "augment", "normalize", "dropout")

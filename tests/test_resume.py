@@ -14,10 +14,10 @@ from cifar_fixtures import write_archive
 from conftest import (INTERRUPTED_AFTER, RESUMABLE_RUN, TINY_PREFIX, TINY_WRN, USER_ERROR, assert_clean_failure,
                       interrupt_after_epoch, member_predictions, run_process, run_script, start_script, train_config,
                       train_from_flags, wait_until)
-from snapshot_ensembles import training
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles.data import load_cifar
 from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.files import read_json_record
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.training.run_folder import RunFolder
 
 WRN = TINY_WRN
@@ -45,8 +45,8 @@ def assert_same_run(resumed, reference, cifar10_dir, prefix=WRN_PREFIX, model_fl
     expected = member_predictions(str(reference), prefix, MEMBERS, x, model_flags)
     for name in MEMBERS:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    got_history = training.read_json_record(os.path.join(resumed, f"{prefix}-training.json"))
-    expected_history = training.read_json_record(os.path.join(reference, f"{prefix}-training.json"))
+    got_history = read_json_record(os.path.join(resumed, f"{prefix}-training.json"))
+    expected_history = read_json_record(os.path.join(reference, f"{prefix}-training.json"))
     assert sorted(got_history) == sorted(expected_history)
     for metric, values in expected_history.items():
         assert len(got_history[metric]) == 6, metric
@@ -223,8 +223,8 @@ def test_stopped_after_the_last_epoch_it_only_finishes_the_records(cifar10_dir, 
     out = capsys.readouterr().out
     assert "Resuming WRN-CIFAR10-10-1 after epoch 1 of 1" in out and "Epoch " not in out
     assert len(history["loss"]) == 1
-    assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
-    assert training.read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
+    assert read_json_record(str(tmp_path / f"{WRN_PREFIX}-training.json")) == history
+    assert read_json_record(str(tmp_path / f"{WRN_PREFIX}-run.json"))["status"] == "complete"
     assert not os.path.exists(RunFolder(str(tmp_path), WRN_PREFIX).state)
 
 
@@ -254,9 +254,9 @@ def test_a_mixed_float16_run_with_overflowing_steps_resumes_on_schedule(tmp_path
     """
     import keras
 
-    from snapshot_ensembles.training import callbacks as snapshot
-    from snapshot_ensembles.models import build as modeling
     from snapshot_ensembles.config.schedule import cosine_annealing_lr
+    from snapshot_ensembles.models import build as modeling
+    from snapshot_ensembles.training import callbacks as snapshot
 
     class OverflowingLossScale(snapshot.StepCountingLossScaleOptimizer):
         def __init__(self, inner_optimizer):

@@ -13,8 +13,8 @@ from conftest import (TINY_PREFIX, TINY_RUN, USER_ERROR, assert_clean_failure, d
                       train_config)
 from snapshot_ensembles import training
 from snapshot_ensembles.data import load_cifar
-from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.data.pipeline import images_dataset
+from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.models.build import build_model
 from snapshot_ensembles.training.run_folder import RunFolder
 

@@ -17,9 +17,9 @@ import re
 from typing import Optional
 
 from snapshot_ensembles.config import recipes
-from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.config.naming import DATASETS
 from snapshot_ensembles.config.schedule import SCHEDULE_MODES
+from snapshot_ensembles.errors import ConfigError
 
 MODELS = ("wrn", "dn", "resnet")
 VARIANTS = ("original", "paper")

@@ -17,11 +17,11 @@ import time
 import numpy as np
 import scipy.optimize
 
-from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.config import COUNT, check_value
+from snapshot_ensembles.ensemble import metrics
+from snapshot_ensembles.ensemble.metrics import LOG_LOSS_EPS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import write_json
-from snapshot_ensembles.ensemble.metrics import LOG_LOSS_EPS
 from snapshot_ensembles.training.run_folder import RunFolder
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from snapshot_ensembles import ensemble as arithmetic
 from snapshot_ensembles import output
-from snapshot_ensembles.ensemble import evaluation
 from snapshot_ensembles.data import check_labels
+from snapshot_ensembles.ensemble import evaluation
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import sha256_of
 from snapshot_ensembles.training.run_folder import RunFolder

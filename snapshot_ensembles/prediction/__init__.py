@@ -19,16 +19,16 @@ import shlex
 import numpy as np
 
 from snapshot_ensembles import backend_start, ensemble, output, release
-from snapshot_ensembles.ensemble import metrics
-from snapshot_ensembles.config import naming
 from snapshot_ensembles.config import VARIANTS
-from snapshot_ensembles.errors import UserError
+from snapshot_ensembles.config import naming
+from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.ensemble.evaluation import EnsembleEvaluation
+from snapshot_ensembles.ensemble.snapshot_ensemble import Member, MemberLoadError, SnapshotEnsemble, load_weights
+from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of_arrays, write_json
 from snapshot_ensembles.models.build import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.prediction.report import MODES, check_plotting, plot_report, render_report, render_result
 from snapshot_ensembles.training.run_folder import RunFolder
-from snapshot_ensembles.ensemble.snapshot_ensemble import Member, MemberLoadError, SnapshotEnsemble, load_weights
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged

@@ -5,8 +5,8 @@ import os
 import numpy as np
 
 from snapshot_ensembles import output
-from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.config import naming
+from snapshot_ensembles.ensemble import metrics
 from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.files import atomic_path
 

@@ -432,8 +432,8 @@ def _fetch(asset, path, repo, timeout):
 
 
 def _convert(model_config, dataset, weights_dir, assets, sources, targets, repo):
-    from snapshot_ensembles.release.legacy import convert_files
     from snapshot_ensembles.models.build import build_model, nb_classes_of
+    from snapshot_ensembles.release.legacy import convert_files
 
     try:
         os.makedirs(weights_dir, exist_ok=True)

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 from keras import layers
 
+from snapshot_ensembles.ensemble.snapshot_ensemble import weight_problem
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import save_weights
-from snapshot_ensembles.ensemble.snapshot_ensemble import weight_problem
 
 BACKENDS = ("theano", "tensorflow")
 DIM_ORDERINGS = ("th", "tf")

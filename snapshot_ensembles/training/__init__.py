@@ -14,7 +14,6 @@ from snapshot_ensembles import backend_start, output
 from snapshot_ensembles.config.naming import dataset_title
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, remove_partial_files
-from snapshot_ensembles.files import read_json_record  # noqa: F401 (the tests read histories through it)
 from snapshot_ensembles.models.build import build_model, set_precision
 from snapshot_ensembles.training import distribute, run_lock, run_state
 from snapshot_ensembles.training.run_folder import RunFolder
@@ -171,8 +170,8 @@ def fit_snapshot_ensemble(model, splits, config, extra_callbacks=(), resume_from
     every epoch, resumed ones included. `resume_from`: the RunState to continue; `record`: the run record
     to write; `distribution`: the one the model was built under (only its chief writes files).
     """
-    from snapshot_ensembles.training.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
     from snapshot_ensembles.data.pipeline import evaluation_dataset, training_dataset
+    from snapshot_ensembles.training.callbacks import NonFiniteLossGuard, RunStateCheckpoint, SnapshotCallbackBuilder
 
     distribution = distribution or distribute.Distribution("none", None)
     folder = RunFolder(config.weights_dir, config.prefix)

@@ -15,12 +15,12 @@ import time
 
 import keras
 
-from snapshot_ensembles.training import run_state
 from snapshot_ensembles.config import CycleConfig
+from snapshot_ensembles.config.schedule import cosine_annealing_lr, multistep_lr
 from snapshot_ensembles.errors import ConfigError
 from snapshot_ensembles.files import save_weights, write_json
+from snapshot_ensembles.training import run_state
 from snapshot_ensembles.training.run_folder import RunFolder
-from snapshot_ensembles.config.schedule import cosine_annealing_lr, multistep_lr
 
 __all__ = ["SnapshotCallbackBuilder", "SnapshotModelCheckpoint", "BestWeightsCheckpoint", "EpochCosineScheduler",
            "StepCosineScheduler", "MultiStepScheduler", "SnapshotCosineSchedule", "NonFiniteLossGuard",
