@@ -13,7 +13,7 @@ import os
 from snapshot_ensembles import backend_start, output
 from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, run_cli)
-from snapshot_ensembles.config.naming import DATASETS
+from snapshot_ensembles.config.naming import CIFAR_DATASETS
 from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.models.build import build_model, nb_classes_of
 from snapshot_ensembles.release import install_ensemble_weights
@@ -28,7 +28,7 @@ def build_parser():
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="Keras 1 weight files (default: every {prefix}-Best.h5 and {prefix}-<i>.h5 "
                              "in --weights_dir)")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+    parser.add_argument("--dataset", choices=CIFAR_DATASETS, default="cifar10",
                         help="dataset the weights were trained on; sets the class count (default: %(default)s)")
     add_model_flags(parser)
     parser.add_argument("--weights_dir", default="weights",

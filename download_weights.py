@@ -7,7 +7,7 @@
 from snapshot_ensembles import output, release
 from snapshot_ensembles.cli import (ArgumentParser, add_model_flags, add_output_flags, model_config,
                                     parse, positive_float, run_cli)
-from snapshot_ensembles.config.naming import DATASETS
+from snapshot_ensembles.config.naming import CIFAR_DATASETS
 
 
 def build_parser():
@@ -15,7 +15,7 @@ def build_parser():
         description="Fetch the weights of one model into --weights_dir from the original project's GitHub "
                     f"release ({release.DEFAULT_GITHUB_REPO}: Keras 1 files of WRN-16-4, verified, "
                     "converted to .weights.h5, with the original's ensemble weights).")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+    parser.add_argument("--dataset", choices=CIFAR_DATASETS, default="cifar10",
                         help="dataset the weights were trained on (default: %(default)s)")
     add_model_flags(parser)
     parser.add_argument("--weights_dir", default="weights", help="where files go (default: %(default)s)")

@@ -431,3 +431,12 @@ def test_converted_file_computes_what_the_original_network_computed(tmp_path, ne
     ours = model.predict(images.transpose(0, 2, 3, 1), verbose=0)
     expected = keras1_reference.forward(output, images)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("script", ["convert_weights.py", "download_weights.py"])
+def test_the_release_scripts_take_only_the_cifar_datasets(tmp_path, script):
+    # The demo's digits have no release weights and no Keras 1 files: a usage error, before any network.
+    result = run_script(script, "--dataset", "digits", "--weights_dir", tmp_path / "w")
+    assert result.returncode == USER_ERROR
+    assert "--dataset: invalid choice: 'digits'" in result.stderr
+    assert not (tmp_path / "w").exists()

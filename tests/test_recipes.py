@@ -113,7 +113,6 @@ def test_weight_decay_is_half_its_value_times_the_squared_weights_in_the_trainin
 
 
 def test_the_densenet_original_weight_decay_is_its_builders_penalty_unchanged():
-    images = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
     losses, weights = [], None
     for weight_decay in (None, 2e-4):  # None: the builder's own L2(1e-4) on every weight
         model = build_model(ModelConfig(model="dn", dn_depth=7, dn_growth_rate=4, dn_blocks=1), 10, dropout=0.0,

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, run_process, run_script, start_script, wait_until
+from conftest import USER_ERROR, assert_clean_failure, run_script, start_script, wait_until
 from snapshot_ensembles.training import run_lock, run_state
 from snapshot_ensembles.training.run_folder import RunFolder
 
