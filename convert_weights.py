@@ -48,7 +48,8 @@ def build_parser():
 def release_files(weights_dir, prefix):
     """`{prefix}-Best.h5`, then `{prefix}-1.h5`, `{prefix}-2.h5`, ... present in `weights_dir`."""
     if not os.path.isdir(weights_dir):
-        raise UserError(f"--weights_dir {weights_dir} is not a folder")
+        raise UserError(f"--weights_dir {weights_dir} is not a folder: create it and put the original's .h5 files "
+                        "there, or pass the folder that holds them")
     folder = RunFolder(weights_dir, prefix)
     found = folder.keras1_files()
     if not found:

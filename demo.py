@@ -20,8 +20,8 @@ VAL_FRACTION = 0.4  # of what remains after the test set: enough to fit ensemble
 
 # The training scripts' settings that the demo takes, at the demo's defaults: an epoch here is only 21 steps,
 # hence BatchNormalization's momentum below Keras's 0.99.
-DEMO_SETTINGS = dict(M=3, nb_epoch=36, alpha_zero=0.05, momentum=0.9, bn_momentum=0.9, wrn_N=1, wrn_k=1,
-                     batch_size=16, seed=0, weights_dir=os.path.join("weights", "demo"), recipe="original",
+DEMO_SETTINGS = dict(M=3, nb_epoch=36, alpha_zero=0.05, momentum=0.9, nesterov=None, bn_momentum=0.9, wrn_N=1,
+                     wrn_k=1, batch_size=16, seed=0, weights_dir=os.path.join("weights", "demo"), recipe="original",
                      mixed_precision=False)
 
 
@@ -44,7 +44,8 @@ def digits_dataset(seed):
 
     digits = load_digits()
     images = (digits.images[..., None] * (255.0 / 16.0)).astype("float32")  # 0..16 grey levels -> 0..255
-    images = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (32, 32), interpolation="bilinear"))
+    images = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (32, 32), interpolation="bilinear",
+                                                                data_format="channels_last"))
     images = np.repeat(np.clip(np.rint(images), 0, 255).astype(np.uint8), 3, axis=-1)
     labels = digits.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=TEST_FRACTION,
@@ -69,7 +70,7 @@ def main(argv=None):
     snapshot_dir = os.path.join(args.weights_dir, "snapshots")
     snapshot_config = train_config(args, snapshot_dir, args.M)  # flags checked before TensorFlow starts
     baseline_config = train_config(args, os.path.join(args.weights_dir, "baseline"), 1)
-    backend_start.start()
+    backend_start.start(training=True)
     from snapshot_ensembles import prediction, training
     from snapshot_ensembles.prediction.report import format_interval
 

@@ -22,24 +22,31 @@ YNN_FUSIONS_OFF = f"--{YNN_FUSION_FLAG}="
 FIRST_JAXLIB_WITH_YNN = (0, 8, 1)  # the first with the flag; older ones stop at it: "Unknown flag in XLA_FLAGS"
 
 
-def start():
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")  # Keras's numpy and openvino backends only predict
+
+
+def start(training=False):
     """Import Keras and its backend: TensorFlow with its start-up lines hidden (and only on that backend); on JAX,
     XLA's YNNPACK fusions off (before JAX's first computation: a warning says when it comes too late).
 
-    UserError when the backend's framework is not installed.
+    UserError when the backend is unknown or its framework is not installed, or, for `training`, cannot train.
     """
     try:
         if "keras" not in sys.modules:
             # TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl is initialised.
             with native_stderr_hidden():
                 importlib.import_module("keras")
-    except ImportError as err:
+    except (ImportError, ValueError) as err:  # ValueError: a backend name Keras does not know
         backend = os.environ.get("KERAS_BACKEND")
-        raise UserError(f"the Keras backend{' ' + backend if backend else ''} cannot start ({err}): install it (README \"Backends\": "
-                        "pip install -r requirements.txt for TensorFlow, requirements-jax.txt or "
-                        "requirements-torch.txt for the others), or choose an installed one with "
+        raise UserError(f"the Keras backend{' ' + backend if backend else ''} cannot start ({err}): install it "
+                        "(README \"Backends\": pip install -r requirements.txt for TensorFlow, requirements-jax.txt "
+                        "or requirements-torch.txt for the others), or choose an installed one with "
                         "KERAS_BACKEND=jax, torch or tensorflow") from None
     import keras
+
+    if training and keras.backend.backend() not in TRAINING_BACKENDS:
+        raise UserError(f"the Keras backend {keras.backend.backend()} cannot train (Keras only predicts with it): "
+                        "choose KERAS_BACKEND=tensorflow, jax or torch")
 
     if keras.backend.backend() == "jax":
         if jax_started():

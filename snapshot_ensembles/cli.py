@@ -104,7 +104,7 @@ def add_output_flags(parser):
     group.add_argument("--quiet", dest="verbosity", action="store_const", const=output.QUIET, default=output.NORMAL,
                        help="print only warnings, notes and the final results")
     group.add_argument("--verbose", dest="verbosity", action="store_const", const=output.VERBOSE,
-                       help="also print Keras's progress bar of every training step")
+                       help="also print Keras's progress bars")
     return group
 
 

@@ -229,6 +229,19 @@ def test_distribution_the_backend_lacks_gives_one_clear_line(backend, extra, env
     assert_clean_failure(result, USER_ERROR, *fragments)
 
 
+def test_an_unknown_backend_name_is_one_clear_line(cifar10_dir, tmp_path):
+    result = run_process("train_cifar_10.py", *WRN, "--nb_epoch", "1", "--M", "1",
+                         *data_flags(cifar10_dir, tmp_path / "w"), env={"KERAS_BACKEND": "pytorch"})  # torch, mistyped
+    assert_clean_failure(result, USER_ERROR, "the Keras backend pytorch cannot start", "KERAS_BACKEND=jax, torch")
+
+
+def test_a_backend_that_only_predicts_refuses_to_train_and_leaves_no_folder(cifar10_dir, tmp_path):
+    result = run_process("train_cifar_10.py", *WRN, "--nb_epoch", "1", "--M", "1",
+                         *data_flags(cifar10_dir, tmp_path / "w"), env={"KERAS_BACKEND": "numpy"})
+    assert_clean_failure(result, USER_ERROR, "the Keras backend numpy cannot train", "KERAS_BACKEND=tensorflow")
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float16_loss_scaling_counts_the_steps_it_skips(backend):
     """The JAX trainer takes the optimizer's stateless path, TensorFlow and PyTorch the stateful one."""

@@ -143,3 +143,12 @@ def test_a_value_out_of_range_is_refused_before_any_file_of_an_earlier_run_is_to
     with pytest.raises(ValueError, match=f"^{field}=.* (is out of range|is not one of the choices)"):
         training.train(config)
     assert earlier.read_bytes() == b"an earlier run's snapshot"
+
+
+def test_an_integer_choice_takes_numpys_integers_but_not_text_or_booleans():
+    import numpy as np
+
+    assert config_module.PredictConfig(optimize=np.int64(-1)).check().optimize == -1
+    for value in ("1", True, 1.0):
+        with pytest.raises(ValueError, match="^optimize=.* is not one of the choices: -1, 0, 1"):
+            config_module.PredictConfig(optimize=value).check()

@@ -440,3 +440,8 @@ def test_the_release_scripts_take_only_the_cifar_datasets(tmp_path, script):
     assert result.returncode == USER_ERROR
     assert "--dataset: invalid choice: 'digits'" in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_weights_folder_says_where_the_files_go(tmp_path):
+    result = run_script("convert_weights.py", "--weights_dir", tmp_path / "weights")
+    assert_clean_failure(result, USER_ERROR, "is not a folder: create it and put the original's .h5 files there")

@@ -92,6 +92,10 @@ def test_missing_data_dir_and_empty_data_dir(tmp_path):
         data.load_cifar("cifar10", str(tmp_path / "nothing"))
     with pytest.raises(UserError, match="no CIFAR-100 data in .*cifar-100-python.tar.gz"):
         data.load_cifar("cifar100", str(tmp_path))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"")
+    with pytest.raises(UserError, match=f"is a file: pass the folder that holds it \\(--data_dir {tmp_path}\\)"):
+        data.load_cifar("cifar10", str(archive))  # the archive itself, a likely slip
 
 
 def test_no_local_data_and_no_network_names_the_files(tmp_path, monkeypatch):

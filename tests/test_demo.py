@@ -66,3 +66,28 @@ def test_the_full_demo_keeps_its_documented_claims(tmp_path):
     assert abs(rows["equal-weight ensemble"] - best[0]) <= 1.0, rows
     assert rows["fitted ensemble"] >= best[0] - 2 * 100 / 1258 - 1e-9, rows
     assert "baseline (one cycle, same epochs)" in rows
+
+
+def test_digits_are_channels_last_whatever_keras_json_says():
+    import keras
+
+    saved = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        assert demo.digits_dataset(seed=0).x_train.shape[1:] == (32, 32, 3)
+    finally:
+        keras.config.set_image_data_format(saved)
+
+
+def test_the_demo_takes_the_flag_its_messages_suggest(tmp_path):
+    from snapshot_ensembles import cli
+    from snapshot_ensembles.errors import UserError
+
+    def config(*flags):
+        with cli.flag_wording():
+            return demo.train_config(demo.build_parser().parse_args([*flags]), str(tmp_path), 1)
+
+    with pytest.raises(UserError, match="add --no_nesterov"):
+        config("--recipe", "paper", "--momentum", "0")
+    assert config("--recipe", "paper", "--momentum", "0", "--no_nesterov").training.nesterov is False
+    assert config().training.nesterov is False  # the original recipe's, as before

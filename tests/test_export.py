@@ -112,10 +112,19 @@ def test_plot_paths_and_run_files_are_refused_before_any_prediction(weights_dir,
     release_record = os.path.join(weights_dir, f"{PREFIX}-release.json")
     with open(release_record, "w") as fh:
         fh.write('{"files": []}\n')
-    before = {path: open(path, "rb").read() for path in (snapshot, release_record)}
+    other_runs = [os.path.join(weights_dir, name) for name in ("DenseNet-CIFAR10-7-2-run.json", "ResNet-CIFAR10-8-ensemble.png")]
+    for path in other_runs:  # files of other networks' runs in the same folder
+        with open(path, "w") as fh:
+            fh.write("{}\n")
+    (tmp_path / "a file").write_text("")
+    before = {path: open(path, "rb").read() for path in (snapshot, release_record, *other_runs)}
     cases = [(["--plot", snapshot], "--plot .*weights.h5: the file name must end in .png"),
              (["--plot", str(tmp_path / "missing" / "p.png")], "--plot .*: the folder .* does not exist"),
-             (["--report", release_record], "--report .* is a folder or one of the ensemble's own files")]
+             (["--report", release_record], "--report .* is a folder or one of the ensemble's own files"),
+             (["--report", other_runs[0]], "would replace DenseNet-CIFAR10-7-2-run.json, a file of another run"),
+             (["--plot", other_runs[1]], "would replace ResNet-CIFAR10-8-ensemble.png, a file of another run"),
+             (["--export", str(tmp_path / "a file" / "e.keras")], "a file, not a folder"),
+             (["--export", str(tmp_path / ".keras")], "must end in .keras, with a name before it")]
     for flags, message in cases:
         with pytest.raises(UserError, match=message):
             predict(weights_dir, cifar10_dir, "--optimize", "-1", *flags)

@@ -136,3 +136,33 @@ def test_no_deterministic_training_network_has_fused_batch_norm_and_the_same_wei
     reloaded = keras.models.load_model(tmp_path / "fused.keras")
     assert all(isinstance(layer, FusedBatchNormalization) for layer in batch_norm_layers(reloaded))
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def channels_first_setting():
+    """keras.json's `"image_data_format": "channels_first"` (Keras 1 "th" users), for the test's duration."""
+    import keras
+
+    saved = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format(saved)
+
+
+@pytest.mark.parametrize("model_flags", [dict(model="wrn", wrn_N=1, wrn_k=1),
+                                         dict(model="wrn", wrn_N=1, wrn_k=1, variant="paper"),
+                                         dict(model="dn", dn_depth=7, dn_growth_rate=2),
+                                         dict(model="resnet", resnet_depth=8)])
+def test_networks_take_channels_last_images_whatever_keras_json_says(channels_first_setting, model_flags):
+    import keras
+    import numpy as np
+
+    from snapshot_ensembles.config import ModelConfig
+    from snapshot_ensembles.models.build import build_model
+
+    model = build_model(ModelConfig(**model_flags), 10)
+    first_convolution = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert first_convolution.kernel.shape[2] == 3  # the RGB channels, not the images' 32 columns
+    assert model.output_shape == (None, 10)
+    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
+    assert keras.config.image_data_format() == "channels_first"  # the user's setting is left as it was

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script, train_from_flags
+from conftest import (USER_ERROR, assert_clean_failure, copy_run, member_predictions, predict_argv, run_script,
+                      train_from_flags)
 from snapshot_ensembles import ensemble
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
@@ -290,3 +291,26 @@ def test_missing_members_suggest_only_commands_that_exist_with_quoted_paths(tmp_
         predict_argv("cifar100", ["--wrn_N", "2", "--wrn_k", "4", "--weights_dir", str(weights)])
     assert (f"fetch the release weights with `python download_weights.py --dataset cifar100 --model wrn --wrn_N 2 "
             f"--wrn_k 4 --weights_dir '{weights}'`") in str(wrn_16_4.value)
+
+
+def test_missing_members_point_to_the_recorded_run_first(weights_dir, cifar10_dir, interrupted_run, tmp_path):
+    with pytest.raises(UserError, match="recorded 2 snapshots: pass --M 2 or fewer"):  # a complete run of M 2
+        predict(weights_dir, cifar10_dir, "--optimize", "-1", "--M", "3")
+    data_dir, sha = cifar10_dir
+    # The interrupted run (3 of 6 epochs, M 3) has snapshot 1 of 3.
+    with pytest.raises(UserError, match="is unfinished: rerun its command to finish it, or pass --M 1 to use"):
+        predict_argv("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha, "--weights_dir",
+                                         copy_run(interrupted_run, tmp_path, "interrupted"), "--M", "3",
+                                         "--optimize", "-1"])
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        predict(str(tmp_path / "a file"), cifar10_dir, "--optimize", "-1")
+
+
+def test_members_without_their_run_record_are_noted_to_get_unit_inputs(weights_dir, cifar10_dir, capsys):
+    predict(weights_dir, cifar10_dir, "--optimize", "-1")
+    assert "no run record" not in capsys.readouterr().out
+    os.remove(os.path.join(weights_dir, f"{PREFIX}-run.json"))  # snapshots copied without it
+    predict(weights_dir, cifar10_dir, "--optimize", "-1")
+    assert f"note: no run record {PREFIX}-run.json beside the weights: the members get pixels / 255" \
+        in capsys.readouterr().out

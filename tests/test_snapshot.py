@@ -81,6 +81,9 @@ def test_callbacks_come_in_the_original_order_and_create_the_folder(tmp_path):
     assert [type(c).__name__ for c in callbacks] == ["BestWeightsCheckpoint", "EpochCosineScheduler",
                                                      "SnapshotModelCheckpoint"]
     assert callbacks[0].filepath == os.path.join(str(folder), "Model_-Best.weights.h5")
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(ValueError, match="weights_dir .*a file is a file, not a folder"):
+        SnapshotCallbackBuilder(10, 5, weights_dir=str(tmp_path / "a file")).get_callbacks("Model_")
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "acc"])

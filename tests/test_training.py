@@ -201,6 +201,8 @@ def test_unwritable_weights_folder(tmp_path):
     blocker.write_text("not a folder")
     assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker / "sub"), USER_ERROR,
                          "cannot write to the weights folder")
+    assert_clean_failure(run_script("train_cifar_10.py", "--weights_dir", blocker), USER_ERROR,
+                         f"--weights_dir {blocker} is a file (or a broken link), not a folder")
     assert blocker.read_text() == "not a folder"
 
 

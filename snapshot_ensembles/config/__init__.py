@@ -62,8 +62,12 @@ def number(accepts, expected):
 
 
 def choice(*values, parse=str):
+    def same_kind(value, option):  # "1" or True is not the choice 1, NumPy's int64(1) is
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return type(value) is type(option) or (type(option) is int and integral)
+
     def problem(value):
-        if any(type(value) is type(option) and value == option for option in values):
+        if any(same_kind(value, option) and value == option for option in values):
             return None
         return f"is not one of the choices: {', '.join(map(str, values))}"
 
@@ -269,7 +273,7 @@ class TrainingConfig:
         "with Nesterov momentum 0.9, batch 64, padded crops and flips on per-channel standardised images, per-step "
         "annealing, weight decay 5e-4 (wrn, resnet) or 1e-4 (dn), no dropout",
         choice(*recipes.RECIPES), compared=False)  # its values are compared, not its name
-    batch_size: Optional[int] = setting(None, RECIPE + "the global batch, split over the devices with --distribute",
+    batch_size: Optional[int] = setting(None, RECIPE + "the global batch, of all the devices together",
                                         COUNT)
     dropout: Optional[float] = setting(None, RECIPE + "dropout rate", FRACTION)
     momentum: Optional[float] = setting(None, RECIPE + "SGD momentum", FRACTION)
@@ -405,9 +409,10 @@ class PredictConfig:
                                "-1: equal weights", choice(-1, 0, 1, parse=int))
     num_tests: int = setting(20, "restarts of the weight fit; the fit is convex, so they only confirm the optimum",
                              COUNT)
-    M: Optional[int] = setting(None, "number of snapshots to use (default: every snapshot file present)", COUNT)
+    M: Optional[int] = setting(None, "number of snapshots to use (default: the M the training run recorded, else "
+                                     "every snapshot file present)", COUNT)
     batch_size: int = setting(256, "prediction batch size", COUNT)
-    seed: int = setting(0, "seed of the fit's restarts", SEED)
+    seed: int = setting(0, "seed of the fit's restarts and of the bootstrap intervals", SEED)
     plot: Optional[str] = setting(
         None, "save the ensemble-size curve, the members' agreement matrix and a reliability diagram (needs "
         "matplotlib; default file: WEIGHTS_DIR/PREFIX-ensemble.png)", PATH,

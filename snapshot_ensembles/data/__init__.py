@@ -261,6 +261,9 @@ def _download(spec):
 def load_cifar(dataset, data_dir=None, expected_sha256=None, allow_download=True):
     """Load CIFAR-10 or CIFAR-100 as a Dataset, in the loading order of the module docstring."""
     spec = CIFAR[dataset]
+    if data_dir is not None and os.path.isfile(data_dir):
+        raise UserError(f"--data_dir {data_dir} is a file: pass the folder that holds it "
+                        f"(--data_dir {os.path.dirname(data_dir) or '.'})")
     if data_dir is not None and not os.path.isdir(data_dir):
         raise UserError(f"--data_dir {data_dir} does not exist or is not a folder: "
                         f"{_where_to_put(spec, data_dir)}")

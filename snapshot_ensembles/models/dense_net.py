@@ -11,7 +11,7 @@ import keras
 from keras import layers, regularizers
 
 from snapshot_ensembles.config import DENSE_BLOCKS, DENSENET_DEPTH, check_value
-from snapshot_ensembles.models.layers import bn_relu, conv_kernel, linear_kernel, softmax_model
+from snapshot_ensembles.models.layers import bn_relu, channels_last, conv_kernel, linear_kernel, softmax_model
 
 
 def _conv(filters, size, weight_decay, name=None, torch_init=False):
@@ -47,6 +47,7 @@ def dense_block(x, nb_layers, nb_filter, growth_rate, dropout_rate=None, weight_
     return x, nb_filter
 
 
+@channels_last
 def create_dense_net(nb_classes, img_dim, depth=40, nb_dense_block=3, growth_rate=12, nb_filter=16,
                      dropout_rate=None, weight_decay=1e-4, verbose=True, torch_init=False):
     """DenseNet-`depth` with `nb_dense_block` blocks of (depth-4)/3 layers each; depth must be 3n+4.

@@ -4,10 +4,27 @@ Initialisers are made per layer: an unseeded Keras initialiser shared by several
 all the same values, and one made at import would draw its seed before the run seeds Python.
 """
 
+import functools
+
 import keras
 from keras import layers
 
 from snapshot_ensembles.models.batch_norm import batch_normalization
+
+
+def channels_last(builder):
+    """The builder's layers take (height, width, channels) images whatever keras.json's image_data_format says:
+    Keras reads it when each layer is made, and CIFAR arrays are channels-last."""
+    @functools.wraps(builder)
+    def build(*args, **kwargs):
+        saved = keras.config.image_data_format()
+        keras.config.set_image_data_format("channels_last")
+        try:
+            return builder(*args, **kwargs)
+        finally:
+            keras.config.set_image_data_format(saved)
+
+    return build
 
 
 def conv_kernel():

@@ -6,7 +6,7 @@ the paper's "Wide-ResNet-32" is N=5, k=4 here.
 import keras
 from keras import layers
 
-from snapshot_ensembles.models.layers import bn_relu, linear_kernel, softmax_model, torch_conv
+from snapshot_ensembles.models.layers import bn_relu, channels_last, linear_kernel, softmax_model, torch_conv
 
 
 def wide_basic_block(x, filters, strides=1, dropout=0.0):
@@ -22,6 +22,7 @@ def wide_basic_block(x, filters, strides=1, dropout=0.0):
     return layers.Add()([y, shortcut])
 
 
+@channels_last
 def create_pre_activation_wrn(input_dim, nb_classes=10, N=5, k=4, dropout=0.0, verbose=1):
     """Pre-activation WRN with N blocks per group and width factor k (Zagoruyko's WRN-(6N+4)-k; the paper's
     Wide-ResNet-(6N+2)) for `input_dim` (rows, cols, channels) images, softmax over `nb_classes`."""

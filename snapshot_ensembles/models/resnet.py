@@ -8,7 +8,7 @@ from keras import layers
 
 from snapshot_ensembles.config import RESNET_DEPTH, check_value
 from snapshot_ensembles.models.batch_norm import batch_normalization
-from snapshot_ensembles.models.layers import bn_relu, linear_kernel, softmax_model, torch_conv
+from snapshot_ensembles.models.layers import bn_relu, channels_last, linear_kernel, softmax_model, torch_conv
 
 
 def downsampling_shortcut(x):
@@ -24,6 +24,7 @@ def basic_block(x, filters, strides=1):
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
+@channels_last
 def create_resnet(input_dim, nb_classes=10, depth=110, verbose=1):
     """ResNet-`depth` (6n+2: 20, 32, 44, 56, 110, ...) for `input_dim` images, softmax over `nb_classes`."""
     check_value("depth", depth, RESNET_DEPTH)  # a ValueError, worded as the configuration's

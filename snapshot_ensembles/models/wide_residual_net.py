@@ -7,7 +7,7 @@ weights convert layer by layer (see convert_weights.py).
 import keras
 from keras import layers
 
-from snapshot_ensembles.models.layers import bn_relu, softmax_model
+from snapshot_ensembles.models.layers import bn_relu, channels_last, softmax_model
 
 
 def initial_conv(inputs):
@@ -26,6 +26,7 @@ def residual_block(inputs, filters, dropout=0.0):
     return layers.Add()([shortcut, x])
 
 
+@channels_last
 def create_wide_residual_network(input_dim, nb_classes=100, N=2, k=1, dropout=0.0, verbose=1):
     """WRN-(6N+4)-k for `input_dim` (rows, cols, channels) images, softmax over `nb_classes`."""
     inputs = keras.Input(shape=tuple(input_dim))

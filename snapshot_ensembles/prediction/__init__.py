@@ -28,7 +28,7 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of_arrays, write_json
 from snapshot_ensembles.models.build import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.prediction.report import MODES, check_plotting, plot_report, render_report, render_result
-from snapshot_ensembles.training.run_folder import RunFolder
+from snapshot_ensembles.training.run_folder import RunFolder, is_run_file_name
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged
@@ -38,15 +38,13 @@ def snapshot_count(folder, requested):
     """How many snapshots the ensemble takes: `requested` (config.M), else the M the training run recorded
     (fewer while it is unfinished), else every snapshot file present; a note says which, if not plain."""
     present = sorted(key for key in folder.member_files() if key != "Best")
-    info = folder.read_record()
-    recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
-    unfinished = info.get("status") == "running" or os.path.isfile(folder.state)
+    recorded, unfinished = recorded_run(folder)
     if unfinished:
         output.always(f"note: the training run of {folder.prefix} in {folder.weights_dir} is unfinished "
                       f"({run_progress(folder)}): the ensemble has only the snapshots saved so far")
     if requested is not None:
         return requested
-    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= RECORDED_M_MAX:
+    if recorded is None:
         return max(present, default=0)  # downloaded or converted weights: no run record
     count = max((i for i in present if i <= recorded), default=0) if unfinished else recorded
     unused = [i for i in present if i > count]
@@ -55,6 +53,15 @@ def snapshot_count(folder, requested):
                       f"({os.path.basename(folder.run_record)}); snapshot file(s) {', '.join(map(str, unused))} "
                       "are present too and not used (--M chooses)")
     return count
+
+
+def recorded_run(folder):
+    """(the M its run record holds, None without a readable one; whether the run is unfinished)."""
+    info = folder.read_record()
+    recorded = info.get("args", {}).get("M") if isinstance(info.get("args"), dict) else None
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or not 1 <= recorded <= RECORDED_M_MAX:
+        recorded = None
+    return recorded, info.get("status") == "running" or os.path.isfile(folder.state)
 
 
 def run_progress(folder):
@@ -73,6 +80,8 @@ def run_progress(folder):
 
 def find_members(config, folder):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
+    if os.path.exists(folder.weights_dir) and not os.path.isdir(folder.weights_dir):
+        raise UserError(f"--weights_dir {folder.weights_dir} is a file, not a folder: pass the folder of the weight files")
     m = snapshot_count(folder, config.M)
     present = folder.member_files()
     # Counted, not listed one by one: an M of 2 billion must not build 2 billion paths.
@@ -84,15 +93,30 @@ def find_members(config, folder):
     if m == 0 or missing:
         listed = (", ".join(missing) if missing
                   else f"{os.path.basename(folder.snapshot(1))} ... in {folder.weights_dir}")
-        script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
-        flags = f"{config.model.flags()} --weights_dir {shlex.quote(folder.weights_dir)}"
-        download = ""
-        if release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
-            download = (f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} "
-                        f"{flags}`")
-        raise UserError(f"missing ensemble member files: {listed}. Train them with `python {script} {flags}`"
-                        f"{download} (and pass --M if you want fewer snapshots)")
+        raise UserError(f"missing ensemble member files: {listed}. {how_to_get_members(config, folder, present)}")
     return [Member(str(key), folder.member(key)) for key in ["Best", *range(1, m + 1)]]
+
+
+def how_to_get_members(config, folder, present):
+    """What gives the missing members: a smaller --M, finishing the run recorded here, or a training run (or the
+    original's release)."""
+    recorded, unfinished = recorded_run(folder)
+    saved = next(i for i in itertools.count(1) if i not in present) - 1 if "Best" in present else 0
+    script = "train_cifar_10.py" if config.dataset == "cifar10" else "train_cifar_100.py"
+    if unfinished:
+        fewer = f", or pass --M {saved} to use the snapshots saved so far" if saved else ""
+        return f"The training run of {folder.prefix} there is unfinished: rerun its command to finish it{fewer}"
+    if recorded is not None and saved >= recorded:
+        return f"The training run of {folder.prefix} there recorded {recorded} snapshots: pass --M {recorded} or fewer"
+    if recorded is not None:
+        return (f"They are missing from the run recorded in {folder.run_record}: train it again with "
+                f"`python {script}`, the flags of that record's \"args\" and --no_resume")
+    flags = f"{config.model.flags()} --weights_dir {shlex.quote(folder.weights_dir)}"
+    download = ""
+    if release.shipped_ensemble_weights(folder.prefix) is not None:  # what the original published
+        download = (f", or fetch the release weights with `python download_weights.py --dataset {config.dataset} "
+                    f"{flags}`")
+    return f"Train them with `python {script} {flags}`{download} (and pass --M if you want fewer snapshots)"
 
 
 def note_lagging_statistics(folder):
@@ -103,6 +127,14 @@ def note_lagging_statistics(folder):
                       f"({lag.get('stale_share', 0):.0%} of them predated each epoch's end): its Best checkpoint "
                       "and snapshots were validated on them; retrain with --bn_momentum "
                       f"{lag.get('suggested_bn_momentum')} for members that do not")
+
+
+def note_unrecorded_inputs(folder):
+    """Say how the members' inputs are scaled when no record beside them tells (copied snapshots, converted files)."""
+    if not os.path.lexists(folder.run_record) and not os.path.lexists(folder.release_record):
+        output.always(f"note: no run record {os.path.basename(folder.run_record)} beside the weights: the members get "
+                      "pixels / 255 as inputs (--normalize unit, the original's); snapshots trained with --normalize "
+                      "channel (--recipe paper) predict well only with the record of their run beside them")
 
 
 def saved_ensemble_weights(config, folder, members):
@@ -296,14 +328,20 @@ def check_output_paths(config, folder, members):
             continue
         target = os.path.dirname(os.path.abspath(path))
         if not path.endswith(suffix) or os.path.basename(path) == suffix:
-            raise UserError(f"{flag} {path}: the file name must end in {suffix}")
+            raise UserError(f"{flag} {path}: the file name must end in {suffix}, with a name before it")
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise UserError(f"{flag} {path}: {target} is a file, not a folder; choose another path")
         if not os.path.isdir(target):
             raise UserError(f"{flag} {path}: the folder {target} does not exist; create it or choose another path")
         if not os.access(target, os.W_OK):
             raise UserError(f"{flag} {path}: cannot write to the folder {target}; choose another path")
         others = own - {os.path.realpath(folder.plot)} if flag == "--plot" else own
-        if os.path.isdir(path) or os.path.realpath(path) in others:
+        replaced = os.path.realpath(path)
+        if os.path.isdir(path) or replaced in others:
             raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
+        if os.path.exists(path) and is_run_file_name(os.path.basename(replaced)) and replaced not in own:
+            raise UserError(f"{flag} {path} would replace {os.path.basename(replaced)}, a file of another run: "
+                            "choose another path")
 
 
 @dataclasses.dataclass
@@ -368,6 +406,7 @@ def compute_report(config, data=None):
     folder = RunFolder(config.weights_dir, config.prefix)
     members = find_members(config, folder)
     note_lagging_statistics(folder)
+    note_unrecorded_inputs(folder)
     check_output_paths(config, folder, members)
     saved_json, saved_weights, saved_temperatures = saved_ensemble_weights(config, folder, members)  # before any network
     backend_start.start()  # its start-up lines hidden; the checks above answered without it

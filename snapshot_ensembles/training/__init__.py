@@ -50,6 +50,9 @@ class Splits:
 
 def prepare_weights_dir(path):
     """Create the weights folder if needed and check it is writable; returns the topmost folder it created."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"--weights_dir {path} is a file (or a broken link), not a folder: choose another "
+                        "--weights_dir")
     created, parent = None, os.path.abspath(path)
     while not os.path.isdir(parent) and parent != os.path.dirname(parent):
         created, parent = parent, os.path.dirname(parent)
@@ -320,7 +323,7 @@ def _train(config, task, data):
     if resume_from is not COMPLETE:
         # Before the run record is rewritten.
         run_state.check_same_data(resume_from, splits.fingerprint, folder.state)
-    backend_start.start()  # its start-up lines hidden; data and flag errors answered without it
+    backend_start.start(training=True)  # its start-up lines hidden; data and flag errors answered without it
     distribution = start_devices(config, task, resume_from, data, splits)
     model = compiled_model(config, data.nb_classes, splits, distribution)
     lag = lagging_statistics(config.training.bn_momentum, run_steps(config, splits))

@@ -274,6 +274,9 @@ class SnapshotCallbackBuilder:
     def get_callbacks(self, model_prefix="Model"):
         """[best-weights checkpoint, learning-rate schedule, snapshot checkpoint]."""
         if self.save_enabled:
+            if os.path.lexists(self.weights_dir) and not os.path.isdir(self.weights_dir):
+                raise ValueError(f"weights_dir {self.weights_dir} is a file, not a folder: pass a folder for the "
+                                 "snapshots")
             os.makedirs(self.weights_dir, exist_ok=True)
         if self.schedule == "epoch":
             schedule = EpochCosineScheduler(self.T, self.M, self.alpha_zero)

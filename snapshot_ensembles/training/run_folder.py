@@ -10,11 +10,21 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import load_json_object, write_json
 
 RUN_STATUSES = ("running", "complete")
+# Every run file's name, `{prefix}` and `{number}` standing for any run's: the snapshots, the original's Keras 1
+# files and (added by `_named`) the rest.
+NAME_PATTERNS = ["{prefix}-{number}.weights.h5", "{prefix}-{number}.h5", "{prefix}-Best.h5"]
 
 
 def _named(pattern):
     """A property: the path of the file `pattern` names, its `{prefix}` the run's."""
+    NAME_PATTERNS.append(pattern)
     return property(lambda folder: os.path.join(folder.weights_dir, pattern.format(prefix=folder.prefix)))
+
+
+def is_run_file_name(name):
+    """Whether `name` is that of a file a run keeps (of any prefix): a snapshot, record, history, plot..."""
+    return any(re.fullmatch(re.escape(pattern).replace(r"\{prefix\}", ".+").replace(r"\{number\}", r"\d+"), name)
+               for pattern in NAME_PATTERNS)
 
 
 class RunFolder:
