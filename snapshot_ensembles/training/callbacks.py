@@ -116,6 +116,7 @@ class StepCosineScheduler(keras.callbacks.Callback):
         super().__init__()
         self.cycle = (nb_epochs, nb_snapshots, alpha_zero)
         self.steps_per_epoch = steps_per_epoch
+        self.schedule = None  # the SnapshotCosineSchedule installed at train begin
 
     def on_train_begin(self, logs=None):
         steps = self.steps_per_epoch or self.params.get("steps")
@@ -123,14 +124,15 @@ class StepCosineScheduler(keras.callbacks.Callback):
             raise ValueError("batch-mode annealing needs the number of steps per epoch: pass "
                              "steps_per_epoch to the builder or to fit()")
         optimizer = self.model.optimizer
-        wanted = cosine_schedule(*self.cycle, steps)
+        self.schedule = cosine_schedule(*self.cycle, steps)
         current = optimizer._learning_rate  # the schedule object itself, not its value at this step
-        if not (isinstance(current, SnapshotCosineSchedule) and current.get_config() == wanted.get_config()):
-            optimizer.learning_rate = wanted
+        if not (isinstance(current, SnapshotCosineSchedule) and current.get_config() == self.schedule.get_config()):
+            optimizer.learning_rate = self.schedule
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if logs is not None:  # the rate of the epoch's last step: the optimizer's counter is one past it
+            last_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.schedule(last_step)))
 
 
 class SnapshotModelCheckpoint(keras.callbacks.Callback):
