@@ -9,8 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (USER_ERROR, assert_clean_failure, copy_run, member_predictions, predict_argv, run_script,
-                      train_from_flags)
+from conftest import USER_ERROR, assert_clean_failure, member_predictions, predict_argv, run_script, train_from_flags
 from snapshot_ensembles import ensemble
 from snapshot_ensembles.data import load_cifar, split_validation
 from snapshot_ensembles.errors import UserError
@@ -293,15 +292,17 @@ def test_missing_members_suggest_only_commands_that_exist_with_quoted_paths(tmp_
             f"--wrn_k 4 --weights_dir '{weights}'`") in str(wrn_16_4.value)
 
 
-def test_missing_members_point_to_the_recorded_run_first(weights_dir, cifar10_dir, interrupted_run, tmp_path):
+def test_missing_members_point_to_the_recorded_run_first(weights_dir, cifar10_dir, tmp_path):
     with pytest.raises(UserError, match="recorded 2 snapshots: pass --M 2 or fewer"):  # a complete run of M 2
         predict(weights_dir, cifar10_dir, "--optimize", "-1", "--M", "3")
-    data_dir, sha = cifar10_dir
-    # The interrupted run (3 of 6 epochs, M 3) has snapshot 1 of 3.
+    record = RunFolder(weights_dir, PREFIX).run_record
+    with open(record) as fh:
+        info = json.load(fh)
+    with open(record, "w") as fh:  # the run as it stood while its second cycle trained
+        json.dump(dict(info, status="running"), fh)
+    os.remove(RunFolder(weights_dir, PREFIX).snapshot(2))
     with pytest.raises(UserError, match="is unfinished: rerun its command to finish it, or pass --M 1 to use"):
-        predict_argv("cifar10", MODEL + ["--data_dir", data_dir, "--data_sha256", sha, "--weights_dir",
-                                         copy_run(interrupted_run, tmp_path, "interrupted"), "--M", "3",
-                                         "--optimize", "-1"])
+        predict(weights_dir, cifar10_dir, "--optimize", "-1", "--M", "2")
     (tmp_path / "a file").write_text("")
     with pytest.raises(UserError, match="is a file, not a folder"):
         predict(str(tmp_path / "a file"), cifar10_dir, "--optimize", "-1")
