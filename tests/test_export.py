@@ -112,7 +112,9 @@ def test_plot_paths_and_run_files_are_refused_before_any_prediction(weights_dir,
     release_record = os.path.join(weights_dir, f"{PREFIX}-release.json")
     with open(release_record, "w") as fh:
         fh.write('{"files": []}\n')
-    other_runs = [os.path.join(weights_dir, name) for name in ("DenseNet-CIFAR10-7-2-run.json", "ResNet-CIFAR10-8-ensemble.png")]
+    other_runs = [os.path.join(weights_dir, name) for name in (
+        "DenseNet-CIFAR10-7-2-run.json", "ResNet-CIFAR10-8-ensemble.png",  # the two to refuse
+        "DenseNet-CIFAR10-7-2-1.weights.h5", "ResNet-CIFAR10-8-run.json")]  # what makes them those runs' files
     for path in other_runs:  # files of other networks' runs in the same folder
         with open(path, "w") as fh:
             fh.write("{}\n")
@@ -130,6 +132,15 @@ def test_plot_paths_and_run_files_are_refused_before_any_prediction(weights_dir,
             predict(weights_dir, cifar10_dir, "--optimize", "-1", *flags)
     assert not os.path.exists(os.path.join(weights_dir, ".prediction-cache"))  # no member ran
     assert {path: open(path, "rb").read() for path in before} == before
+
+
+def test_a_plot_named_like_a_runs_but_kept_apart_from_any_run_is_replaced_on_a_rerun(weights_dir, cifar10_dir, tmp_path):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    plot = plots / f"{PREFIX}-ensemble.png"  # the default plot's name, in a folder of plots only
+    for _ in range(2):
+        predict(weights_dir, cifar10_dir, "--optimize", "-1", "--plot", str(plot))
+        assert plot.stat().st_size > 0
 
 
 # ------------------------------------------------------------------ the exported model

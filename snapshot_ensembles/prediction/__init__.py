@@ -28,7 +28,7 @@ from snapshot_ensembles.errors import UserError
 from snapshot_ensembles.files import FileWriteError, atomic_path, sha256_of_arrays, write_json
 from snapshot_ensembles.models.build import build_model, nb_classes_of, set_precision
 from snapshot_ensembles.prediction.report import MODES, check_plotting, plot_report, render_report, render_result
-from snapshot_ensembles.training.run_folder import RunFolder, is_run_file_name
+from snapshot_ensembles.training.run_folder import RunFolder, is_another_runs_file
 
 CACHE_FOLDER = os.path.basename(RunFolder("", "").prediction_cache)  # its name in any weights folder
 RECORDED_M_MAX = 2**31 - 1  # the largest M a training run can record; above it the record is damaged
@@ -81,7 +81,8 @@ def run_progress(folder):
 def find_members(config, folder):
     """[Best, 1..M] as Members; a clear error listing every missing file."""
     if os.path.exists(folder.weights_dir) and not os.path.isdir(folder.weights_dir):
-        raise UserError(f"--weights_dir {folder.weights_dir} is a file, not a folder: pass the folder of the weight files")
+        raise UserError(f"--weights_dir {folder.weights_dir} is a file, not a folder: pass the folder of the weight "
+                        "files")
     m = snapshot_count(folder, config.M)
     present = folder.member_files()
     # Counted, not listed one by one: an M of 2 billion must not build 2 billion paths.
@@ -339,7 +340,7 @@ def check_output_paths(config, folder, members):
         replaced = os.path.realpath(path)
         if os.path.isdir(path) or replaced in others:
             raise UserError(f"{flag} {path} is a folder or one of the ensemble's own files: choose another path")
-        if os.path.exists(path) and is_run_file_name(os.path.basename(replaced)) and replaced not in own:
+        if os.path.exists(path) and replaced not in own and is_another_runs_file(replaced):
             raise UserError(f"{flag} {path} would replace {os.path.basename(replaced)}, a file of another run: "
                             "choose another path")
 

@@ -21,10 +21,19 @@ def _named(pattern):
     return property(lambda folder: os.path.join(folder.weights_dir, pattern.format(prefix=folder.prefix)))
 
 
-def is_run_file_name(name):
-    """Whether `name` is that of a file a run keeps (of any prefix): a snapshot, record, history, plot..."""
-    return any(re.fullmatch(re.escape(pattern).replace(r"\{prefix\}", ".+").replace(r"\{number\}", r"\d+"), name)
-               for pattern in NAME_PATTERNS)
+def is_another_runs_file(path):
+    """Whether `path` is named as a file of a run (a record, history, plot...) whose weights or records lie beside
+    it; a user's own `plots/x-ensemble.png`, with no run of `x` there, is not."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for pattern in NAME_PATTERNS:
+        match = re.fullmatch(re.escape(pattern).replace(r"\{prefix\}", "(.+)").replace(r"\{number\}", r"\d+"), name)
+        if match and match.groups():
+            run = RunFolder(folder, match[1])
+            beside = [*run.member_files().values(), *run.keras1_files().values(), run.run_record, run.release_record,
+                      run.state, run.history]
+            if any(os.path.isfile(other) and other != os.path.join(folder, name) for other in beside):
+                return True
+    return False
 
 
 class RunFolder:
